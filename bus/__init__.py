@@ -1,0 +1,1 @@
+"""The only code the stages share: message codec, config, sockets, preprocessing, runtime."""

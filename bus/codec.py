@@ -1,0 +1,261 @@
+"""The wire protocol: every message between stages is one ZeroMQ multipart message.
+
+Frames (parts)
+--------------
+``[header, *buffers]``
+
+- ``header``: a msgpack map (never pickle), at most 1 MiB. Keys:
+
+  ========  =========================================================================
+  ``v``     protocol version, int; this module speaks ``1`` and rejects others.
+  ``kind``  ``"frame"`` (a picture and what is known about it), ``"drop"`` (a frame a
+            stage dropped, sent on so the sink can account for it), or ``"eos"``
+            (end of a source: ``frames`` read in total, ``dropped`` at capture).
+  ``src``   source id, str (one per capture source, e.g. ``"cam0"``).
+  ``seq``   sequence number within the source, int >= 0.
+  ``ts``    capture time, float seconds since the epoch (``time.time()``).
+  ``live``  bool: a live source (camera, stream) whose stale frames may be dropped.
+  ``image`` absent, or ``{"shape": [h, w, c], "fmt": "bgr8" | "jpeg"}``: the next
+            buffer holds the pixels (raw row-major uint8 BGR, or a JPEG file).
+  ``crops`` absent, or ``{"n": n, "size": s, "ch": c}``: the next buffer holds ``n``
+            uint8 face crops ``s x s x c``, in ``faces`` order, made by
+            ``bus.preprocess.crop_face`` for the classifier's model.
+  ``faces`` list of maps: ``box`` [x, y, w, h] pixels, ``score`` float, ``kp`` list of
+            [x, y] keypoints; after the classifier also ``label`` str and ``probs``
+            list of float (in ``labels`` order).
+  ``labels``  the classifier model's labels, list of str (absent before it).
+  ``t``     map stage -> wall time the stage sent it (for latency), optional.
+  ``reason``  why a ``drop`` was dropped (str); ``frames``/``dropped`` ints on ``eos``.
+  ========  =========================================================================
+
+- buffers: ``image`` pixels first (when present), then ``crops`` (when present). Sizes are
+  checked against the header; anything else raises :class:`CodecError`.
+
+Readers ignore header keys they do not know, so a newer writer can add keys without breaking
+older readers; a change of meaning bumps ``v``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import msgpack
+import numpy as np
+
+VERSION = 1
+MAX_HEADER = 1 << 20
+MAX_SIDE = 8192
+MAX_FACES = 256
+KINDS = ("frame", "drop", "eos")
+
+
+class CodecError(ValueError):
+    """A message that is not a valid protocol-1 message."""
+
+
+@dataclass
+class Face:
+    box: tuple[float, float, float, float]
+    score: float
+    kp: list[tuple[float, float]] = field(default_factory=list)
+    label: str | None = None
+    probs: list[float] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"box": [float(v) for v in self.box], "score": float(self.score),
+                             "kp": [[float(x), float(y)] for x, y in self.kp]}
+        if self.label is not None:
+            d["label"] = self.label
+        if self.probs is not None:
+            d["probs"] = [float(p) for p in self.probs]
+        return d
+
+
+@dataclass
+class Message:
+    src: str
+    seq: int
+    ts: float
+    kind: str = "frame"
+    live: bool = False
+    image: np.ndarray | None = None
+    jpeg: bytes | None = None  # the image as JPEG when it travels compressed
+    faces: list[Face] = field(default_factory=list)
+    crops: np.ndarray | None = None
+    labels: list[str] | None = None
+    t: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    frames: int | None = None
+    dropped: int | None = None
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise CodecError(f"{what}: expected a number, got {type(v).__name__}")
+    return float(v)
+
+
+def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memoryview]:
+    """Message -> multipart frames. With ``jpeg_quality`` the image travels as JPEG."""
+    if msg.kind not in KINDS:
+        raise CodecError(f"unknown kind {msg.kind!r}")
+    header: dict[str, Any] = {"v": VERSION, "kind": msg.kind, "src": msg.src, "seq": int(msg.seq),
+                              "ts": float(msg.ts), "live": bool(msg.live)}
+    parts: list[bytes | memoryview] = []
+    if msg.image is not None or msg.jpeg is not None:
+        if msg.image is not None:
+            img = msg.image if msg.image.ndim == 3 else msg.image[:, :, None]
+            shape = list(img.shape)
+        else:
+            shape = []
+        if msg.jpeg is not None or jpeg_quality is not None:
+            data = msg.jpeg
+            if data is None:
+                ok, buf = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+                if not ok:
+                    raise CodecError("JPEG encoding failed")
+                data = buf.tobytes()
+            header["image"] = {"shape": shape, "fmt": "jpeg"}
+            parts.append(data)
+        else:
+            if img.dtype != np.uint8 or img.shape[2] not in (1, 3):
+                raise CodecError(f"image must be uint8 with 1 or 3 channels, got {img.dtype} {img.shape}")
+            header["image"] = {"shape": shape, "fmt": "bgr8"}
+            parts.append(memoryview(np.ascontiguousarray(img)).cast("B"))
+    if msg.crops is not None:
+        n, s, _, c = msg.crops.shape
+        header["crops"] = {"n": int(n), "size": int(s), "ch": int(c)}
+        parts.append(memoryview(np.ascontiguousarray(msg.crops, dtype=np.uint8)).cast("B"))
+    if msg.faces:
+        header["faces"] = [f.to_wire() for f in msg.faces]
+    for key in ("labels", "reason", "frames", "dropped"):
+        value = getattr(msg, key)
+        if value is not None:
+            header[key] = value
+    if msg.t:
+        header["t"] = msg.t
+    return [msgpack.packb(header, use_bin_type=True), *parts]
+
+
+def _faces(raw: Any) -> list[Face]:
+    if not isinstance(raw, list) or len(raw) > MAX_FACES:
+        raise CodecError("faces: expected a list of at most %d maps" % MAX_FACES)
+    faces = []
+    for i, f in enumerate(raw):
+        if not isinstance(f, dict):
+            raise CodecError(f"faces[{i}]: expected a map")
+        box = f.get("box")
+        if not isinstance(box, list) or len(box) != 4:
+            raise CodecError(f"faces[{i}].box: expected [x, y, w, h]")
+        kp = f.get("kp", [])
+        if not isinstance(kp, list) or not all(isinstance(p, list) and len(p) == 2 for p in kp):
+            raise CodecError(f"faces[{i}].kp: expected a list of [x, y]")
+        probs = f.get("probs")
+        if probs is not None and not isinstance(probs, list):
+            raise CodecError(f"faces[{i}].probs: expected a list")
+        label = f.get("label")
+        if label is not None and not isinstance(label, str):
+            raise CodecError(f"faces[{i}].label: expected a string")
+        faces.append(Face(
+            tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
+            _num(f.get("score", 0.0), f"faces[{i}].score"),
+            [(_num(x, "kp"), _num(y, "kp")) for x, y in kp],
+            label,
+            None if probs is None else [_num(p, f"faces[{i}].probs") for p in probs],
+        ))
+    return faces
+
+
+def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool = False) -> Message:
+    """Multipart frames -> Message. Raises :class:`CodecError` on anything malformed."""
+    if not parts:
+        raise CodecError("empty message")
+    head = bytes(parts[0])
+    if len(head) > MAX_HEADER:
+        raise CodecError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
+    try:
+        h = msgpack.unpackb(head, raw=False, max_bin_len=0, max_str_len=MAX_HEADER,
+                            max_array_len=4096, max_map_len=256, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise CodecError(f"header is not msgpack: {type(e).__name__}") from None
+    if not isinstance(h, dict):
+        raise CodecError("header is not a map")
+    if h.get("v") != VERSION:
+        raise CodecError(f"unsupported protocol version {h.get('v')!r}")
+    kind = h.get("kind", "frame")
+    if kind not in KINDS:
+        raise CodecError(f"unknown kind {kind!r}")
+    src, seq = h.get("src"), h.get("seq")
+    if not isinstance(src, str) or not src or len(src) > 128:
+        raise CodecError("src: expected a non-empty string")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise CodecError("seq: expected an int >= 0")
+    msg = Message(src=src, seq=seq, ts=_num(h.get("ts"), "ts"), kind=kind, live=bool(h.get("live", False)))
+    buffers = list(parts[1:])
+    if "image" in h:
+        msg.image, msg.jpeg = _image(h["image"], buffers, copy_image)
+    if "crops" in h:
+        msg.crops = _crops(h["crops"], buffers)
+    if buffers:
+        raise CodecError(f"{len(buffers)} unexpected extra frame(s)")
+    msg.faces = _faces(h.get("faces", []))
+    if msg.crops is not None and len(msg.crops) != len(msg.faces):
+        raise CodecError(f"{len(msg.crops)} crops for {len(msg.faces)} faces")
+    labels = h.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise CodecError("labels: expected a list of strings")
+    msg.labels = labels
+    t = h.get("t", {})
+    if not isinstance(t, dict):
+        raise CodecError("t: expected a map")
+    msg.t = {str(k): _num(v, "t") for k, v in t.items()}
+    reason = h.get("reason")
+    msg.reason = reason if isinstance(reason, str) else None
+    for key in ("frames", "dropped"):
+        v = h.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise CodecError(f"{key}: expected an int >= 0")
+        setattr(msg, key, v)
+    return msg
+
+
+def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None, bytes | None]:
+    if not isinstance(spec, dict) or not buffers:
+        raise CodecError("image: expected a map and a pixel frame")
+    data = buffers.pop(0)
+    fmt, shape = spec.get("fmt"), spec.get("shape")
+    if fmt == "jpeg":
+        raw = bytes(data)
+        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise CodecError("image: JPEG does not decode")
+        return img, raw
+    if fmt != "bgr8":
+        raise CodecError(f"image: unknown format {fmt!r}")
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+        raise CodecError("image.shape: expected [h, w, c]")
+    hgt, wid, ch = shape
+    if not (0 < hgt <= MAX_SIDE and 0 < wid <= MAX_SIDE and ch in (1, 3)):
+        raise CodecError(f"image.shape {shape} out of range")
+    buf = memoryview(data)
+    if buf.nbytes != hgt * wid * ch:
+        raise CodecError(f"image: {buf.nbytes} bytes for shape {shape}")
+    img = np.frombuffer(buf, np.uint8).reshape(hgt, wid, ch)
+    return (img.copy() if copy else img), None
+
+
+def _crops(spec: Any, buffers: list[Any]) -> np.ndarray:
+    if not isinstance(spec, dict) or not buffers:
+        raise CodecError("crops: expected a map and a crops frame")
+    n, s, c = spec.get("n"), spec.get("size"), spec.get("ch")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, s, c)):
+        raise CodecError("crops: n, size, ch must be ints")
+    if not (0 <= n <= MAX_FACES and 0 < s <= 512 and c in (1, 3)):
+        raise CodecError(f"crops: n={n} size={s} ch={c} out of range")
+    buf = memoryview(buffers.pop(0))
+    if buf.nbytes != n * s * s * c:
+        raise CodecError(f"crops: {buf.nbytes} bytes for {n}x{s}x{s}x{c}")
+    return np.frombuffer(buf, np.uint8).reshape(n, s, s, c)

@@ -1,0 +1,240 @@
+"""Typed, strict configuration: ``bus.toml`` -> frozen dataclasses.
+
+Where the config comes from: ``BUS_CONFIG=path`` if set, else ``./bus.toml`` if present, else the
+built-in defaults (every endpoint on loopback). Environment overrides for the common cases:
+``SOURCE`` (camera index, file, folder or URL: replaces the capture sources with that one) and
+``EVENTS`` (path: turns on the JSON-lines events sink).
+
+Unknown sections or keys, wrong types and miswired endpoints raise :class:`ConfigError` naming the
+section and key, so a stage fails at start-up with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the section and key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    uri: str = "0"  # camera index, video/image file, folder of images, or stream URL
+    id: str = ""  # defaults to "src<index>"
+    loop: bool = False
+    realtime: bool = True  # files: pace at their own fps (true) or as fast as the pipeline takes them
+    fps: float = 0.0  # folders / images / override: frames per second (0 = the file's own, or 30)
+    width: int = 0  # cameras: requested capture size (0 = driver default)
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    hwm: int = 4  # high-water mark (messages) on every socket: small, for latency
+    send_timeout_ms: int = 1000  # a blocking send gives up (and counts a drop) after this
+    max_age_ms: int = 500  # live frames older than this are dropped (0 = never)
+    stats_interval_s: float = 5.0
+    jpeg_quality: int = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
+    allow_remote: bool = False  # must be true to bind anything but loopback
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    sources: tuple[SourceConfig, ...] = (SourceConfig(),)
+    eof_linger_s: float = 60.0  # after end of file, stay up this long so downstream can drain
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5601",)  # one per detector copy (--instance)
+    model: str = "full_range"  # "full_range" | "short_range" | path to a .tflite
+    min_confidence: float = 0.6
+    max_faces: int = 32
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5602",)
+    model: str = "models/fer2013_emonet.tflite"
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    endpoint: str = "tcp://127.0.0.1:5603"
+    window: bool = False
+    web: str = ""  # "host:port" serves the live page (e.g. "127.0.0.1:8000"); "" = off
+    video: str = ""  # path of an annotated video to write; "" = off
+    events: str = ""  # path of the JSON-lines events file; "" = off
+    drain_timeout_s: float = 5.0  # after every source ended, wait this long for stragglers
+    exit_at_end: bool = True  # exit 0 once every file source has ended and been accounted for
+
+
+@dataclass(frozen=True)
+class Config:
+    bus: BusConfig = field(default_factory=BusConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+    path: str = ""  # where it was read from ("" = defaults)
+
+    def source_ids(self) -> list[str]:
+        return [s.id for s in self.capture.sources]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # `uri = 0` for a camera index
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return _build(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: Any, table: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "path"}
+    for key in table:
+        if key not in names:
+            raise ConfigError(f"[{where}] unknown key {key!r} (known: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], f"[{where}] {k}") for k, v in table.items()})
+
+
+def parse(table: dict[str, Any], path: str = "") -> Config:
+    """A TOML table -> validated Config (no environment overrides)."""
+    sections = {f.name for f in dataclasses.fields(Config) if f.name != "path"}
+    for key, value in table.items():
+        if key not in sections:
+            raise ConfigError(f"unknown section [{key}] (known: {', '.join(sorted(sections))})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{key}] must be a table")
+    hints = typing.get_type_hints(Config)
+    cfg = Config(path=path, **{k: _build(hints[k], v, k) for k, v in table.items()})
+    return validate(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    """Defaults for source ids, then cross-field checks (endpoints, ranges)."""
+    sources = tuple(dataclasses.replace(s, id=s.id or f"src{i}") for i, s in enumerate(cfg.capture.sources))
+    if not sources:
+        raise ConfigError("[capture] sources: at least one source is needed")
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"[capture] sources: duplicate id in {ids}")
+    cfg = dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, sources=sources))
+    seen: dict[str, str] = {}
+    bound = [("detector", "endpoints", e) for e in cfg.detector.endpoints]
+    bound += [("classifier", "endpoints", e) for e in cfg.classifier.endpoints]
+    bound += [("display", "endpoint", cfg.display.endpoint)]
+    if not cfg.detector.endpoints or not cfg.classifier.endpoints:
+        raise ConfigError("[detector]/[classifier] endpoints: at least one endpoint is needed")
+    for section, key, ep in bound:
+        check_endpoint(ep, f"[{section}] {key}", cfg.bus.allow_remote)
+        if ep in seen:
+            raise ConfigError(f"[{section}] {key}: {ep} is also bound by [{seen[ep]}]")
+        seen[ep] = section
+    if cfg.display.web:
+        host, _, port = cfg.display.web.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"[display] web: expected host:port, got {cfg.display.web!r}")
+        if not cfg.bus.allow_remote and not host.startswith(LOOPBACK):
+            raise ConfigError(f"[display] web: {host} is not loopback; set [bus] allow_remote = true to serve it")
+    if cfg.detector.model not in ("full_range", "short_range") and not cfg.detector.model.endswith(".tflite"):
+        raise ConfigError(f"[detector] model: 'full_range', 'short_range' or a .tflite path, got {cfg.detector.model!r}")
+    if not 0.0 < cfg.detector.min_confidence < 1.0:
+        raise ConfigError("[detector] min_confidence: must be between 0 and 1")
+    if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
+        raise ConfigError("[bus] hwm and send_timeout_ms must be >= 1")
+    return cfg
+
+
+def check_endpoint(ep: str, where: str, allow_remote: bool) -> None:
+    scheme, sep, rest = ep.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc"):
+        raise ConfigError(f"{where}: {ep!r} is not a tcp://, ipc:// or inproc:// endpoint")
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: {ep!r} needs tcp://host:port")
+        if not allow_remote and not host.startswith(LOOPBACK):
+            raise ConfigError(f"{where}: {ep!r} is not loopback; set [bus] allow_remote = true to bind it")
+
+
+def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read the config the way every stage does, applying ``SOURCE`` / ``EVENTS`` overrides."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("BUS_CONFIG") or ("bus.toml" if Path("bus.toml").is_file() else None)
+    if path is None:
+        cfg = validate(Config())
+    else:
+        p = Path(path)
+        try:
+            table = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        try:
+            cfg = parse(table, str(p))
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    return apply_env(cfg, env)
+
+
+def apply_env(cfg: Config, env: typing.Mapping[str, str]) -> Config:
+    if env.get("SOURCE"):
+        first = cfg.capture.sources[0]
+        src = SourceConfig(uri=env["SOURCE"], id=first.id, loop=False, realtime=first.realtime)
+        cfg = dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, sources=(src,)))
+    if env.get("EVENTS"):
+        cfg = dataclasses.replace(cfg, display=dataclasses.replace(cfg.display, events=env["EVENTS"]))
+    if env.get("WEB") is not None and "WEB" in env:
+        cfg = dataclasses.replace(cfg, display=dataclasses.replace(cfg.display, web=env["WEB"]))
+    if env.get("VIDEO"):
+        cfg = dataclasses.replace(cfg, display=dataclasses.replace(cfg.display, video=env["VIDEO"]))
+    return validate(cfg)
+
+
+def to_table(cfg: Config) -> dict[str, Any]:
+    """Config -> plain dict (for printing the effective config)."""
+    d = dataclasses.asdict(cfg)
+    d.pop("path")
+    return d
+
+

@@ -1,0 +1,102 @@
+"""Face preprocessing: the one place where a face becomes model input.
+
+Consumes a frame (H x W, H x W x 1, x 3 BGR or x 4 BGRA; uint8 or uint16) and a face box in pixels;
+produces a square ``size x size`` uint8 crop in the model's colour mode ("grey" -> H x W x 1,
+"rgb" -> H x W x 3). The runtime detector and the training loaders both call these functions, so the
+pixels a model is trained on and the pixels it sees in production are made the same way.
+
+Pixel scaling to the model's float input is ``x / 255`` (``SCALING``); an int8 model whose input
+quantisation is scale 1/255, zero point -128 therefore takes ``uint8 - 128`` exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+Colour = Literal["grey", "rgb"]
+SCALING = "x/255"
+
+
+def to_uint8_bgr(frame: np.ndarray) -> np.ndarray:
+    """Any supported frame layout/depth -> contiguous uint8 H x W x 3 BGR. Raises ValueError otherwise."""
+    if frame.ndim not in (2, 3) or frame.size == 0:
+        raise ValueError(f"unsupported frame shape {frame.shape}")
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"unsupported frame dtype {frame.dtype}")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    channels = frame.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if channels == 3:
+        return np.ascontiguousarray(frame)
+    if channels == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"unsupported channel count {channels}")
+
+
+def square_box(
+    box: tuple[float, float, float, float], margin: float
+) -> tuple[int, int, int, int]:
+    """(x, y, w, h) -> a square (x0, y0, x1, y1) centred on the box, side = max(w, h) * (1 + margin)."""
+    x, y, w, h = box
+    side = max(w, h) * (1.0 + margin)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    x0 = int(round(cx - side / 2.0))
+    y0 = int(round(cy - side / 2.0))
+    s = max(1, int(round(side)))
+    return x0, y0, x0 + s, y0 + s
+
+
+def crop_face(
+    frame: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int,
+    colour: Colour,
+    margin: float = 0.0,
+) -> np.ndarray:
+    """Square crop around ``box`` resized to ``size``; parts outside the frame are edge-replicated.
+
+    The box may lie partly (or wholly) outside the frame; the crop is always ``size x size``.
+    """
+    bgr = to_uint8_bgr(frame)
+    fh, fw = bgr.shape[:2]
+    x0, y0, x1, y1 = square_box(box, margin)
+    cx0, cy0 = max(0, min(fw - 1, x0)), max(0, min(fh - 1, y0))
+    cx1, cy1 = max(cx0 + 1, min(fw, x1)), max(cy0 + 1, min(fh, y1))
+    patch = bgr[cy0:cy1, cx0:cx1]
+    pad = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    if any(p > 0 for p in pad):
+        patch = cv2.copyMakeBorder(patch, *(max(0, p) for p in pad), cv2.BORDER_REPLICATE)
+    return to_model_pixels(patch, size, colour)
+
+
+def to_model_pixels(image: np.ndarray, size: int, colour: Colour) -> np.ndarray:
+    """An image (any layout :func:`to_uint8_bgr` takes) -> uint8 ``size x size x C`` in ``colour``."""
+    bgr = to_uint8_bgr(image)
+    h, w = bgr.shape[:2]
+    interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    if (h, w) != (size, size):
+        bgr = cv2.resize(bgr, (size, size), interpolation=interp)
+    if colour == "grey":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[:, :, None]
+    if colour == "rgb":
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"unknown colour mode {colour!r}")
+
+
+def grey_to_model_pixels(grey: np.ndarray, size: int, colour: Colour) -> np.ndarray:
+    """Batch of uint8 grey images (N x H x W) -> N x size x size x C, as :func:`to_model_pixels`."""
+    return np.stack([to_model_pixels(g, size, colour) for g in grey]) if len(grey) else np.zeros(
+        (0, size, size, 1 if colour == "grey" else 3), np.uint8
+    )
+
+
+def scale(pixels: np.ndarray) -> np.ndarray:
+    """uint8 model pixels -> float32 model input in [0, 1] (the ``SCALING`` rule)."""
+    return pixels.astype(np.float32) / 255.0

@@ -1,0 +1,79 @@
+"""Model sidecar: ``models/<name>.json`` next to ``models/<name>.tflite``.
+
+The runtime takes labels, input size, colour mode, pixel scaling and face-crop margin from here,
+never from constants, so any exported model (CK+ with *contempt*, FER2013 with *neutral*) just works::
+
+    {"name": "fer2013_emonet", "labels": ["angry", ...], "dataset": "fer2013",
+     "input": {"size": 48, "colour": "grey", "scaling": "x/255", "crop_margin": 0.2},
+     "quantization": "int8", "metrics": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.preprocess import SCALING
+
+
+class SidecarError(ValueError):
+    """A missing or invalid model sidecar."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    labels: tuple[str, ...]
+    size: int
+    colour: str
+    scaling: str = SCALING
+    crop_margin: float = 0.2
+    dataset: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "labels": list(self.labels), "dataset": self.dataset,
+                "input": {"size": self.size, "colour": self.colour, "scaling": self.scaling,
+                          "crop_margin": self.crop_margin},
+                "quantization": "int8", "metrics": self.metrics}
+
+
+def sidecar_path(model: str | Path) -> Path:
+    return Path(model).with_suffix(".json")
+
+
+def load_spec(model: str | Path) -> ModelSpec:
+    """Read and validate the sidecar of ``model`` (the .tflite path or the .json path)."""
+    path = sidecar_path(model)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SidecarError(f"model sidecar not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SidecarError(f"{path}: not valid JSON: {e}") from None
+    try:
+        labels = d["labels"]
+        inp = d["input"]
+        spec = ModelSpec(
+            name=str(d.get("name", path.stem)),
+            labels=tuple(labels),
+            size=int(inp["size"]),
+            colour=str(inp["colour"]),
+            scaling=str(inp.get("scaling", SCALING)),
+            crop_margin=float(inp.get("crop_margin", 0.2)),
+            dataset=str(d.get("dataset", "")),
+            metrics=dict(d.get("metrics", {})),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SidecarError(f"{path}: missing or invalid field: {e}") from None
+    if not spec.labels or not all(isinstance(x, str) and x for x in spec.labels):
+        raise SidecarError(f"{path}: labels must be a non-empty list of strings")
+    if spec.colour not in ("grey", "rgb"):
+        raise SidecarError(f"{path}: input.colour must be 'grey' or 'rgb', got {spec.colour!r}")
+    if spec.scaling != SCALING:
+        raise SidecarError(f"{path}: input.scaling {spec.scaling!r} is not supported (only {SCALING!r})")
+    if not 8 <= spec.size <= 512:
+        raise SidecarError(f"{path}: input.size {spec.size} out of range")
+    return spec

@@ -1,0 +1,1 @@
+"""Offline training: datasets, models, training, evaluation and int8 TFLite export (TensorFlow/Keras)."""

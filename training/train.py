@@ -1,0 +1,185 @@
+"""Training loop: in-memory arrays -> augmented ``tf.data`` pipeline -> ``model.fit``.
+
+Consumes :class:`training.data.Dataset` objects (uint8 grey 48x48) and produces a trained Keras model
+plus ``history.csv`` / ``best.keras`` in the run folder. Batches use ``drop_remainder=True``: TF 2.21's
+``fit`` crashes on a last partial batch meeting a strided 1x1 conv.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bus.preprocess import SCALING, Colour, grey_to_model_pixels
+from training.data import Dataset
+
+log = logging.getLogger("training.train")
+assert SCALING == "x/255"  # the dataset map below implements this rule
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 2
+    erase_prob: float = 0.5
+    seed: int = 1
+    verbose: int = 1
+
+
+def model_pixels(data: Dataset, size: int, colour: Colour) -> np.ndarray:
+    """Dataset images -> the model's uint8 input layout via the runtime's preprocessing."""
+    if data.images.shape[1:3] == (size, size) and colour == "grey":
+        return data.images[..., None]
+    return grey_to_model_pixels(data.images, size, colour)
+
+
+def _targets(data: Dataset) -> np.ndarray:
+    if data.soft is not None:
+        return data.soft.astype(np.float32)
+    return np.eye(len(data.classes), dtype=np.float32)[data.labels]
+
+
+def augmenter(size: int, seed: int) -> keras.Sequential:
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
+            keras.layers.RandomRotation(0.04, fill_mode="reflect", seed=seed + 1, dtype="float32"),  # +-15 degrees
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2, dtype="float32"),
+            keras.layers.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed + 3, dtype="float32"),
+        ],
+        name="augment",
+    )
+
+
+def _photometric(x: tf.Tensor, erase_prob: float) -> tf.Tensor:
+    n = tf.shape(x)[0]
+    size = tf.shape(x)[1]
+    b = tf.random.uniform((n, 1, 1, 1), -0.15, 0.15)
+    c = tf.random.uniform((n, 1, 1, 1), 0.7, 1.3)
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    x = tf.clip_by_value((x - mean) * c + mean + b, 0.0, 1.0)
+    if erase_prob <= 0:
+        return x
+    # Random erasing: one rectangle (10-35 % of each side) per image, with probability erase_prob.
+    s = tf.cast(size, tf.float32)
+    h = tf.cast(tf.random.uniform((n,), 0.1, 0.35) * s, tf.int32)
+    w = tf.cast(tf.random.uniform((n,), 0.1, 0.35) * s, tf.int32)
+    y0 = tf.cast(tf.random.uniform((n,)) * tf.cast(size - h, tf.float32), tf.int32)
+    x0 = tf.cast(tf.random.uniform((n,)) * tf.cast(size - w, tf.float32), tf.int32)
+    r = tf.range(size)[None, :]
+    rows = (r >= y0[:, None]) & (r < (y0 + h)[:, None])
+    cols = (r >= x0[:, None]) & (r < (x0 + w)[:, None])
+    box = tf.logical_and(rows[:, :, None], cols[:, None, :])
+    on = tf.random.uniform((n, 1, 1)) < erase_prob
+    mask = tf.cast(tf.logical_and(box, on), tf.float32)[..., None]
+    noise = tf.random.uniform(tf.shape(x))
+    return x * (1.0 - mask) + noise * mask
+
+
+def pipeline(
+    pixels: np.ndarray, targets: np.ndarray, batch: int, train: bool, cfg: TrainConfig
+) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((pixels, targets))
+    if train:
+        ds = ds.shuffle(len(pixels), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch, drop_remainder=train)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE)
+    if train:
+        aug = augmenter(pixels.shape[1], cfg.seed)
+        ds = ds.map(
+            lambda x, y: (_photometric(aug(x, training=True), cfg.erase_prob), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_model(model: keras.Model, steps: int, cfg: TrainConfig, lr: float | None = None) -> None:
+    lr = cfg.lr if lr is None else lr
+    warm = min(cfg.warmup_epochs * steps, max(0, cfg.epochs * steps - 1))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        lr / 10 if warm else lr, max(1, cfg.epochs * steps - warm), alpha=0.01,
+        warmup_target=lr if warm else None, warmup_steps=warm,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch (for background runs whose stdout is a file)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs, self.t0 = epochs, time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        log.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.0f s)",
+            epoch + 1, self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), time.time() - self.t0,
+        )
+        self.t0 = time.time()
+
+
+def fit(
+    model: keras.Model,
+    train: Dataset,
+    val: Dataset | None,
+    out: Path,
+    cfg: TrainConfig,
+    size: int,
+    colour: Colour,
+    lr: float | None = None,
+) -> keras.callbacks.History:
+    """Train ``model``; keeps the weights with the best validation accuracy (or the last without val)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    x = model_pixels(train, size, colour)
+    batch = min(cfg.batch, len(x))
+    steps = len(x) // batch
+    if steps == 0:
+        raise ValueError(f"{len(x)} training images: fewer than one batch")
+    train_ds = pipeline(x, _targets(train), batch, True, cfg)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+        EpochLog(cfg.epochs),
+    ]
+    val_ds = None
+    if val is not None and len(val):
+        val_ds = pipeline(model_pixels(val, size, colour), _targets(val), 256, False, cfg)
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                str(out / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True
+            )
+        )
+    compile_model(model, steps, cfg, lr)
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose
+    )
+    if val_ds is not None and (out / "best.keras").exists():
+        model.set_weights(keras.models.load_model(out / "best.keras").get_weights())
+    model.save(out / "final.keras")
+    return history
+
+
+def predict(model: keras.Model, pixels: np.ndarray, tta: bool = True, batch: int = 256) -> np.ndarray:
+    """Class probabilities for uint8 model pixels; with ``tta`` the mean over the image and its mirror."""
+    x = pixels.astype(np.float32) / 255.0
+    p = model.predict(x, batch_size=batch, verbose=0)
+    if tta:
+        p = (p + model.predict(x[:, :, ::-1], batch_size=batch, verbose=0)) / 2
+    return p
