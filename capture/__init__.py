@@ -1,0 +1,1 @@
+"""Capture stage: cameras, files, folders and streams -> frame messages."""

@@ -1,0 +1,303 @@
+"""Frame sources: a camera index, a video file, a stream URL, a folder of images or one image.
+
+Consumes a :class:`bus.config.SourceConfig`; produces uint8 BGR frames (any depth or layout the
+file has -- 16-bit, grey, BGRA -- goes through :func:`bus.preprocess.to_uint8_bgr`) with the wall
+time each was captured. :func:`open_source` raises :class:`SourceError` with one clear line when the
+source cannot be opened, so the stage can exit 2 at start-up.
+
+Live sources (cameras, streams) are read by a grab thread that keeps only the newest frame, so a
+slow pipeline never sees stale frames; files and folders are read on demand (pacing is the
+worker's job, with ``fps``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from bus.config import SourceConfig
+from bus.preprocess import to_uint8_bgr
+
+log = logging.getLogger("capture")
+
+DEFAULT_FPS = 30.0
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+IMAGE_SUFFIXES = frozenset(
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".pfm",
+        ".jp2",
+        ".exr",
+        ".hdr",
+        ".pic",
+        ".sr",
+        ".ras",
+        ".avif",
+    }
+)
+OPEN_TIMEOUT_MS = 5000  # streams: give up connecting / reading after this long
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened (start-up failure: one line, exit 2)."""
+
+
+class Unreadable(Exception):
+    """One item of a source could not be read (logged, counted and skipped)."""
+
+
+Frame = tuple[np.ndarray, float]  # uint8 BGR image, capture wall time
+
+
+class Source(Protocol):
+    id: str
+    uri: str
+    live: bool
+    fps: float
+    ended: bool
+
+    def read(self, timeout: float) -> Frame | None:
+        """The next frame, or None (nothing new within ``timeout``, or ``ended``). Raises Unreadable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _bgr(raw: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return to_uint8_bgr(raw)
+    except ValueError as e:
+        raise Unreadable(f"{what}: {e}") from None
+
+
+def _fps(value: float, override: float) -> float:
+    if override > 0:
+        return override
+    return value if math.isfinite(value) and 0 < value <= 1000 else DEFAULT_FPS
+
+
+class VideoFile:
+    """A video file (anything cv2.VideoCapture opens: mp4, mkv, avi, gif, ...)."""
+
+    live = False
+
+    def __init__(self, cfg: SourceConfig):
+        self.id, self.uri, self.loop = cfg.id, cfg.uri, cfg.loop
+        self.ended = False
+        if not Path(cfg.uri).is_file():
+            raise SourceError(f"no such file: {cfg.uri}")
+        self.cap = self._open()
+        self.fps = _fps(self.cap.get(cv2.CAP_PROP_FPS), cfg.fps)
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise SourceError(f"no frames could be read from {cfg.uri}")
+        self.pending: np.ndarray | None = first
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.uri)
+        cap.setExceptionMode(False)
+        if not cap.isOpened():
+            raise SourceError(f"cannot open video file {self.uri}")
+        return cap
+
+    def read(self, timeout: float) -> Frame | None:
+        if self.ended:
+            return None
+        raw, self.pending = self.pending, None
+        if raw is None:
+            ok, raw = self.cap.read()
+            if not ok and self.loop:
+                self.cap.release()
+                self.cap = self._open()
+                ok, raw = self.cap.read()
+            if not ok or raw is None:
+                self.ended = True
+                return None
+        return _bgr(raw, self.uri), time.time()
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def _natural(path: Path) -> list[int | str]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+class ImageFolder:
+    """The files of a folder in natural sort order (or one image file: a folder of one)."""
+
+    live = False
+
+    def __init__(self, cfg: SourceConfig, files: list[Path] | None = None):
+        self.id, self.uri, self.loop = cfg.id, cfg.uri, cfg.loop
+        self.ended = False
+        self.fps = _fps(0.0, cfg.fps)
+        if files is None:
+            folder = Path(cfg.uri)
+            files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=_natural)
+        if not any(cv2.haveImageReader(str(p)) for p in files):  # reads file signatures only
+            raise SourceError(f"folder {cfg.uri} has no images")
+        self.files = files
+        self.index = 0
+
+    def read(self, timeout: float) -> Frame | None:
+        if self.index >= len(self.files):
+            if not self.loop:
+                self.ended = True
+                return None
+            self.index = 0
+        path = self.files[self.index]
+        self.index += 1
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise Unreadable(f"{path}: not a readable image")
+        return _bgr(raw, str(path)), time.time()
+
+    def close(self) -> None:
+        pass
+
+
+class LiveCapture:
+    """A camera or stream read by a grab thread that keeps only the newest frame."""
+
+    live = True
+
+    def __init__(self, cfg: SourceConfig, cap: cv2.VideoCapture):
+        self.id, self.uri = cfg.id, cfg.uri
+        self.cap = cap
+        self.fps = _fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps)
+        self.ended = False
+        self._cond = threading.Condition()
+        self._latest: tuple[np.ndarray, float] | None = None
+        self._fresh = False
+        self._grab_done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._grab, name=f"grab-{cfg.id}", daemon=True)
+        self._thread.start()
+
+    def _grab(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            ok, raw = self.cap.read()
+            if not ok or raw is None:
+                failures += 1
+                if failures >= 10:  # the device or stream is gone
+                    log.warning("source %s: %s stopped delivering frames", self.id, self.uri)
+                    break
+                self._stop.wait(0.05)
+                continue
+            failures = 0
+            with self._cond:
+                self._latest, self._fresh = (raw, time.time()), True
+                self._cond.notify_all()
+        with self._cond:
+            self._grab_done = True
+            self._cond.notify_all()
+
+    def read(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if not self._fresh and not self._grab_done:
+                self._cond.wait(timeout)
+            if not self._fresh:
+                self.ended = self._grab_done
+                return None
+            assert self._latest is not None
+            (raw, ts), self._fresh = self._latest, False
+        return _bgr(raw, self.uri), ts
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        if not self._thread.is_alive():  # never release a capture another thread is still reading
+            self.cap.release()
+
+
+def _camera(cfg: SourceConfig) -> LiveCapture:
+    cap = cv2.VideoCapture(int(cfg.uri))
+    if not cap.isOpened():
+        raise SourceError(f"cannot open camera {cfg.uri}")
+    cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver queue would hand out old frames first
+    if cfg.width:
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+    if cfg.height:
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+    return LiveCapture(cfg, cap)
+
+
+def _stream(cfg: SourceConfig) -> LiveCapture:
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
+    cap = cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        raise SourceError(f"cannot open stream {cfg.uri}")
+    cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    return LiveCapture(cfg, cap)
+
+
+def kind(uri: str) -> str:
+    """'camera' | 'stream' | 'folder' | 'image' | 'video' (by the look of the URI)."""
+    if uri.isdigit():
+        return "camera"
+    if uri.lower().startswith(STREAM_SCHEMES):
+        return "stream"
+    path = Path(uri)
+    if path.is_dir():
+        return "folder"
+    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV logs its own lines while probing backends; the failure is reported once, by us."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    """Open ``cfg`` or raise :class:`SourceError` (one line saying what and why)."""
+    with _quiet_opencv():
+        return _open(cfg)
+
+
+def _open(cfg: SourceConfig) -> Source:
+    k = kind(cfg.uri)
+    if k == "camera":
+        return _camera(cfg)
+    if k == "stream":
+        return _stream(cfg)
+    if k == "folder":
+        return ImageFolder(cfg)
+    if k == "image":
+        path = Path(cfg.uri)
+        if not path.is_file():
+            raise SourceError(f"no such file: {cfg.uri}")
+        if cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
+            raise SourceError(f"cannot read image {cfg.uri}")
+        return ImageFolder(cfg, files=[path])
+    return VideoFile(cfg)

@@ -1,0 +1,1 @@
+"""Classifier stage: face crops in, emotion label and probabilities per face out (int8 TFLite via LiteRT)."""

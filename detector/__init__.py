@@ -1,0 +1,1 @@
+"""Detector stage: frames -> faces (MediaPipe BlazeFace) and classifier-ready face crops."""

@@ -1,0 +1,128 @@
+"""Detector worker: frames in, frames with faces and face crops out.
+
+Consumes ``frame`` messages from capture; produces the same frame (image forwarded: the display
+draws on it) with ``faces`` (left to right) and ``crops`` (one ``size x size x C`` uint8 crop per
+face, made by :func:`bus.preprocess.crop_face` for the classifier model's sidecar spec), stamped
+``t["detector"]`` when sent. Stale live frames and frames that cannot be processed become ``drop``
+markers with a ``reason``; ``drop`` and ``eos`` messages are passed on unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+import numpy as np
+import zmq
+
+from bus import sockets
+from bus.codec import CodecError, Face, Message, decode, encode
+from bus.config import Config
+from bus.preprocess import crop_face, to_uint8_bgr
+from bus.runtime import RateLimited, Stats
+from bus.sidecar import ModelSpec
+
+log = logging.getLogger("detector")
+
+POLL_MS = 100
+
+
+class Backend(Protocol):
+    excess: int  # faces dropped so far because a frame had more than max_faces
+
+    def detect(self, bgr: np.ndarray) -> list[Face]: ...
+
+
+def drop(msg: Message, reason: str) -> Message:
+    """The drop marker that stands for ``msg`` downstream."""
+    return Message(src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t))
+
+
+def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: float) -> Message:
+    """One message in, one out (pure: no sockets, no clock; ``now`` is the wall time it arrived)."""
+    if msg.kind != "frame":
+        return msg
+    if msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms:
+        return drop(msg, "stale")
+    if msg.image is None:
+        return drop(msg, "no_image")
+    try:
+        image = to_uint8_bgr(msg.image)
+    except ValueError:
+        return drop(msg, "bad_image")
+    try:
+        faces = backend.detect(image)
+    except (ValueError, RuntimeError):
+        return drop(msg, "detect_error")
+    crops = None  # no faces, no crops part (bus.codec cannot encode an empty crops array)
+    try:
+        if faces:
+            colour = spec.colour
+            crops = np.stack([crop_face(image, f.box, spec.size, colour, spec.crop_margin) for f in faces])  # type: ignore[arg-type]
+    except ValueError:  # a box that is not a number
+        return drop(msg, "crop_error")
+    return Message(
+        src=msg.src,
+        seq=msg.seq,
+        ts=msg.ts,
+        live=msg.live,
+        image=image,
+        jpeg=msg.jpeg,
+        faces=faces,
+        crops=crops,
+        t=dict(msg.t),
+    )
+
+
+def run(
+    cfg: Config,
+    in_sock: zmq.Socket,
+    out_sock: zmq.Socket,
+    backend: Backend,
+    stop: threading.Event,
+    stats: Stats,
+    spec: ModelSpec,
+) -> None:
+    """Move messages until ``stop``: receive, decode, :func:`step`, encode, send; count every drop."""
+    limited = RateLimited(log)
+    jpeg = cfg.bus.jpeg_quality or None
+    while not stop.is_set():
+        parts = sockets.recv(in_sock, POLL_MS)
+        stats.maybe_log()
+        if parts is None:
+            continue
+        try:
+            msg = decode(parts)
+        except CodecError as e:
+            stats.drop("decode")
+            limited.warning("decode", "undecodable message dropped: %s", e)
+            continue
+        excess = backend.excess
+        out = step(msg, backend, spec, cfg.bus.max_age_ms, time.time())
+        if backend.excess > excess:
+            stats.drop("excess_faces", backend.excess - excess)
+        if out.kind == "drop" and msg.kind == "frame":
+            stats.drop(out.reason or "?")
+            limited.warning(out.reason or "?", "src %s seq %d dropped: %s", msg.src, msg.seq, out.reason)
+        elif out.kind == "frame":
+            stats.frame(msg.ts)
+        _forward(out, out_sock, jpeg, stats, limited)
+    log.info("final stats: %s", stats.line())
+
+
+def _forward(out: Message, sock: zmq.Socket, jpeg: int | None, stats: Stats, limited: RateLimited) -> None:
+    """Send ``out`` (live frames without blocking); a frame that cannot be sent goes on as a drop marker."""
+    out.t["detector"] = time.time()
+    try:
+        parts = encode(out, jpeg)
+    except CodecError as e:
+        limited.warning("encode", "src %s seq %d: cannot encode: %s", out.src, out.seq, e)
+        parts = None
+    if parts is not None and sockets.send(sock, parts, block=not (out.live and out.kind == "frame")):
+        return
+    stats.drop("send")
+    limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
+    if out.kind == "frame":
+        sockets.send(sock, encode(drop(out, "send")), block=not out.live)

@@ -1,0 +1,158 @@
+"""``python -m display``: the display stage, or ``--image X.jpg --faces F.json --out Y.jpg`` to draw.
+
+Stage: binds a PULL socket on ``[display] endpoint`` and feeds the sinks ``[display]`` turns on;
+with ``exit_at_end`` it exits 0 once every file source has ended and been accounted for.
+Drawing mode: draws the faces of a JSON file (the output of ``python -m detector --image``,
+``python -m classifier --image``, or an events line) onto an image, writes it and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import cv2
+import zmq
+
+from bus.codec import Face
+from bus.config import Config, ConfigError, load
+from bus.runtime import Stats, install_stop, setup_logging
+from bus.sockets import pull
+from display.draw import annotate
+from display.sinks import open_sinks
+from display.worker import run
+
+
+def _fail(msg: str) -> NoReturn:
+    click.echo(f"display: {msg}", err=True)
+    sys.exit(2)
+
+
+def _objects(text: str) -> list[Any]:
+    try:
+        doc = json.loads(text)
+        return doc if isinstance(doc, list) else [doc]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]  # JSON lines
+
+
+def _face(d: dict[str, Any], labels: list[str], whole: tuple[float, float, float, float]) -> tuple[Face, list[str]]:
+    probs, names = d.get("probs"), labels
+    if isinstance(probs, dict):
+        names, probs = [str(k) for k in probs], [float(v) for v in probs.values()]
+    box = d.get("box", whole)  # the classifier's --image output: the whole image is the face
+    if not (isinstance(box, list | tuple) and len(box) == 4):
+        raise ValueError(f"face box must be [x, y, w, h], got {box!r}")
+    x, y, w, h = (float(v) for v in box)
+    label = d.get("label")
+    face = Face(
+        (x, y, w, h),
+        float(d.get("score", 1.0)),
+        [(float(kx), float(ky)) for kx, ky in d.get("kp", [])],
+        label if isinstance(label, str) else None,
+        None if probs is None else [float(p) for p in probs],
+    )
+    return face, names
+
+
+def load_faces(path: str, image_path: str, shape: tuple[int, ...]) -> tuple[list[Face], list[str]]:
+    """Faces (and label order) from a JSON/JSON-lines file; entries naming another image are skipped."""
+    whole = (0.0, 0.0, float(shape[1]), float(shape[0]))
+    objs = _objects(Path(path).read_text(encoding="utf-8"))
+
+    def names_image(o: Any) -> bool:  # classifier lines say "image", detector lines "src"
+        ref = o.get("image", o.get("src")) if isinstance(o, dict) else None
+        return isinstance(ref, str) and Path(ref).name == Path(image_path).name
+
+    if any(names_image(o) for o in objs):
+        objs = [o for o in objs if names_image(o)]
+    faces: list[Face] = []
+    labels: list[str] = []
+    for o in objs:
+        if not isinstance(o, dict):
+            raise ValueError(f"expected JSON objects, got {type(o).__name__}")
+        group = o["faces"] if isinstance(o.get("faces"), list) else [o]
+        own = [str(x) for x in o.get("labels", [])] if isinstance(o.get("labels"), list) else []
+        for d in group:
+            face, names = _face(d, own, whole)
+            faces.append(face)
+            labels = names or labels
+    return faces, labels
+
+
+def draw_file(image: str, faces_path: str, out: str) -> int:
+    img = cv2.imread(image, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"cannot read image {image}")
+    faces, labels = load_faces(faces_path, image, img.shape)
+    if not cv2.imwrite(out, annotate(img, faces, labels)):
+        raise ValueError(f"cannot write {out}")
+    return len(faces)
+
+
+def serve(cfg: Config) -> None:
+    log = setup_logging("display")
+    stop = threading.Event()
+    install_stop(stop)
+    try:
+        sinks = open_sinks(cfg, stop, log)
+    except OSError as e:
+        _fail(f"cannot start a sink: {e}")
+    ctx = zmq.Context()
+    try:
+        try:
+            in_sock = pull(ctx, cfg.display.endpoint, cfg.bus.hwm)
+        except zmq.ZMQError as e:
+            for s in sinks:
+                s.close()
+            _fail(f"cannot bind {cfg.display.endpoint}: {e}")
+        log.info("pulling on %s; sinks: %s", cfg.display.endpoint, ", ".join(s.name for s in sinks) or "none")
+        try:
+            run(cfg, in_sock, sinks, stop, Stats(log, cfg.bus.stats_interval_s), log)
+        finally:
+            in_sock.close(linger=0)
+    finally:
+        ctx.term()
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="bus.toml to read (overrides BUS_CONFIG).",
+)
+@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Draw onto this image (no sockets).")
+@click.option(
+    "--faces",
+    "faces_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON faces to draw (detector/classifier --image output).",
+)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the drawn image.")
+def main(config_path: str | None, image: str | None, faces_path: str | None, out: str | None) -> None:
+    """Show classified frames (window, web page, video, events file) and account for every frame."""
+    if image or faces_path or out:
+        if not (image and faces_path and out):
+            _fail("--image, --faces and --out go together")
+        try:
+            n = draw_file(image, faces_path, out)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _fail(str(e))
+        click.echo(f"drew {n} face(s) into {out}")
+        return
+    try:
+        cfg = load(config_path)
+    except ConfigError as e:
+        _fail(str(e))
+    serve(cfg)
+
+
+if __name__ == "__main__":
+    main()

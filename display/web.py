@@ -1,0 +1,273 @@
+"""The live web page: a small HTTP server on ``[display] web`` (loopback by default).
+
+Serves only its own static files (``static/index.html``, ``app.js``, ``style.css``, read once at
+start-up and looked up by exact name: no path ever reaches the file system), ``/state.json`` (the
+latest frame per source: src, seq, ts, faces with box, label, score, probabilities; plus fps) and
+``/stream.mjpg[?src=ID]`` (multipart MJPEG of the latest annotated frame of one source).
+
+MJPEG design: the worker only *publishes* the newest annotated image into a per-source slot
+guarded by a Condition (a reference swap and a notify, never a wait). Each streaming client has
+its own thread that waits on the Condition for a newer version than it last sent, JPEG-encodes it
+outside the lock (once per version, shared by all clients) and writes it with a socket timeout.
+A slow client therefore skips frames instead of queueing them, memory is one image per source,
+and the worker loop never blocks on the network. At most ``MAX_STREAMS`` clients stream at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from bus.codec import Message
+from display.draw import hex_colour
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC = {  # URL path -> (file name, content type): the whole whitelist
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+MAX_STREAMS = 8
+CLIENT_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
+JPEG_QUALITY = 80
+FPS_WINDOW_S = 2.0
+
+
+@dataclass
+class Slot:
+    version: int
+    image: np.ndarray
+    jpeg: bytes | None = None
+
+
+class Hub:
+    """Latest annotated image and state per source, shared by the worker and the HTTP threads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, jpeg_quality: int = JPEG_QUALITY):
+        self.cond = threading.Condition()
+        self.clock, self.quality = clock, jpeg_quality
+        self.version = 0
+        self.slots: dict[str, Slot] = {}
+        self.states: dict[str, dict[str, Any]] = {}
+        self.times: collections.deque[float] = collections.deque(maxlen=1024)
+        self.closed = False
+
+    def publish(self, src: str, image: np.ndarray | None, state: dict[str, Any]) -> None:
+        """Worker side: never waits. Frames older (lower seq) than the shown one are ignored."""
+        with self.cond:
+            shown = self.states.get(src)
+            if shown is not None and state["seq"] < shown["seq"]:
+                return
+            self.states[src] = state
+            self.times.append(self.clock())
+            if image is not None:
+                self.version += 1
+                self.slots[src] = Slot(self.version, image)
+            self.cond.notify_all()
+
+    def fps(self) -> float:
+        with self.cond:
+            now = self.clock()
+            recent = [t for t in self.times if now - t <= FPS_WINDOW_S]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(1e-6, recent[-1] - recent[0])
+
+    def state(self) -> dict[str, Any]:
+        fps = self.fps()
+        with self.cond:
+            return {"fps": round(fps, 1), "sources": list(self.states.values())}
+
+    def _slot(self, src: str | None) -> Slot | None:
+        if src is None:
+            return next(iter(self.slots.values()), None)
+        return self.slots.get(src)
+
+    def wait_frame(self, src: str | None, after: int, timeout: float) -> tuple[int, bytes] | None:
+        """Client side: the JPEG of the newest frame with version > ``after``, or None on timeout/close."""
+        with self.cond:
+
+            def ready() -> bool:
+                s = self._slot(src)
+                return self.closed or (s is not None and s.version > after)
+
+            if not self.cond.wait_for(ready, timeout) or self.closed:
+                return None
+            slot = self._slot(src)
+            assert slot is not None
+            if slot.jpeg is not None:
+                return slot.version, slot.jpeg
+        ok, buf = cv2.imencode(".jpg", slot.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            return None
+        slot.jpeg = buf.tobytes()  # a race encodes twice at worst; both results are equal
+        return slot.version, slot.jpeg
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int, hub: Hub, log: logging.Logger):
+        self.hub, self.log = hub, log
+        self.static = {
+            route: (STATIC_DIR.joinpath(name).read_bytes(), ctype) for route, (name, ctype) in STATIC.items()
+        }
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        bare = host.strip("[]")
+        self.address_family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+        super().__init__((bare, port), Handler)
+        # Allowed Host headers on loopback (a DNS-rebinding page cannot read the state); None = any.
+        self.hosts: set[str] | None = None
+        if bare.startswith(("127.", "::1")) or bare == "localhost":
+            bound = self.server_address[1]
+            self.hosts = {h for name in (*LOOPBACK_NAMES, host) for h in (name, f"{name}:{bound}")}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "emostream"
+    sys_version = ""
+    timeout = CLIENT_TIMEOUT_S
+
+    @property
+    def srv(self) -> Server:
+        return cast(Server, self.server)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
+        self.srv.log.debug("web: %s " + format, self.address_string(), *args)
+
+    def end_headers(self) -> None:
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        self.route(head=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.route(head=False)
+
+    def send_body(self, code: int, body: bytes, ctype: str, head: bool, cache: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache" if cache else "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def route(self, head: bool) -> None:
+        if self.srv.hosts is not None and self.headers.get("Host", "") not in self.srv.hosts:
+            self.send_body(403, b"forbidden host\n", "text/plain; charset=utf-8", head)
+            return
+        url = urlsplit(self.path)
+        if url.path == "/state.json":
+            body = json.dumps(self.srv.hub.state(), separators=(",", ":")).encode("utf-8")
+            self.send_body(200, body, "application/json", head)
+        elif url.path == "/stream.mjpg":
+            src = parse_qs(url.query).get("src", [None])[0]
+            self.stream(src, head)
+        elif url.path == "/favicon.ico":  # browsers ask for one; no content, rather than a 404 per visit
+            self.send_body(204, b"", "image/x-icon", head=True)
+        elif url.path in self.srv.static:
+            body, ctype = self.srv.static[url.path]
+            self.send_body(200, body, ctype, head, cache=True)
+        else:
+            self.send_body(404, b"not found\n", "text/plain; charset=utf-8", head)
+
+    def stream(self, src: str | None, head: bool) -> None:
+        if not self.srv.streams.acquire(blocking=False):
+            self.send_body(503, b"too many viewers\n", "text/plain; charset=utf-8", head)
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if head:
+                return
+            hub, last = self.srv.hub, 0
+            while not hub.closed:
+                got = hub.wait_frame(src, last, timeout=1.0)
+                if got is None:
+                    if self.client_gone():
+                        return
+                    continue
+                last, jpeg = got
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+                )
+        except OSError as e:  # the viewer went away or stopped reading
+            self.srv.log.debug("web: stream client %s gone: %s", self.address_string(), e)
+        finally:
+            self.srv.streams.release()
+            self.close_connection = True
+
+    def client_gone(self) -> bool:
+        """While no frame comes, notice a viewer that hung up (its socket reads EOF), freeing its slot."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+
+def state_of(msg: Message, event: dict[str, Any]) -> dict[str, Any]:
+    """What ``/state.json`` shows of a frame: its events record plus labels and colours."""
+    labels = list(msg.labels or [])
+    faces = [dict(f, colour=hex_colour(f["label"])) for f in event["faces"]]
+    return {**event, "faces": faces, "labels": labels, "colours": {lab: hex_colour(lab) for lab in labels}}
+
+
+class WebSink:
+    """Starts the page's server in a daemon thread; ``write`` publishes into the hub."""
+
+    name = "web"
+    wants_image = True
+
+    def __init__(self, address: str, log: logging.Logger):
+        host, _, port = address.rpartition(":")
+        self.hub = Hub()
+        self.server = Server(host, int(port), self.hub, log)  # OSError when the port is taken
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="web", daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://{host}:{self.server.server_address[1]}/"
+        log.info("live page at %s", self.url)
+
+    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+        self.hub.publish(msg.src, image, state_of(msg, event))
+
+    def close(self) -> None:
+        self.hub.close()
+        self.server.shutdown()
+        self.server.server_close()

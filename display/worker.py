@@ -1,0 +1,257 @@
+"""Display worker: classified frames, drop markers and eos in; sinks fed; every frame accounted for.
+
+Consumes classifier messages (image + faces with ``label``/``probs`` + ``labels``), ``drop`` markers
+and ``eos`` from any stage; produces, per frame, an events record and an annotated image for the
+sinks (window, web page, video, events file). The :class:`Ledger` counts per source what arrived
+against what capture read, decides when the run is complete, and names what was lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import zmq
+
+from bus.codec import CodecError, Message, decode
+from bus.config import Config
+from bus.runtime import RateLimited, Stats
+from bus.sockets import recv
+from display.draw import annotate
+
+POLL_MS = 100
+
+
+class Sink(Protocol):
+    name: str
+    wants_image: bool
+
+    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_file_uri(uri: str) -> bool:
+    """A file or folder source (ends by itself), not a camera index or a stream URL."""
+    return not uri.isdigit() and "://" not in uri
+
+
+def waiting_sources(cfg: Config) -> list[str]:
+    """Sources whose end the display waits for: the file sources, or all of them if none is a file."""
+    files = [s.id for s in cfg.capture.sources if is_file_uri(s.uri)]
+    return files or cfg.source_ids()
+
+
+@dataclass
+class SourceCount:
+    received: int = 0  # frames with results (what the events file gets)
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    read: int | None = None  # frames capture read, from its eos
+    capture_dropped: int = 0
+    lost: int = 0  # set by Ledger.finalise
+    last: float = float("-inf")  # when anything last arrived for this source
+
+    @property
+    def accounted(self) -> int:
+        return self.received + sum(self.drops.values()) + self.capture_dropped
+
+    @property
+    def ended(self) -> bool:
+        return self.read is not None
+
+    @property
+    def complete(self) -> bool:
+        return self.read is not None and self.accounted >= self.read
+
+
+class Ledger:
+    """Per-source accounting. Pure: callers pass ``now`` (any monotonic clock)."""
+
+    def __init__(self, sources: Iterable[str], waiting: Sequence[str]):
+        self.sources: dict[str, SourceCount] = {s: SourceCount() for s in sources}
+        self.waiting = tuple(waiting)
+
+    def _get(self, src: str, now: float) -> SourceCount:
+        c = self.sources.setdefault(src, SourceCount())
+        c.last = now
+        return c
+
+    def frame(self, src: str, now: float) -> None:
+        self._get(src, now).received += 1
+
+    def drop(self, src: str, reason: str, now: float) -> None:
+        self._get(src, now).drops[reason] += 1
+
+    def eos(self, src: str, read: int, capture_dropped: int, now: float) -> None:
+        c = self._get(src, now)
+        c.read, c.capture_dropped = read, capture_dropped
+
+    def done(self, now: float, drain_timeout_s: float) -> bool:
+        """Every awaited source ended and is complete, or ended and silent for ``drain_timeout_s``."""
+        counts = [self.sources.get(s, SourceCount()) for s in self.waiting]
+        if not counts or not all(c.ended for c in counts):
+            return False
+        if all(c.complete for c in counts):
+            return True
+        return now - max(c.last for c in counts) >= drain_timeout_s
+
+    def finalise(self) -> None:
+        """Whatever an ended source read and nobody accounted for is lost."""
+        for c in self.sources.values():
+            c.lost = max(0, c.read - c.accounted) if c.read is not None else 0
+
+    def lines(self) -> list[str]:
+        out = []
+        for src, c in self.sources.items():
+            drops = " ".join(f"{k}={v}" for k, v in sorted(c.drops.items()))
+            if c.capture_dropped:
+                drops = f"capture={c.capture_dropped} {drops}".strip()
+            read = "?" if c.read is None else str(c.read)
+            out.append(
+                f"{src}: read {read}  in events {c.received}  dropped {drops or 0}  lost {c.lost}"
+                + ("" if c.ended else "  (no eos)")
+            )
+        return out
+
+
+def event(msg: Message, now: float) -> dict[str, Any]:
+    """The events-file record of a classified frame (``now``: wall clock, for latency)."""
+    labels = msg.labels or []
+    faces = []
+    for f in msg.faces:
+        probs: dict[str, float] = {}
+        if f.probs is not None:
+            names = labels if len(labels) == len(f.probs) else [str(i) for i in range(len(f.probs))]
+            probs = {n: round(float(p), 4) for n, p in zip(names, f.probs, strict=True)}
+        faces.append(
+            {
+                "box": [round(float(v), 1) for v in f.box],
+                "score": round(float(f.score), 4),
+                "label": f.label,
+                "probs": probs,
+            }
+        )
+    return {
+        "src": msg.src,
+        "seq": msg.seq,
+        "ts": msg.ts,
+        "faces": faces,
+        "latency_ms": round((now - msg.ts) * 1000.0, 1),
+    }
+
+
+@dataclass
+class Output:
+    event: dict[str, Any]
+    image: np.ndarray | None
+
+
+def step(msg: Message, now: float, draw: bool = True) -> Output:
+    """A classified frame -> its events record and (``draw``) annotated image. Pure."""
+    image = annotate(msg.image, msg.faces, msg.labels) if draw and msg.image is not None else None
+    return Output(event(msg, now), image)
+
+
+def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
+    return msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms
+
+
+class Display:
+    """The loop's state: ledger, sinks, counters. ``handle`` takes one raw message."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        sinks: Sequence[Sink],
+        stats: Stats,
+        log: logging.Logger,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.cfg, self.sinks, self.stats, self.log, self.wall = cfg, list(sinks), stats, log, wall
+        self.ledger = Ledger(cfg.source_ids(), waiting_sources(cfg))
+        self.warn = RateLimited(log)
+        self.draw = any(s.wants_image for s in self.sinks)
+
+    def handle(self, parts: list[Any], now: float) -> None:
+        try:
+            msg = decode(parts)
+        except CodecError as e:
+            self.stats.drop("garbage")
+            self.warn.warning("garbage", "undecodable message ignored: %s", e)
+            return
+        if msg.src not in self.ledger.sources:
+            self.warn.warning("unknown_src", "messages from %r, a source not in the config", msg.src)
+        if msg.kind == "eos":
+            if msg.frames is None:
+                self.stats.drop("garbage")
+                self.warn.warning("eos", "%s: eos without a frame count ignored", msg.src)
+                return
+            self.ledger.eos(msg.src, msg.frames, msg.dropped or 0, now)
+            self.log.info(
+                "%s: end of source after %d frames (%d dropped at capture)", msg.src, msg.frames, msg.dropped or 0
+            )
+        elif msg.kind == "drop":
+            reason = msg.reason or "unknown"
+            self.ledger.drop(msg.src, reason, now)
+            self.stats.drop(reason)
+        elif is_stale(msg, self.wall(), self.cfg.bus.max_age_ms):
+            self.ledger.drop(msg.src, "stale", now)
+            self.stats.drop("stale")
+            self.warn.warning("stale", "%s#%d: stale live frame dropped", msg.src, msg.seq)
+        else:
+            self.ledger.frame(msg.src, now)
+            self.stats.frame(msg.ts)
+            out = step(msg, self.wall(), self.draw)
+            for sink in self.sinks:
+                try:
+                    sink.write(msg, out.image, out.event)
+                except (OSError, ValueError, cv2.error) as e:
+                    self.stats.drop(f"sink_{sink.name}")
+                    self.warn.warning(
+                        f"sink_{sink.name}", "%s sink failed on %s#%d: %s", sink.name, msg.src, msg.seq, e
+                    )
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except (OSError, ValueError, cv2.error) as e:
+                self.log.error("closing the %s sink failed: %s", sink.name, e)
+
+
+def run(
+    cfg: Config,
+    in_sock: zmq.Socket,
+    sinks: Sequence[Sink],
+    stop: threading.Event,
+    stats: Stats,
+    log: logging.Logger,
+    clock: Callable[[], float] = time.monotonic,
+) -> Ledger:
+    """Receive and show until ``stop``, or (``exit_at_end``) until every awaited source is accounted for
+    or has been silent for ``drain_timeout_s`` after its eos. Logs one final line per source."""
+    disp = Display(cfg, sinks, stats, log)
+    try:
+        while not stop.is_set():
+            stats.maybe_log()
+            parts = recv(in_sock, POLL_MS)
+            now = clock()
+            if parts is not None:
+                disp.handle(parts, now)
+            if cfg.display.exit_at_end and disp.ledger.done(now, cfg.display.drain_timeout_s):
+                log.info("every source ended and is accounted for: exiting")
+                break
+    finally:
+        disp.close()
+        disp.ledger.finalise()
+        log.info("final stats: %s", stats.line())
+        for line in disp.ledger.lines():
+            log.info("final %s", line)
+    return disp.ledger

@@ -1,0 +1,145 @@
+"""capture.worker with scripted sources and senders (no sockets)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from bus.codec import Message
+from bus.config import CaptureConfig, Config, SourceConfig
+from bus.runtime import Stats
+from capture.sources import Unreadable
+from capture.worker import _Shared, printer, pump, run
+
+log = logging.getLogger("test")
+
+
+@dataclass
+class Scripted:
+    """A source that plays a script: an int n = frame n, "bad" = an unreadable item."""
+
+    script: list[int | str]
+    id: str = "s"
+    uri: str = "scripted"
+    live: bool = False
+    fps: float = 1000.0
+    ended: bool = False
+    pos: int = 0
+
+    def read(self, timeout: float) -> tuple[np.ndarray, float] | None:
+        if self.pos >= len(self.script):
+            self.ended = True
+            return None
+        item = self.script[self.pos]
+        self.pos += 1
+        if item == "bad":
+            raise Unreadable("item is bad")
+        return np.full((2, 3, 3), item, np.uint8), time.time()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Recorder:
+    """A sender that records what it sent; ``refuse`` lists seqs of frames it fails to send."""
+
+    refuse: set[int] = field(default_factory=set)
+    sent: list[tuple[Message, bool]] = field(default_factory=list)
+
+    def __call__(self, msg: Message, block: bool) -> bool:
+        if msg.kind == "frame" and msg.seq in self.refuse:
+            return False
+        self.sent.append((msg, block))
+        return True
+
+
+def shared() -> _Shared:
+    return _Shared(Stats(log, 60.0))
+
+
+@pytest.mark.parametrize(
+    ("script", "live", "refuse", "frames", "dropped", "unreadable"),
+    [
+        ([1, 2, 3], False, set(), 3, 0, 0),
+        ([1, "bad", 2], False, set(), 2, 0, 1),
+        ([1, 2, 3, 4], False, {1, 2}, 4, 2, 0),
+        ([1, 2], True, {0}, 2, 1, 0),
+        ([], False, set(), 0, 0, 0),
+    ],
+)
+def test_pump_sends_every_frame_then_eos_with_counts(
+    script: list[int | str], live: bool, refuse: set[int], frames: int, dropped: int, unreadable: int
+) -> None:
+    src, send, sh = Scripted(script, live=live), Recorder(refuse), shared()
+    assert pump(src, send, threading.Event(), sh, realtime=False, peer_wait_s=0) == (frames, dropped)
+    *sent_frames, (eos, eos_block) = send.sent
+    assert [m.seq for m, _ in sent_frames] == [s for s in range(frames) if s not in refuse]
+    assert all(m.kind == "frame" and m.src == "s" and m.live == live and m.image is not None for m, _ in sent_frames)
+    assert all(block == (not live) for _, block in sent_frames), "live frames never block, file frames do"
+    assert all("capture" in m.t for m, _ in sent_frames)
+    assert (eos.kind, eos.frames, eos.dropped, eos.seq, eos_block) == ("eos", frames, dropped, frames, True)
+    assert sh.stats.drops["unreadable"] == unreadable and sh.stats.drops["send"] == dropped
+    assert sh.stats.total == frames - dropped
+
+
+def test_first_file_frame_waits_for_a_peer() -> None:
+    attempts = []
+
+    def late_peer(msg: Message, block: bool) -> bool:
+        attempts.append(msg.seq)
+        return len(attempts) > 3  # downstream comes up after three tries
+
+    assert pump(Scripted([1, 2]), late_peer, threading.Event(), shared(), realtime=False, peer_wait_s=10) == (2, 0)
+    assert attempts[:4] == [0, 0, 0, 0]
+
+
+def test_realtime_paces_files_at_their_fps() -> None:
+    src = Scripted(list(range(6)), fps=50.0)
+    t0 = time.monotonic()
+    pump(src, Recorder(), threading.Event(), shared(), realtime=True, peer_wait_s=0)
+    assert time.monotonic() - t0 >= 5 / 50.0 * 0.9
+
+
+def test_stop_ends_pump_without_eos() -> None:
+    class Endless(Scripted):
+        def read(self, timeout: float) -> tuple[np.ndarray, float] | None:
+            return np.zeros((2, 2, 3), np.uint8), time.time()
+
+    stop, send = threading.Event(), Recorder()
+    t = threading.Thread(target=pump, args=(Endless([]), send, stop, shared(), True))
+    t.start()
+    time.sleep(0.05)
+    stop.set()
+    t.join(timeout=2)
+    assert not t.is_alive()
+    assert send.sent and all(m.kind == "frame" for m, _ in send.sent)
+
+
+def test_run_pumps_sources_in_parallel_and_print_writes_json_lines() -> None:
+    cfg = Config(capture=CaptureConfig(sources=(SourceConfig(uri="a", id="a"), SourceConfig(uri="b", id="b"))))
+    out = io.StringIO()
+    lock = threading.Lock()
+    sources = [Scripted([1, 2], id="a"), Scripted([3], id="b")]
+    run(cfg, sources, [printer(out, lock), printer(out, lock)], threading.Event(), Stats(log, 60.0), linger_s=0)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    a = [x for x in lines if x["src"] == "a"]
+    assert [(x["kind"], x["seq"]) for x in a] == [("frame", 0), ("frame", 1), ("eos", 2)]
+    assert a[0]["shape"] == [2, 3, 3] and isinstance(a[0]["ts"], float)
+    assert [x["kind"] for x in lines if x["src"] == "b"] == ["frame", "eos"]
+
+
+def test_run_lingers_after_the_end_until_stopped() -> None:
+    cfg = Config(capture=CaptureConfig(sources=(SourceConfig(uri="a", id="a"),), eof_linger_s=30.0))
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    run(cfg, [Scripted([1])], [Recorder()], stop, Stats(log, 60.0))
+    assert 0.15 < time.monotonic() - t0 < 2.0

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.model import EmotionModel, ModelError
+
+
+def crops(n: int, seed: int = 0, size: int = 48, ch: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, ch), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["int8", "float"])
+@pytest.mark.parametrize("n", [0, 1, 8])
+def test_batch_gives_one_distribution_per_face(tiny, kind, n):
+    model = EmotionModel(tiny[kind])
+    probs = model.classify(crops(n))
+    assert probs.shape == (n, 7)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (probs >= 0).all()
+
+
+def test_batch_equals_faces_one_by_one_and_resizes_back(tiny):
+    model = EmotionModel(tiny["int8"])
+    batch = crops(8, seed=1)
+    together = model.classify(batch)
+    alone = np.concatenate([model.classify(batch[i : i + 1]) for i in range(8)])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    np.testing.assert_allclose(model.classify(batch), together, atol=1e-6)  # 8 -> 1 -> 8 again
+
+
+def test_int8_model_uses_the_fast_path_and_reports_itself(tiny):
+    model = EmotionModel(tiny["int8"])
+    assert model.quantize.fast
+    assert model.info["input"] == "int8"
+    assert model.labels == ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    assert (model.size, model.channels) == (48, 1)
+
+
+def test_int8_agrees_with_float_model(tiny):
+    batch = crops(4, seed=2)
+    q = EmotionModel(tiny["int8"]).classify(batch)
+    f = EmotionModel(tiny["float"]).classify(batch)
+    np.testing.assert_allclose(q, f, atol=0.02)  # quantisation error only
+
+
+def test_wrong_crop_shape_is_a_value_error(tiny):
+    with pytest.raises(ValueError, match="do not fit"):
+        EmotionModel(tiny["int8"]).classify(crops(1, size=64))
+
+
+def _copy(src: Path, dst_dir: Path, sidecar: bool = True) -> Path:
+    dst = dst_dir / "m.tflite"
+    shutil.copy(src, dst)
+    if sidecar:
+        shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    return dst
+
+
+def _edit_sidecar(path: Path, **inp: object) -> None:
+    side = path.with_suffix(".json")
+    d = json.loads(side.read_text())
+    labels = inp.pop("labels", None)
+    if labels is not None:
+        d["labels"] = labels
+    d["input"].update(inp)
+    side.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    ("break_it", "error"),
+    [
+        (lambda p: _edit_sidecar(p, size=64), r"input shape \[1, 48, 48, 1\] does not match the sidecar"),
+        (lambda p: _edit_sidecar(p, colour="rgb"), "does not match the sidecar"),
+        (lambda p: _edit_sidecar(p, labels=["a", "b", "c"]), "one score per sidecar label"),
+        (lambda p: p.with_suffix(".json").unlink(), "sidecar not found"),
+        (lambda p: p.with_suffix(".json").write_text("{not json"), "not valid JSON"),
+        (lambda p: p.write_bytes(b"not a flatbuffer" * 10), "not a loadable TFLite model"),
+        (lambda p: p.write_bytes(p.read_bytes()[:500]), "not a loadable TFLite model"),
+        (lambda p: p.unlink(), "model file not found"),
+    ],
+    ids=["size", "colour", "labels", "no-sidecar", "bad-sidecar", "garbage", "truncated", "no-model"],
+)
+def test_load_errors_are_model_errors(tiny, tmp_path, break_it, error):
+    path = _copy(tiny["int8"], tmp_path)
+    break_it(path)
+    with pytest.raises(ModelError, match=error):
+        EmotionModel(path)
+
+
+def test_a_model_that_refuses_batches_is_run_face_by_face(tiny, caplog):
+    model = EmotionModel(tiny["int8"])
+    batch = crops(3, seed=3)
+    expected = model.classify(batch)
+    model = EmotionModel(tiny["int8"])
+    resize = model._it.resize_tensor_input
+
+    def fixed_batch(index, shape, *args, **kwargs):
+        if shape[0] != 1:
+            raise RuntimeError("fixed batch")
+        return resize(index, shape, *args, **kwargs)
+
+    model._it.resize_tensor_input = fixed_batch
+    with caplog.at_level("WARNING", logger="classifier.model"):
+        np.testing.assert_allclose(model.classify(batch), expected, atol=1e-6)
+        np.testing.assert_allclose(model.classify(batch), expected, atol=1e-6)
+    assert not model.batching
+    assert caplog.text.count("cannot take a batch of 3") == 1

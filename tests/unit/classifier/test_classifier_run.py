@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bus.codec import Face, Message, decode, encode
+from bus.config import Config
+from bus.runtime import Stats
+from classifier.worker import run
+
+LOG = logging.getLogger("test.classifier")
+
+
+class FlakyModel:
+    labels = ("a", "b")
+    size = 4
+    channels = 1
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        if crops.max() == 255:
+            raise RuntimeError("interpreter failed")
+        return np.tile(np.array([[0.25, 0.75]], np.float32), (len(crops), 1))
+
+
+def msg(seq: int, live: bool = False, age_s: float = 0.0, pixel: int = 0) -> Message:
+    return Message(
+        src="s",
+        seq=seq,
+        ts=time.time() - age_s,
+        live=live,
+        image=np.zeros((8, 8, 3), np.uint8),
+        faces=[Face((0, 0, 4, 4), 0.9)],
+        crops=np.full((1, 4, 4, 1), pixel, np.uint8),
+    )
+
+
+@pytest.fixture
+def wired():
+    ctx = zmq.Context()
+    tag = time.monotonic_ns()
+    inner, outer = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    inner.bind(f"inproc://in-{tag}")
+    outer.connect(f"inproc://in-{tag}")
+    down, sink = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    sink.bind(f"inproc://out-{tag}")
+    down.connect(f"inproc://out-{tag}")
+    yield outer, inner, down, sink
+    for s in (inner, outer, down, sink):
+        s.close(linger=0)
+    ctx.term()
+
+
+def test_run_forwards_results_markers_and_eos(wired):
+    feed, inner, down, sink = wired
+    stop, stats = threading.Event(), Stats(LOG, 60.0)
+    t = threading.Thread(target=run, args=(Config(), inner, down, FlakyModel(), stop, stats, LOG))
+    t.start()
+    try:
+        feed.send_multipart(encode(msg(0)))
+        feed.send_multipart([b"garbage"])
+        feed.send_multipart(encode(msg(1, live=True, age_s=5.0)))  # stale
+        feed.send_multipart(encode(msg(2, pixel=255)))  # the model fails on this one
+        feed.send_multipart(encode(Message(src="s", seq=3, ts=1.0, kind="eos", frames=3, dropped=0)))
+        got = []
+        for _ in range(4):
+            assert sink.poll(5000), "nothing forwarded within 5 s"
+            got.append(decode(sink.recv_multipart()))
+    finally:
+        stop.set()
+        t.join(2)
+    assert not t.is_alive()
+    assert [(m.seq, m.kind, m.reason) for m in got] == [
+        (0, "frame", None),
+        (1, "drop", "stale"),
+        (2, "drop", "classify_error"),
+        (3, "eos", None),
+    ]
+    assert got[0].faces[0].label == "b" and got[0].labels == ["a", "b"] and got[0].crops is None
+    assert "classifier" in got[0].t and got[0].image is not None
+    assert dict(stats.drops) == {"garbage": 1, "stale": 1, "classify_error": 1}

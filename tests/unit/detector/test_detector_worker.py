@@ -1,0 +1,183 @@
+"""detector.worker: the pure step with a fake backend, and run over real inproc sockets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bus import sockets
+from bus.codec import Face, Message, decode, encode
+from bus.config import BusConfig, Config
+from bus.runtime import Stats
+from bus.sidecar import ModelSpec
+from detector.faces import limit_faces
+from detector.worker import run as run_worker
+from detector.worker import step
+
+GREY = ModelSpec(name="t", labels=("a", "b"), size=48, colour="grey", crop_margin=0.2)
+RGB = ModelSpec(name="t", labels=("a", "b"), size=32, colour="rgb", crop_margin=0.0)
+NOW = 1_000_000.0
+
+
+class FakeBackend:
+    """Returns fixed faces, or raises ``error``; records the frames it saw."""
+
+    def __init__(self, faces: list[Face] | None = None, error: Exception | None = None):
+        self.faces, self.error, self.excess = faces or [], error, 0
+        self.seen: list[tuple[int, ...]] = []
+
+    def detect(self, bgr: np.ndarray) -> list[Face]:
+        self.seen.append(bgr.shape)
+        if self.error is not None:
+            raise self.error
+        return list(self.faces)
+
+
+def frame(image: np.ndarray | None = None, live: bool = False, age_ms: float = 0.0, seq: int = 7) -> Message:
+    img = np.full((120, 160, 3), 128, np.uint8) if image is None else image
+    return Message(src="cam", seq=seq, ts=NOW - age_ms / 1000.0, live=live, image=img, t={"capture": NOW})
+
+
+def face(x: float, y: float, w: float = 30.0, score: float = 0.9) -> Face:
+    return Face((x, y, w, w), score, [(x + 5, y + 5)] * 6)
+
+
+@pytest.mark.parametrize(
+    ("faces", "spec", "crops_shape"),
+    [
+        ([], GREY, None),
+        ([face(10, 10)], GREY, (1, 48, 48, 1)),
+        ([face(10, 10)], RGB, (1, 32, 32, 3)),
+        ([face(i * 5, i * 3) for i in range(30)], GREY, (30, 48, 48, 1)),
+        ([face(-20, -15, 60), face(140, 100, 50)], GREY, (2, 48, 48, 1)),  # partly outside the frame
+        ([face(500, 500)], GREY, (1, 48, 48, 1)),  # wholly outside: crop_face pads by replication
+    ],
+)
+def test_step_adds_faces_and_one_crop_per_face(faces: list[Face], spec: ModelSpec, crops_shape: tuple | None) -> None:
+    msg = frame()
+    out = step(msg, FakeBackend(faces), spec, max_age_ms=500, now=NOW)
+    assert out.kind == "frame" and (out.src, out.seq, out.ts, out.live) == (msg.src, msg.seq, msg.ts, msg.live)
+    assert out.faces == faces and (None if out.crops is None else out.crops.shape) == crops_shape
+    assert out.crops is None or out.crops.dtype == np.uint8
+    assert out.image is not None and out.image.shape == (120, 160, 3) and out.t == {"capture": NOW}
+    back = decode(encode(out))  # what goes on the wire decodes to the same thing
+    assert len(back.faces) == len(faces) and (None if back.crops is None else back.crops.shape) == crops_shape
+
+
+@pytest.mark.parametrize(
+    ("msg", "error", "reason"),
+    [
+        (frame(live=True, age_ms=501), None, "stale"),
+        (frame(live=True, age_ms=5000), None, "stale"),
+        (Message(src="cam", seq=1, ts=NOW), None, "no_image"),
+        (frame(np.zeros((10, 10, 2), np.uint8)), None, "bad_image"),
+        (frame(np.zeros((10, 10, 3), np.float32)), None, "bad_image"),
+        (frame(np.zeros((0, 10, 3), np.uint8)), None, "bad_image"),
+        (frame(np.zeros((2, 2, 2, 3), np.uint8)), None, "bad_image"),
+        (frame(), RuntimeError("mediapipe says no"), "detect_error"),
+        (frame(), ValueError("bad input"), "detect_error"),
+        (frame(), "nan box", "crop_error"),
+    ],
+)
+def test_step_turns_unusable_frames_into_drop_markers(msg: Message, error: Exception | str | None, reason: str) -> None:
+    faces = [face(float("nan"), 1)] if error == "nan box" else [face(1, 1)]
+    backend = FakeBackend(faces, error if isinstance(error, Exception) else None)
+    out = step(msg, backend, GREY, max_age_ms=500, now=NOW)
+    assert (out.kind, out.reason) == ("drop", reason)
+    assert (out.src, out.seq, out.ts, out.live) == (msg.src, msg.seq, msg.ts, msg.live)
+    assert out.image is None and out.crops is None
+    decode(encode(out))
+
+
+@pytest.mark.parametrize(
+    ("live", "age_ms", "max_age_ms"),
+    [(False, 60_000, 500), (True, 499, 500), (True, 60_000, 0)],
+)
+def test_step_keeps_file_frames_and_fresh_live_frames(live: bool, age_ms: float, max_age_ms: int) -> None:
+    out = step(frame(live=live, age_ms=age_ms), FakeBackend([face(1, 1)]), GREY, max_age_ms, now=NOW)
+    assert out.kind == "frame" and len(out.faces) == 1
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((40, 50), np.uint8),
+        np.zeros((40, 50, 1), np.uint8),
+        np.zeros((40, 50, 4), np.uint8),
+        np.zeros((40, 50, 3), np.uint16),
+        np.zeros((1, 1, 3), np.uint8),
+    ],
+)
+def test_step_gives_the_backend_bgr8_whatever_the_layout(image: np.ndarray) -> None:
+    backend = FakeBackend([face(0, 0)])
+    out = step(frame(image), backend, GREY, 500, NOW)
+    assert out.kind == "frame" and backend.seen == [(*image.shape[:2], 3)]
+    assert out.image is not None and out.image.dtype == np.uint8 and out.image.shape == (*image.shape[:2], 3)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Message(src="cam", seq=9, ts=NOW, kind="eos", frames=9, dropped=1),
+        Message(src="cam", seq=3, ts=NOW - 100, kind="drop", live=True, reason="stale"),
+    ],
+)
+def test_step_passes_markers_on_unchanged(msg: Message) -> None:
+    backend = FakeBackend(error=RuntimeError("must not be called"))
+    assert step(msg, backend, GREY, 500, NOW) is msg and backend.seen == []
+
+
+@pytest.mark.parametrize(
+    ("n", "max_faces", "kept", "excess"),
+    [(0, 4, 0, 0), (3, 4, 3, 0), (4, 4, 4, 0), (10, 4, 4, 6), (30, 1, 1, 29)],
+)
+def test_limit_faces_keeps_the_best_sorted_left_to_right(n: int, max_faces: int, kept: int, excess: int) -> None:
+    faces = [face(x=(i * 37) % 100, y=0, score=i / 100) for i in range(n)]
+    out, left = limit_faces(faces, max_faces)
+    assert (len(out), left) == (kept, excess)
+    assert [f.box[0] for f in out] == sorted(f.box[0] for f in out)
+    assert sorted(f.score for f in out) == sorted(f.score for f in faces)[n - kept :]
+
+
+def test_run_moves_frames_and_markers_and_counts_drops() -> None:
+    ctx = zmq.Context()
+    cfg = Config(bus=BusConfig(max_age_ms=500))
+    in_sock = sockets.pull(ctx, "inproc://det-in", hwm=10)
+    feed = sockets.push(ctx, ["inproc://det-in"], hwm=10, send_timeout_ms=500)
+    sink = sockets.pull(ctx, "inproc://det-out", hwm=10)
+    out_sock = sockets.push(ctx, ["inproc://det-out"], hwm=10, send_timeout_ms=500)
+    stop, stats = threading.Event(), Stats(logging.getLogger("test"), 60.0)
+    backend = FakeBackend([face(10, 10), face(50, 10)])
+    worker = threading.Thread(target=run_worker, args=(cfg, in_sock, out_sock, backend, stop, stats, GREY))
+    worker.start()
+    try:
+        now = time.time()
+        sent = [
+            Message(src="a", seq=0, ts=now, image=np.zeros((60, 80, 3), np.uint8)),
+            Message(src="a", seq=1, ts=now - 10, live=True, image=np.zeros((60, 80, 3), np.uint8)),
+            Message(src="a", seq=2, ts=now, kind="eos", frames=2, dropped=0),
+        ]
+        assert sockets.send(feed, [b"garbage"], block=True)
+        for m in sent:
+            assert sockets.send(feed, encode(m), block=True)
+        got = []
+        for _ in sent:
+            parts = sockets.recv(sink, 2000)
+            assert parts is not None, "detector output timed out"
+            got.append(decode(parts))
+    finally:
+        stop.set()
+        worker.join(timeout=2)
+        for s in (in_sock, feed, sink, out_sock):
+            s.close(linger=0)
+        ctx.term()
+    assert not worker.is_alive()
+    assert [(m.kind, m.seq, m.reason) for m in got] == [("frame", 0, None), ("drop", 1, "stale"), ("eos", 2, None)]
+    assert len(got[0].faces) == 2 and got[0].crops is not None and got[0].crops.shape == (2, 48, 48, 1)
+    assert all("detector" in m.t for m in got)
+    assert stats.drops == {"decode": 1, "stale": 1} and stats.total == 1

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bus.codec import Face, Message
+from display.sinks import EventsSink
+from display.worker import event, step
+
+LABELS = ["angry", "happy"]
+
+
+def msg(faces, labels=LABELS, image=True):
+    return Message(
+        src="cam0",
+        seq=7,
+        ts=100.0,
+        image=np.zeros((20, 30, 3), np.uint8) if image else None,
+        faces=faces,
+        labels=labels,
+    )
+
+
+@pytest.mark.parametrize(
+    ("faces", "labels", "expected_faces"),
+    [
+        ([], LABELS, []),
+        (
+            [Face((1.04, 2, 3, 4), 0.91234, [], "happy", [0.25, 0.75])],
+            LABELS,
+            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9123, "label": "happy", "probs": {"angry": 0.25, "happy": 0.75}}],
+        ),
+        ([Face((1, 2, 3, 4), 0.5)], None, [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}}]),
+        (
+            [Face((0, 0, 1, 1), 0.5, [], "x", [0.5, 0.5])],
+            ["only-one"],  # labels disagree: index keys
+            [{"box": [0.0, 0.0, 1.0, 1.0], "score": 0.5, "label": "x", "probs": {"0": 0.5, "1": 0.5}}],
+        ),
+    ],
+    ids=["no-faces", "classified", "unclassified", "label-mismatch"],
+)
+def test_event_record(faces, labels, expected_faces):
+    rec = event(msg(faces, labels), now=100.25)
+    assert rec == {"src": "cam0", "seq": 7, "ts": 100.0, "faces": expected_faces, "latency_ms": 250.0}
+    assert json.loads(json.dumps(rec)) == rec
+
+
+@pytest.mark.parametrize(
+    ("draw", "image", "has_image"), [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_step_draws_only_when_asked(draw, image, has_image):
+    out = step(msg([Face((1, 2, 3, 4), 0.5, [], "happy", [0.1, 0.9])], image=image), 100.0, draw)
+    assert (out.image is not None) is has_image
+    assert out.event["faces"][0]["label"] == "happy"
+
+
+def test_events_sink_writes_one_json_line_per_frame(tmp_path):
+    clock = iter(range(100)).__next__
+    path = tmp_path / "sub" / "events.jsonl"
+    sink = EventsSink(path, clock=lambda: float(clock()))
+    records = [event(msg([]), 100.0), event(msg([Face((1, 2, 3, 4), 0.5, [], "angry", [0.6, 0.4])]), 100.1)]
+    for r in records:
+        sink.write(msg([]), None, r)
+    assert len(path.read_text().splitlines()) >= 1  # flushed on the clock, before close
+    sink.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(x) for x in lines] == records
+    assert set(json.loads(lines[0])) == {"src", "seq", "ts", "faces", "latency_ms"}

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from bus.codec import Message
+from bus.config import Config, SourceConfig, validate
+from display.sinks import EventsSink, VideoSink, WindowSink, open_sinks
+from display.web import WebSink
+
+LOG = logging.getLogger("test.sinks")
+
+
+def config(tmp_path, n_sources=1, **display) -> Config:
+    cfg = Config()
+    sources = tuple(SourceConfig(uri=f"v{i}.mp4", id=f"cam{i}", fps=12.0 if i == 0 else 0.0) for i in range(n_sources))
+    return validate(
+        dataclasses.replace(
+            cfg,
+            capture=dataclasses.replace(cfg.capture, sources=sources),
+            display=dataclasses.replace(cfg.display, **display),
+        )
+    )
+
+
+def write_frames(sink, src, n, size=(64, 48)):
+    for i in range(n):
+        img = np.full((size[1], size[0], 3), (i * 20) % 256, np.uint8)
+        sink.write(Message(src=src, seq=i, ts=0.0), img, {})
+
+
+def test_video_sink_writes_a_readable_video_opened_lazily(tmp_path):
+    path = tmp_path / "out" / "annotated.mp4"
+    sink = VideoSink(path, config(tmp_path), LOG)
+    assert not path.exists()
+    write_frames(sink, "cam0", 3)
+    sink.write(Message(src="cam0", seq=3, ts=0.0), np.zeros((96, 128, 3), np.uint8), {})  # resized to fit
+    sink.write(Message(src="cam0", seq=4, ts=0.0), None, {})  # no image: skipped
+    sink.close()
+    cap = cv2.VideoCapture(str(path))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0)
+    cap.release()
+
+
+def test_video_sink_writes_one_file_per_source(tmp_path):
+    path = tmp_path / "annotated.mp4"
+    sink = VideoSink(path, config(tmp_path, n_sources=2), LOG)
+    write_frames(sink, "cam0", 2)
+    write_frames(sink, "cam1", 2)
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated-cam0.mp4", "annotated-cam1.mp4"]
+    cap = cv2.VideoCapture(str(tmp_path / "annotated-cam1.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+    cap.release()
+
+
+def test_window_is_disabled_without_a_screen(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="test.sinks"):
+        sinks = open_sinks(config(tmp_path, window=True), threading.Event(), LOG)
+    assert not any(isinstance(s, WindowSink) for s in sinks)
+    assert "no screen" in caplog.text
+
+
+def test_window_sink_disables_itself_when_opencv_cannot_show(monkeypatch, caplog):
+    def broken(*_args):
+        raise cv2.error("The function is not implemented\nno GUI backend")
+
+    monkeypatch.setattr(cv2, "imshow", broken)
+    sink = WindowSink(threading.Event(), LOG)
+    with caplog.at_level(logging.WARNING, logger="test.sinks"):
+        write_frames(sink, "cam0", 3)
+    assert not sink.enabled
+    assert caplog.text.count("window sink disabled") == 1
+
+
+def test_open_sinks_builds_what_is_asked(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config(tmp_path, web=f"127.0.0.1:{port}", video=str(tmp_path / "v.mp4"), events=str(tmp_path / "e.jsonl"))
+    sinks = open_sinks(cfg, threading.Event(), LOG)
+    try:
+        assert [type(s) for s in sinks] == [WebSink, VideoSink, EventsSink]
+    finally:
+        for s in sinks:
+            s.close()
+
+
+def test_open_sinks_fails_with_oserror_when_the_port_is_taken(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        cfg = config(tmp_path, web=f"127.0.0.1:{s.getsockname()[1]}", events=str(tmp_path / "e.jsonl"))
+        with pytest.raises(OSError):
+            open_sinks(cfg, threading.Event(), LOG)

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from bus.codec import Face, Message
+from display.web import MAX_STREAMS, Hub, WebSink
+from display.worker import event
+
+LOG = logging.getLogger("test.web")
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def web():
+    sink = WebSink("127.0.0.1:0", LOG)
+    yield sink
+    sink.close()
+
+
+def get(sink: WebSink, path: str, host: str | None = None, method: str = "GET") -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", sink.server.server_address[1], timeout=5)
+    conn.putrequest(method, path, skip_host=host is not None)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    return conn.getresponse()
+
+
+def publish(sink: WebSink, seq: int, labels: list[str], src: str = "cam0") -> None:
+    image = np.full((60, 80, 3), seq % 256, np.uint8)
+    msg = Message(
+        src=src,
+        seq=seq,
+        ts=time.time(),
+        image=image,
+        labels=labels,
+        faces=[Face((5, 5, 20, 20), 0.9, [], labels[1], [0.2, 0.8])],
+    )
+    sink.write(msg, image, event(msg, time.time()))
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "ctype"),
+    [
+        ("/", 200, "text/html; charset=utf-8"),
+        ("/index.html", 200, "text/html; charset=utf-8"),
+        ("/app.js", 200, "text/javascript; charset=utf-8"),
+        ("/style.css", 200, "text/css; charset=utf-8"),
+        ("/state.json", 200, "application/json"),
+        ("/app.js?v=2", 200, "text/javascript; charset=utf-8"),
+        ("/../bus.toml", 404, None),
+        ("/static/../../bus.toml", 404, None),
+        ("/%2e%2e/%2e%2e/bus.toml", 404, None),
+        ("/..%2f..%2fbus.toml", 404, None),
+        ("//etc/passwd", 404, None),
+        ("/web.py", 404, None),
+        ("/static/index.html", 404, None),
+        ("/nope", 404, None),
+    ],
+)
+def test_routes(web, path, status, ctype):
+    r = get(web, path)
+    body = r.read()
+    assert r.status == status
+    assert r.getheader("X-Content-Type-Options") == "nosniff"
+    assert "default-src 'self'" in r.getheader("Content-Security-Policy")
+    if ctype:
+        assert r.getheader("Content-Type") == ctype
+    if status == 404:
+        assert b"[bus]" not in body and b"import" not in body
+
+
+def test_html_has_csp_and_no_inline_script(web):
+    r = get(web, "/")
+    html = r.read().decode()
+    assert r.getheader("Content-Security-Policy").startswith("default-src 'self'")
+    assert '<script src="app.js" defer></script>' in html
+    assert "<script>" not in html
+
+
+def test_app_never_uses_inner_html(web):
+    js = get(web, "/app.js").read().decode()
+    assert "textContent" in js
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
+
+
+@pytest.mark.parametrize(("host", "status"), [(None, 200), ("localhost", 200), ("evil.example:80", 403), ("", 403)])
+def test_host_header_is_checked_on_loopback(web, host, status):
+    if host == "localhost":
+        host = f"localhost:{web.server.server_address[1]}"
+    r = get(web, "/state.json", host=host)
+    r.read()
+    assert r.status == status
+
+
+def test_state_json_is_valid_json_that_escapes_nothing(web):
+    publish(web, 1, ["calm", EVIL])
+    r = get(web, "/state.json")
+    raw = r.read()
+    state = json.loads(raw)
+    assert r.getheader("Cache-Control") == "no-store"
+    [src] = state["sources"]
+    assert src["src"] == "cam0" and src["seq"] == 1
+    assert src["labels"] == ["calm", EVIL]
+    assert src["faces"][0]["label"] == EVIL
+    assert src["faces"][0]["probs"] == {"calm": 0.2, EVIL: 0.8}
+    assert src["faces"][0]["colour"].startswith("#")
+    assert src["faces"][0]["box"] == [5.0, 5.0, 20.0, 20.0]
+    assert "fps" in state
+
+
+def test_state_keeps_the_newest_frame_per_source(web):
+    for seq in (1, 5, 3):  # 3 arrives late (another classifier copy): ignored
+        publish(web, seq, ["a", "b"])
+    publish(web, 2, ["a", "b"], src="cam1")
+    state = json.loads(get(web, "/state.json").read())
+    assert {s["src"]: s["seq"] for s in state["sources"]} == {"cam0": 5, "cam1": 2}
+
+
+def read_part(sock_file) -> bytes:
+    assert sock_file.readline() == b"--frame\r\n"
+    headers = {}
+    while (line := sock_file.readline()) != b"\r\n":
+        k, _, v = line.decode().partition(":")
+        headers[k.strip().lower()] = v.strip()
+    assert headers["content-type"] == "image/jpeg"
+    data = sock_file.read(int(headers["content-length"]))
+    assert sock_file.readline() == b"\r\n"
+    return data
+
+
+def open_stream(web, path="/stream.mjpg"):
+    s = socket.create_connection(("127.0.0.1", web.server.server_address[1]), timeout=5)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{web.server.server_address[1]}\r\n\r\n".encode())
+    f = s.makefile("rb")
+    status = f.readline()
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    return s, f, status
+
+
+def test_mjpeg_stream_sends_the_latest_frames(web):
+    publish(web, 1, ["a", "b"])
+    s, f, status = open_stream(web, "/stream.mjpg?src=cam0")
+    try:
+        assert b"200" in status
+        first = cv2.imdecode(np.frombuffer(read_part(f), np.uint8), cv2.IMREAD_COLOR)
+        assert first.shape == (60, 80, 3)
+        publish(web, 2, ["a", "b"])
+        second = cv2.imdecode(np.frombuffer(read_part(f), np.uint8), cv2.IMREAD_COLOR)
+        assert abs(int(second.mean()) - 2) <= 2
+    finally:
+        s.close()
+
+
+def test_stream_viewers_are_bounded(web):
+    publish(web, 1, ["a", "b"])
+    held = [open_stream(web) for _ in range(MAX_STREAMS)]
+    try:
+        for _s, f, status in held:
+            assert b"200" in status
+            read_part(f)
+        r = get(web, "/stream.mjpg")
+        r.read()
+        assert r.status == 503
+    finally:
+        for s, _f, _ in held:
+            s.close()
+
+
+def test_publish_never_waits_for_a_stalled_viewer():
+    hub = Hub()
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(hub.wait_frame(None, 0, timeout=5.0)))
+    t.start()
+    t0 = time.monotonic()
+    for i in range(1000):
+        hub.publish("s", np.zeros((8, 8, 3), np.uint8), {"seq": i})
+    assert time.monotonic() - t0 < 1.0
+    t.join(5)
+    assert got and got[0] is not None
+    hub.close()
+    assert hub.wait_frame(None, 10**9, timeout=5.0) is None  # closed: returns at once
+
+
+def test_close_stops_streaming_clients(web):
+    publish(web, 1, ["a", "b"])
+    s, f, _ = open_stream(web)
+    read_part(f)
+    t0 = time.monotonic()
+    web.close()
+    assert f.read() == b""  # server closed the stream
+    assert time.monotonic() - t0 < 3.0
+    s.close()
+
+
+def test_a_viewer_that_hangs_up_before_any_frame_frees_its_slot(web):
+    held = [open_stream(web, "/stream.mjpg?src=never") for _ in range(MAX_STREAMS)]
+    for s, f, status in held:
+        assert b"200" in status
+        f.close()  # the file holds the socket open too
+        s.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        r = get(web, "/stream.mjpg?src=never", method="HEAD")
+        r.read()
+        if r.status == 200:
+            return
+        time.sleep(0.2)
+    pytest.fail("stream slots were not freed after the viewers hung up")

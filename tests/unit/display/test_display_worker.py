@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bus.codec import Face, Message, encode
+from bus.config import Config, SourceConfig, validate
+from bus.runtime import Stats
+from display.worker import Display, is_file_uri, run, waiting_sources
+
+LOG = logging.getLogger("test.display")
+
+
+class RecordingSink:
+    name = "rec"
+    wants_image = True
+
+    def __init__(self, fail: bool = False) -> None:
+        self.events: list[dict] = []
+        self.images: list[np.ndarray | None] = []
+        self.fail = fail
+        self.closed = False
+
+    def write(self, msg, image, event):
+        if self.fail:
+            raise OSError("disk full")
+        self.events.append(event)
+        self.images.append(image)
+
+    def close(self):
+        self.closed = True
+
+
+def config(*uris: str, drain: float = 5.0, max_age_ms: int = 500) -> Config:
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        capture=dataclasses.replace(
+            cfg.capture, sources=tuple(SourceConfig(uri=u, id=f"s{i}") for i, u in enumerate(uris))
+        ),
+        display=dataclasses.replace(cfg.display, drain_timeout_s=drain),
+        bus=dataclasses.replace(cfg.bus, max_age_ms=max_age_ms),
+    )
+    return validate(cfg)
+
+
+def frame(src="s0", seq=0, live=False, ts=None, faces=1):
+    return Message(
+        src=src,
+        seq=seq,
+        ts=time.time() if ts is None else ts,
+        live=live,
+        image=np.zeros((40, 40, 3), np.uint8),
+        labels=["a", "b"],
+        faces=[Face((1, 1, 10, 10), 0.9, [], "b", [0.3, 0.7])] * faces,
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "is_file"),
+    [
+        ("0", False),
+        ("video.mp4", True),
+        ("/data/frames/", True),
+        ("rtsp://cam/stream", False),
+        ("http://x/y.mjpg", False),
+    ],
+)
+def test_is_file_uri(uri, is_file):
+    assert is_file_uri(uri) is is_file
+
+
+@pytest.mark.parametrize(
+    ("uris", "waiting"),
+    [(("a.mp4", "0"), ["s0"]), (("0", "1"), ["s0", "s1"]), (("a.mp4", "b.mp4"), ["s0", "s1"])],
+)
+def test_waiting_sources(uris, waiting):
+    assert waiting_sources(config(*uris)) == waiting
+
+
+def test_handle_accounts_every_kind_and_survives_garbage_and_sink_failures():
+    stats = Stats(LOG, 60.0)
+    good, bad = RecordingSink(), RecordingSink(fail=True)
+    d = Display(config("a.mp4"), [good, bad], stats, LOG)
+    d.handle(encode(frame(seq=0)), 0.0)
+    d.handle(encode(frame(seq=1, faces=0)), 0.0)
+    d.handle(encode(Message(src="s0", seq=2, ts=1.0, kind="drop", reason="classify_error")), 0.0)
+    d.handle(encode(frame(seq=3, live=True, ts=time.time() - 10)), 0.0)  # stale live frame
+    d.handle([b"\x93garbage"], 0.0)
+    d.handle(encode(Message(src="s0", seq=9, ts=1.0, kind="eos")), 0.0)  # eos without a count: ignored
+    d.handle(encode(frame(src="stranger", seq=0)), 0.0)
+    d.handle(encode(Message(src="s0", seq=4, ts=1.0, kind="eos", frames=5, dropped=1)), 0.0)
+    c = d.ledger.sources["s0"]
+    assert (c.received, dict(c.drops), c.read, c.capture_dropped) == (2, {"classify_error": 1, "stale": 1}, 5, 1)
+    assert d.ledger.sources["stranger"].received == 1
+    assert [e["seq"] for e in good.events] == [0, 1, 0]
+    assert good.events[1]["faces"] == []
+    assert all(img is not None and img.shape == (40, 40, 3) for img in good.images)
+    assert stats.drops["garbage"] == 2 and stats.drops["sink_rec"] == 3
+    assert d.ledger.done(0.0, 5.0)
+
+
+@pytest.fixture
+def sockets():
+    ctx = zmq.Context()
+    addr = f"inproc://display-{time.monotonic_ns()}"
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(addr)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(addr)
+    yield pull, push
+    pull.close(linger=0)
+    push.close(linger=0)
+    ctx.term()
+
+
+def run_in_thread(cfg, pull, sinks, stop):
+    result = {}
+    t = threading.Thread(target=lambda: result.update(ledger=run(cfg, pull, sinks, stop, Stats(LOG, 60.0), LOG)))
+    t.start()
+    return t, result
+
+
+def test_run_exits_when_every_file_source_is_accounted_for(sockets, caplog):
+    pull, push = sockets
+    sink = RecordingSink()
+    t, result = run_in_thread(config("a.mp4"), pull, [sink], threading.Event())
+    push.send_multipart(encode(Message(src="s0", seq=3, ts=1.0, kind="eos", frames=3, dropped=0)))  # eos first
+    for seq in (2, 0):
+        push.send_multipart(encode(frame(seq=seq)))
+    push.send_multipart(encode(Message(src="s0", seq=1, ts=1.0, kind="drop", reason="stale")))
+    with caplog.at_level(logging.INFO, logger="test.display"):
+        t.join(5)
+    assert not t.is_alive()
+    assert sink.closed
+    assert result["ledger"].sources["s0"].lost == 0
+    assert "final s0: read 3  in events 2  dropped stale=1  lost 0" in caplog.text
+
+
+def test_run_counts_lost_frames_after_the_drain_timeout(sockets, caplog):
+    pull, push = sockets
+    t, result = run_in_thread(config("a.mp4", drain=0.3), pull, [], threading.Event())
+    push.send_multipart(encode(frame(seq=0)))
+    push.send_multipart(encode(Message(src="s0", seq=5, ts=1.0, kind="eos", frames=5, dropped=0)))
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="test.display"):
+        t.join(5)
+    assert not t.is_alive()
+    assert 0.25 <= time.monotonic() - t0 < 2.0
+    assert result["ledger"].sources["s0"].lost == 4
+    assert "lost 4" in caplog.text
+
+
+def test_run_stops_on_the_stop_event_with_cameras_only(sockets):
+    pull, push = sockets
+    stop = threading.Event()
+    t, result = run_in_thread(config("0"), pull, [], stop)
+    push.send_multipart(encode(frame(seq=0, live=True)))
+    time.sleep(0.2)
+    assert t.is_alive()
+    stop.set()
+    t.join(2)
+    assert not t.is_alive()
+    assert result["ledger"].sources["s0"].received == 1
