@@ -64,8 +64,11 @@ class Face:
     probs: list[float] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"box": [float(v) for v in self.box], "score": float(self.score),
-                             "kp": [[float(x), float(y)] for x, y in self.kp]}
+        d: dict[str, Any] = {
+            "box": [float(v) for v in self.box],
+            "score": float(self.score),
+            "kp": [[float(x), float(y)] for x, y in self.kp],
+        }
         if self.label is not None:
             d["label"] = self.label
         if self.probs is not None:
@@ -101,8 +104,14 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
     """Message -> multipart frames. With ``jpeg_quality`` the image travels as JPEG."""
     if msg.kind not in KINDS:
         raise CodecError(f"unknown kind {msg.kind!r}")
-    header: dict[str, Any] = {"v": VERSION, "kind": msg.kind, "src": msg.src, "seq": int(msg.seq),
-                              "ts": float(msg.ts), "live": bool(msg.live)}
+    header: dict[str, Any] = {
+        "v": VERSION,
+        "kind": msg.kind,
+        "src": msg.src,
+        "seq": int(msg.seq),
+        "ts": float(msg.ts),
+        "live": bool(msg.live),
+    }
     parts: list[bytes | memoryview] = []
     if msg.image is not None or msg.jpeg is not None:
         if msg.image is not None:
@@ -113,7 +122,8 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         if msg.jpeg is not None or jpeg_quality is not None:
             data = msg.jpeg
             if data is None:
-                ok, buf = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+                assert msg.image is not None and jpeg_quality is not None
+                ok, buf = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
                 if not ok:
                     raise CodecError("JPEG encoding failed")
                 data = buf.tobytes()
@@ -123,11 +133,11 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
             if img.dtype != np.uint8 or img.shape[2] not in (1, 3):
                 raise CodecError(f"image must be uint8 with 1 or 3 channels, got {img.dtype} {img.shape}")
             header["image"] = {"shape": shape, "fmt": "bgr8"}
-            parts.append(memoryview(np.ascontiguousarray(img)).cast("B"))
+            parts.append(_bytes_view(img))
     if msg.crops is not None:
         n, s, _, c = msg.crops.shape
         header["crops"] = {"n": int(n), "size": int(s), "ch": int(c)}
-        parts.append(memoryview(np.ascontiguousarray(msg.crops, dtype=np.uint8)).cast("B"))
+        parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
     if msg.faces:
         header["faces"] = [f.to_wire() for f in msg.faces]
     for key in ("labels", "reason", "frames", "dropped"):
@@ -139,9 +149,15 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
     return [msgpack.packb(header, use_bin_type=True), *parts]
 
 
+def _bytes_view(a: np.ndarray) -> memoryview:
+    """Zero-copy byte view of an array (an empty array gives an empty view)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    return memoryview(flat.view(np.uint8).data) if flat.size else memoryview(b"")  # type: ignore[arg-type]
+
+
 def _faces(raw: Any) -> list[Face]:
     if not isinstance(raw, list) or len(raw) > MAX_FACES:
-        raise CodecError("faces: expected a list of at most %d maps" % MAX_FACES)
+        raise CodecError(f"faces: expected a list of at most {MAX_FACES} maps")
     faces = []
     for i, f in enumerate(raw):
         if not isinstance(f, dict):
@@ -158,13 +174,15 @@ def _faces(raw: Any) -> list[Face]:
         label = f.get("label")
         if label is not None and not isinstance(label, str):
             raise CodecError(f"faces[{i}].label: expected a string")
-        faces.append(Face(
-            tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
-            _num(f.get("score", 0.0), f"faces[{i}].score"),
-            [(_num(x, "kp"), _num(y, "kp")) for x, y in kp],
-            label,
-            None if probs is None else [_num(p, f"faces[{i}].probs") for p in probs],
-        ))
+        faces.append(
+            Face(
+                tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
+                _num(f.get("score", 0.0), f"faces[{i}].score"),
+                [(_num(x, "kp"), _num(y, "kp")) for x, y in kp],
+                label,
+                None if probs is None else [_num(p, f"faces[{i}].probs") for p in probs],
+            )
+        )
     return faces
 
 
@@ -176,8 +194,15 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if len(head) > MAX_HEADER:
         raise CodecError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
     try:
-        h = msgpack.unpackb(head, raw=False, max_bin_len=0, max_str_len=MAX_HEADER,
-                            max_array_len=4096, max_map_len=256, strict_map_key=True)
+        h = msgpack.unpackb(
+            head,
+            raw=False,
+            max_bin_len=0,
+            max_str_len=MAX_HEADER,
+            max_array_len=4096,
+            max_map_len=256,
+            strict_map_key=True,
+        )
     except Exception as e:  # msgpack raises several unrelated types on garbage
         raise CodecError(f"header is not msgpack: {type(e).__name__}") from None
     if not isinstance(h, dict):
@@ -234,8 +259,11 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
         return img, raw
     if fmt != "bgr8":
         raise CodecError(f"image: unknown format {fmt!r}")
-    if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+    ):
         raise CodecError("image.shape: expected [h, w, c]")
     hgt, wid, ch = shape
     if not (0 < hgt <= MAX_SIDE and 0 < wid <= MAX_SIDE and ch in (1, 3)):
@@ -247,12 +275,17 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
     return (img.copy() if copy else img), None
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _crops(spec: Any, buffers: list[Any]) -> np.ndarray:
     if not isinstance(spec, dict) or not buffers:
         raise CodecError("crops: expected a map and a crops frame")
     n, s, c = spec.get("n"), spec.get("size"), spec.get("ch")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, s, c)):
+    if not (_is_int(n) and _is_int(s) and _is_int(c)):
         raise CodecError("crops: n, size, ch must be ints")
+    assert isinstance(n, int) and isinstance(s, int) and isinstance(c, int)
     if not (0 <= n <= MAX_FACES and 0 < s <= 512 and c in (1, 3)):
         raise CodecError(f"crops: n={n} size={s} ch={c} out of range")
     buf = memoryview(buffers.pop(0))

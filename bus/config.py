@@ -175,7 +175,9 @@ def validate(cfg: Config) -> Config:
         if not cfg.bus.allow_remote and not host.startswith(LOOPBACK):
             raise ConfigError(f"[display] web: {host} is not loopback; set [bus] allow_remote = true to serve it")
     if cfg.detector.model not in ("full_range", "short_range") and not cfg.detector.model.endswith(".tflite"):
-        raise ConfigError(f"[detector] model: 'full_range', 'short_range' or a .tflite path, got {cfg.detector.model!r}")
+        raise ConfigError(
+            f"[detector] model: 'full_range', 'short_range' or a .tflite path, got {cfg.detector.model!r}"
+        )
     if not 0.0 < cfg.detector.min_confidence < 1.0:
         raise ConfigError("[detector] min_confidence: must be between 0 and 1")
     if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
@@ -236,5 +238,3 @@ def to_table(cfg: Config) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d.pop("path")
     return d
-
-

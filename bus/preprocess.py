@@ -40,9 +40,7 @@ def to_uint8_bgr(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported channel count {channels}")
 
 
-def square_box(
-    box: tuple[float, float, float, float], margin: float
-) -> tuple[int, int, int, int]:
+def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[int, int, int, int]:
     """(x, y, w, h) -> a square (x0, y0, x1, y1) centred on the box, side = max(w, h) * (1 + margin)."""
     x, y, w, h = box
     side = max(w, h) * (1.0 + margin)
@@ -70,9 +68,9 @@ def crop_face(
     cx0, cy0 = max(0, min(fw - 1, x0)), max(0, min(fh - 1, y0))
     cx1, cy1 = max(cx0 + 1, min(fw, x1)), max(cy0 + 1, min(fh, y1))
     patch = bgr[cy0:cy1, cx0:cx1]
-    pad = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
-    if any(p > 0 for p in pad):
-        patch = cv2.copyMakeBorder(patch, *(max(0, p) for p in pad), cv2.BORDER_REPLICATE)
+    top, bottom, left, right = (max(0, p) for p in (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1))
+    if top or bottom or left or right:
+        patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return to_model_pixels(patch, size, colour)
 
 
@@ -92,8 +90,10 @@ def to_model_pixels(image: np.ndarray, size: int, colour: Colour) -> np.ndarray:
 
 def grey_to_model_pixels(grey: np.ndarray, size: int, colour: Colour) -> np.ndarray:
     """Batch of uint8 grey images (N x H x W) -> N x size x size x C, as :func:`to_model_pixels`."""
-    return np.stack([to_model_pixels(g, size, colour) for g in grey]) if len(grey) else np.zeros(
-        (0, size, size, 1 if colour == "grey" else 3), np.uint8
+    return (
+        np.stack([to_model_pixels(g, size, colour) for g in grey])
+        if len(grey)
+        else np.zeros((0, size, size, 1 if colour == "grey" else 3), np.uint8)
     )
 
 

@@ -14,13 +14,13 @@ import numpy as np
 
 
 def setup_logging(stage: str, level: int = logging.INFO) -> logging.Logger:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format=f"%(asctime)s {stage} %(levelname)s %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr, format=f"%(asctime)s {stage} %(levelname)s %(message)s")
     return logging.getLogger(stage)
 
 
 def install_stop(stop: threading.Event) -> None:
     """SIGTERM/SIGINT set ``stop``; loops poll with timeouts, so the process exits within ~1 s."""
+
     def handler(signum: int, _frame: object) -> None:
         stop.set()
 

@@ -34,10 +34,19 @@ class ModelSpec:
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "labels": list(self.labels), "dataset": self.dataset,
-                "input": {"size": self.size, "colour": self.colour, "scaling": self.scaling,
-                          "crop_margin": self.crop_margin},
-                "quantization": "int8", "metrics": self.metrics}
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "dataset": self.dataset,
+            "input": {
+                "size": self.size,
+                "colour": self.colour,
+                "scaling": self.scaling,
+                "crop_margin": self.crop_margin,
+            },
+            "quantization": "int8",
+            "metrics": self.metrics,
+        }
 
 
 def sidecar_path(model: str | Path) -> Path:

@@ -1,9 +1,9 @@
 """``python -m training``: train, evaluate and export emotion models.
 
-    python -m training --source fer --data ../shared/data/fer2013           # train + evaluate + export
-    python -m training --source ck --data ../shared/data/ck48               # 10-fold CV + shipped model
-    python -m training evaluate runs/fer-emonet/best.keras --source fer
-    python -m training export runs/fer-emonet/best.keras --source fer --name fer2013_emonet
+python -m training --source fer --data ../shared/data/fer2013           # train + evaluate + export
+python -m training --source ck --data ../shared/data/ck48               # 10-fold CV + shipped model
+python -m training evaluate runs/fer-emonet/best.keras --source fer
+python -m training export runs/fer-emonet/best.keras --source fer --name fer2013_emonet
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ SOURCES = click.Choice(["ck", "fer", "ferplus"])
 
 
 def _setup(mixed: str) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     from training.runtime import configure
 
     configure(mixed)
@@ -34,19 +33,46 @@ def _setup(mixed: str) -> None:
 @click.option("--batch", type=int, default=128, show_default=True)
 @click.option("--retrain", is_flag=True, help="train even where weights already exist in --out")
 @click.option("--out", type=click.Path(path_type=Path), help="run folder (default: runs/<source>-<model>)")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True,
-              help="where the int8 .tflite and its JSON sidecar are written")
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    show_default=True,
+    help="where the int8 .tflite and its JSON sidecar are written",
+)
 @click.option("--name", help="exported model name (default: <dataset>_<model>)")
-@click.option("--init", "init", type=click.Path(path_type=Path, exists=True),
-              help="Keras model to fine-tune from (CK+: a FER2013 model)")
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(path_type=Path, exists=True),
+    help="Keras model to fine-tune from (CK+: a FER2013 model)",
+)
 @click.option("--folds", type=int, default=10, show_default=True, help="CK+ cross-validation folds")
 @click.option("--limit", type=int, help="use only the first N training images (smoke runs)")
-@click.option("--mixed", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="bfloat16 mixed precision (auto: where the CPU has avx512_bf16/AMX, or a GPU)")
+@click.option(
+    "--mixed",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="bfloat16 mixed precision (auto: where the CPU has avx512_bf16/AMX, or a GPU)",
+)
 @click.pass_context
-def cli(ctx: click.Context, source: str | None, data: Path | None, model_name: str, epochs: int | None,
-        batch: int, retrain: bool, out: Path | None, models_dir: Path, name: str | None, init: Path | None,
-        folds: int, limit: int | None, mixed: str) -> None:
+def cli(
+    ctx: click.Context,
+    source: str | None,
+    data: Path | None,
+    model_name: str,
+    epochs: int | None,
+    batch: int,
+    retrain: bool,
+    out: Path | None,
+    models_dir: Path,
+    name: str | None,
+    init: Path | None,
+    folds: int,
+    limit: int | None,
+    mixed: str,
+) -> None:
     """Train a model on --source, evaluate it on the test protocol, export int8 TFLite."""
     if ctx.invoked_subcommand is not None:
         return
@@ -61,8 +87,9 @@ def cli(ctx: click.Context, source: str | None, data: Path | None, model_name: s
         if source == "ck":
             summary = run_ck(data, model_name, epochs or 60, batch, retrain, out, models_dir, name, init, folds, limit)
         else:
-            summary = run_fer(data, source == "ferplus", model_name, epochs or 40, batch, retrain, out,
-                              models_dir, name, init, limit)
+            summary = run_fer(
+                data, source == "ferplus", model_name, epochs or 40, batch, retrain, out, models_dir, name, init, limit
+            )
     except Exception as e:
         from training.data import DatasetError
 

@@ -31,14 +31,15 @@ def _conv_bn(x, filters: int, kernel: int = 3):
     return layers.ReLU()(x)
 
 
-def emonet(num_classes: int, size: int = 48, width: int = 32, dropout: float = 0.4) -> keras.Model:
+def emonet(num_classes: int, size: int = 48, width: int = 32, dropout: float = 0.0) -> keras.Model:
     inp = keras.Input((size, size, 1), name="face")
     x = layers.Rescaling(4.0, offset=-2.0)(inp)  # [0, 1] -> [-2, 2]: centred, unit-ish variance
-    for i, f in enumerate((width, width * 2, width * 4, width * 8)):
+    for f in (width, width * 2, width * 4, width * 8):
         x = _conv_bn(x, f)
         x = _conv_bn(x, f)
         x = layers.MaxPooling2D()(x)
-        x = layers.Dropout(dropout * (0.5 if i < 2 else 1.0))(x)
+        if dropout:  # off by default: dropout feeding BN shifts its variance (train vs test) and slows learning
+            x = layers.SpatialDropout2D(dropout)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(256, use_bias=False)(x)
     x = layers.BatchNormalization()(x)

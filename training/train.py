@@ -87,9 +87,7 @@ def _photometric(x: tf.Tensor, erase_prob: float) -> tf.Tensor:
     return x * (1.0 - mask) + noise * mask
 
 
-def pipeline(
-    pixels: np.ndarray, targets: np.ndarray, batch: int, train: bool, cfg: TrainConfig
-) -> tf.data.Dataset:
+def pipeline(pixels: np.ndarray, targets: np.ndarray, batch: int, train: bool, cfg: TrainConfig) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((pixels, targets))
     if train:
         ds = ds.shuffle(len(pixels), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -108,8 +106,11 @@ def compile_model(model: keras.Model, steps: int, cfg: TrainConfig, lr: float | 
     lr = cfg.lr if lr is None else lr
     warm = min(cfg.warmup_epochs * steps, max(0, cfg.epochs * steps - 1))
     schedule = keras.optimizers.schedules.CosineDecay(
-        lr / 10 if warm else lr, max(1, cfg.epochs * steps - warm), alpha=0.01,
-        warmup_target=lr if warm else None, warmup_steps=warm,
+        lr / 10 if warm else lr,
+        max(1, cfg.epochs * steps - warm),
+        alpha=0.01,
+        warmup_target=lr if warm else None,
+        warmup_steps=warm,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
@@ -129,8 +130,13 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         log.info(
             "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  (%.0f s)",
-            epoch + 1, self.epochs, logs.get("loss", math.nan), logs.get("accuracy", math.nan),
-            logs.get("val_loss", math.nan), logs.get("val_accuracy", math.nan), time.time() - self.t0,
+            epoch + 1,
+            self.epochs,
+            logs.get("loss", math.nan),
+            logs.get("accuracy", math.nan),
+            logs.get("val_loss", math.nan),
+            logs.get("val_accuracy", math.nan),
+            time.time() - self.t0,
         )
         self.t0 = time.time()
 
@@ -167,9 +173,7 @@ def fit(
             )
         )
     compile_model(model, steps, cfg, lr)
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose
-    )
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
     if val_ds is not None and (out / "best.keras").exists():
         model.set_weights(keras.models.load_model(out / "best.keras").get_weights())
     model.save(out / "final.keras")

@@ -61,8 +61,12 @@ def load_folder(root: Path, classes: list[str] | None = None, size: int = 48) ->
 def load_ck(root: Path) -> Dataset:
     """CK+48 with ``groups`` = subject id. Files not named ``S<subj>_<seq>_<frame>.png`` are skipped."""
     data = load_folder(root, CK_CLASSES)
-    paths = [p for name in CK_CLASSES for p in sorted((Path(root) / name).iterdir())
-             if p.suffix.lower() in IMAGE_SUFFIXES and cv2.haveImageReader(str(p))]
+    paths = [
+        p
+        for name in CK_CLASSES
+        for p in sorted((Path(root) / name).iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and cv2.haveImageReader(str(p))
+    ]
     if len(paths) != len(data):
         raise DatasetError(f"{root}: {len(paths)} files but {len(data)} readable images")
     subjects, keep, skipped = [], [], []
@@ -77,8 +81,13 @@ def load_ck(root: Path) -> Dataset:
     if not keep:
         raise DatasetError(f"{root}: no CK+ images (S<subject>_<seq>_<frame>.png)")
     idx = np.array(keep)
-    return Dataset(data.images[idx], data.labels[idx], CK_LABELS, groups=np.array(subjects, np.int64),
-                   skipped=data.skipped + skipped)
+    return Dataset(
+        data.images[idx],
+        data.labels[idx],
+        CK_LABELS,
+        groups=np.array(subjects, np.int64),
+        skipped=data.skipped + skipped,
+    )
 
 
 def subject_folds(groups: np.ndarray, k: int = 10, seed: int = 0) -> list[np.ndarray]:
@@ -90,10 +99,10 @@ def subject_folds(groups: np.ndarray, k: int = 10, seed: int = 0) -> list[np.nda
     rng = np.random.default_rng(seed)
     order = rng.permutation(subjects)
     sizes = {s: int((groups == s).sum()) for s in order}
-    order = sorted(order, key=lambda s: -sizes[s])  # largest first, ties in shuffled order
+    ranked = sorted(order, key=lambda s: -sizes[s])  # largest first, ties in shuffled order
     folds: list[list[int]] = [[] for _ in range(k)]
     load = [0] * k
-    for s in order:
+    for s in ranked:
         j = int(np.argmin(load))
         folds[j].append(int(s))
         load[j] += sizes[s]

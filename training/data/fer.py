@@ -56,8 +56,7 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DatasetError(f"{path}: empty CSV")
     if [h.strip() for h in header[:3]] != ["emotion", "pixels", "Usage"]:
         raise DatasetError(f"{path}: header is {header!r}, expected emotion,pixels,Usage")
-    for lineno, row in enumerate(reader, start=2):
-        yield lineno, row
+    yield from enumerate(reader, start=2)
 
 
 def load_fer(path: Path, ferplus: Path | None = None) -> dict[str, Dataset]:
