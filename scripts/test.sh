@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run every check: ruff, ruff format, mypy, the whole pytest suite.
+# Tests that need the research data (../shared/data) or Chromium skip, with the reason, when absent.
+# Extra arguments go to pytest (e.g. `./scripts/test.sh -k honcho`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing chromium (for the browser test)" >&2
+    apt-get update -q && apt-get install -y -q --no-install-recommends chromium
+  else
+    echo "test.sh: chromium is not installed and we are not root: the browser test will be skipped" >&2
+  fi
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python="$(command -v python3.11 || command -v python3)"
+  echo "test.sh: creating .venv ($("$python" --version))" >&2
+  "$python" -m venv .venv
+fi
+stamp=.venv/.emostream-dev
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "test.sh: pip install -e '.[dev,training]'" >&2
+  .venv/bin/python -m pip install -q -e '.[dev,training]'
+  touch "$stamp" .venv/.emostream-runtime
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+# Every check runs (one failure does not hide the next); the exit code is non-zero if any failed.
+failed=()
+check() {
+  echo "test.sh: $*" >&2
+  "$@" || failed+=("$1")
+}
+check ruff check .
+check ruff format --check .
+check mypy bus capture detector classifier display training bench
+check pytest -q "$@"
+if ((${#failed[@]})); then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test.sh: all checks passed" >&2
