@@ -1,0 +1,107 @@
+"""The wire protocol: round trips, and one error type for every kind of garbage."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus.codec import VERSION, CodecError, Face, Message, decode, encode
+
+
+def roundtrip(msg: Message, **kw) -> Message:
+    return decode([bytes(p) for p in encode(msg, **kw)])
+
+
+def test_frame_roundtrip_keeps_everything() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    crops = np.full((2, 48, 48, 1), 7, np.uint8)
+    faces = [Face((1, 2, 3, 4), 0.9, [(1, 1), (2, 2)], "happy", [0.1, 0.9]), Face((5, 6, 7, 8), 0.7)]
+    msg = Message(
+        "cam0", 42, 123.5, live=True, image=img, faces=faces, crops=crops, labels=["sad", "happy"], t={"capture": 1.0}
+    )
+    out = roundtrip(msg)
+    assert (out.src, out.seq, out.ts, out.live, out.kind) == ("cam0", 42, 123.5, True, "frame")
+    assert np.array_equal(out.image, img) and np.array_equal(out.crops, crops)
+    assert out.faces[0].label == "happy" and out.faces[0].probs == [0.1, 0.9] and out.faces[1].label is None
+    assert out.labels == ["sad", "happy"] and out.t == {"capture": 1.0}
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 1), (480, 640, 3)])
+def test_image_shapes(shape: tuple[int, int, int]) -> None:
+    img = np.zeros(shape, np.uint8)
+    assert roundtrip(Message("s", 0, 0.0, image=img)).image.shape == shape
+
+
+def test_grey_2d_image_travels_as_one_channel() -> None:
+    assert roundtrip(Message("s", 0, 0.0, image=np.zeros((4, 4), np.uint8))).image.shape == (4, 4, 1)
+
+
+def test_empty_crops_and_markers() -> None:
+    assert roundtrip(Message("s", 0, 0.0, crops=np.zeros((0, 48, 48, 1), np.uint8))).crops.shape == (0, 48, 48, 1)
+    drop = roundtrip(Message("s", 3, 1.0, kind="drop", reason="stale"))
+    assert (drop.kind, drop.reason) == ("drop", "stale")
+    eos = roundtrip(Message("s", 9, 1.0, kind="eos", frames=10, dropped=1))
+    assert (eos.kind, eos.frames, eos.dropped) == ("eos", 10, 1)
+
+
+def test_jpeg_transport() -> None:
+    img = np.full((32, 32, 3), 128, np.uint8)
+    out = roundtrip(Message("s", 0, 0.0, image=img), jpeg_quality=90)
+    assert out.image.shape == (32, 32, 3) and abs(int(out.image.mean()) - 128) <= 2 and out.jpeg is not None
+
+
+def test_unknown_header_keys_are_ignored() -> None:
+    header = msgpack.packb({"v": VERSION, "kind": "frame", "src": "s", "seq": 1, "ts": 0.0, "future": [1, 2]})
+    assert decode([header]).seq == 1
+
+
+def header(**kw) -> bytes:
+    base = {"v": VERSION, "kind": "frame", "src": "s", "seq": 1, "ts": 0.0}
+    base.update(kw)
+    return msgpack.packb({k: v for k, v in base.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],
+        [b"\xc1garbage"],
+        [b"\x93\x01\x02\x03"],  # a msgpack array, not a map
+        [header(v=2)],
+        [header(kind="bogus")],
+        [header(src="")],
+        [header(seq=-1)],
+        [header(seq="1")],
+        [header(ts="now")],
+        [header(image={"shape": [2, 2, 3], "fmt": "bgr8"})],  # pixel frame missing
+        [header(image={"shape": [2, 2, 3], "fmt": "bgr8"}), b"\x00" * 11],  # wrong size
+        [header(image={"shape": [100000, 2, 3], "fmt": "bgr8"}), b""],  # huge declared size
+        [header(image={"shape": [2, 2, 2], "fmt": "bgr8"}), b"\x00" * 8],  # 2 channels
+        [header(image={"shape": [2, 2, 3], "fmt": "png"}), b"\x00" * 12],
+        [header(image={"shape": [2, 2, 3], "fmt": "jpeg"}), b"notajpeg"],
+        [header(crops={"n": 1, "size": 48, "ch": 1}), b"\x00" * 10],
+        [header(crops={"n": 1, "size": 48, "ch": 1}), b"\x00" * 2304],  # crops but no faces
+        [header(faces=[{"box": [1, 2, 3]}])],
+        [header(faces=[{"box": [1, 2, 3, "x"]}])],
+        [header(faces="nope")],
+        [header(labels=[1, 2])],
+        [header(frames=-3)],
+        [header(), b"extra frame"],
+        [b"\x00" * (2 << 20)],
+    ],
+)
+def test_garbage_raises_codec_error(parts: list[bytes]) -> None:
+    with pytest.raises(CodecError):
+        decode(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+def test_random_bytes_never_raise_anything_else(parts: list[bytes]) -> None:
+    with contextlib.suppress(CodecError):  # any other exception type fails the test
+        decode(parts)

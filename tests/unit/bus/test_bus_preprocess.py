@@ -1,0 +1,64 @@
+"""Face crops: always size x size, whatever the frame layout and wherever the box lies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bus.preprocess import crop_face, square_box, to_model_pixels, to_uint8_bgr
+
+
+@pytest.mark.parametrize(
+    ("frame", "shape"),
+    [
+        (np.zeros((10, 10), np.uint8), (10, 10, 3)),
+        (np.zeros((10, 10, 1), np.uint8), (10, 10, 3)),
+        (np.zeros((10, 10, 4), np.uint8), (10, 10, 3)),
+        (np.full((10, 10, 3), 65535, np.uint16), (10, 10, 3)),
+    ],
+)
+def test_to_uint8_bgr(frame: np.ndarray, shape: tuple[int, ...]) -> None:
+    out = to_uint8_bgr(frame)
+    assert out.shape == shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((0, 4, 3), np.uint8),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((4, 4), np.float32),
+        np.zeros((2, 2, 2, 2), np.uint8),
+    ],
+)
+def test_to_uint8_bgr_rejects(frame: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        to_uint8_bgr(frame)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        (10, 10, 20, 20),
+        (-15, -15, 30, 30),
+        (90, 90, 40, 40),
+        (-500, -500, 10, 10),
+        (0, 0, 100, 100),
+        (50, 50, 0.2, 0.2),
+    ],
+)
+@pytest.mark.parametrize(("colour", "ch"), [("grey", 1), ("rgb", 3)])
+def test_crop_always_model_sized(box: tuple[float, float, float, float], colour: str, ch: int) -> None:
+    frame = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    crop = crop_face(frame, box, 48, colour, margin=0.2)  # type: ignore[arg-type]
+    assert crop.shape == (48, 48, ch) and crop.dtype == np.uint8
+
+
+def test_square_box_is_centred_and_enlarged() -> None:
+    x0, y0, x1, y1 = square_box((10, 20, 40, 20), margin=0.5)
+    assert x1 - x0 == y1 - y0 == 60 and (x0 + x1) / 2 == 30 and (y0 + y1) / 2 == 30
+
+
+def test_crop_matches_plain_resize_inside_frame() -> None:
+    frame = np.random.default_rng(2).integers(0, 255, (96, 96), dtype=np.uint8)
+    assert np.array_equal(crop_face(frame, (0, 0, 96, 96), 48, "grey"), to_model_pixels(frame, 48, "grey"))

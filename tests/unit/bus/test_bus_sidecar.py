@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bus.sidecar import ModelSpec, SidecarError, load_spec
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_roundtrip(tmp_path: Path) -> None:
+    spec = ModelSpec("m", ("a", "b"), 48, "grey", crop_margin=0.1, dataset="x", metrics={"acc": 1})
+    (tmp_path / "m.json").write_text(json.dumps(spec.to_json()))
+    assert load_spec(tmp_path / "m.tflite") == spec
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "not found"),
+        ("{", "not valid JSON"),
+        ('{"labels": ["a"]}', "missing or invalid field"),
+        ('{"labels": [], "input": {"size": 48, "colour": "grey"}}', "labels must be"),
+        ('{"labels": ["a"], "input": {"size": 48, "colour": "hsv"}}', "colour"),
+        ('{"labels": ["a"], "input": {"size": 48, "colour": "grey", "scaling": "x/127.5-1"}}', "scaling"),
+        ('{"labels": ["a"], "input": {"size": 4096, "colour": "grey"}}', "size"),
+    ],
+)
+def test_bad_sidecars(tmp_path: Path, content: str | None, match: str) -> None:
+    if content is not None:
+        (tmp_path / "m.json").write_text(content)
+    with pytest.raises(SidecarError, match=match):
+        load_spec(tmp_path / "m.tflite")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.json")))
+def test_shipped_sidecars_are_valid(path: Path) -> None:
+    if path.name.endswith(".cv.json"):
+        pytest.skip("cross-validation results, not a sidecar")
+    spec = load_spec(path)
+    assert (ROOT / "models" / f"{path.stem}.tflite").is_file() and spec.labels
