@@ -9,6 +9,7 @@ python -m training export runs/fer-emonet/best.keras --source fer --name fer2013
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ SOURCES = click.Choice(["ck", "fer", "ferplus"])
 
 
 def _setup(mixed: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (no GPU here, ...)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     from training.runtime import configure
 
