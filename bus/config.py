@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+SMOOTHING = ("ema", "window", "off")
 
 
 class ConfigError(ValueError):
@@ -77,6 +78,11 @@ class DisplayConfig:
     events: str = ""  # path of the JSON-lines events file; "" = off
     drain_timeout_s: float = 5.0  # after every source ended, wait this long for stragglers
     exit_at_end: bool = True  # exit 0 once every file source has ended and been accounted for
+    track_iou: float = 0.3  # a face continues a track when its box overlaps the track's this much (IoU)
+    track_max_missed: int = 10  # frames a track survives without its face before it ends
+    smoothing: str = "ema"  # per-track probabilities: "ema" | "window" | "off" (always off for one image)
+    smoothing_alpha: float = 0.2  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
+    smoothing_window: int = 15  # window: mean over this many frames
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,15 @@ def validate(cfg: Config) -> Config:
         )
     if not 0.0 < cfg.detector.min_confidence < 1.0:
         raise ConfigError("[detector] min_confidence: must be between 0 and 1")
+    d = cfg.display
+    if d.smoothing not in SMOOTHING:
+        raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")
+    if not 0.0 < d.smoothing_alpha <= 1.0:
+        raise ConfigError("[display] smoothing_alpha: must be in (0, 1]")
+    if d.smoothing_window < 1 or d.track_max_missed < 0:
+        raise ConfigError("[display] smoothing_window must be >= 1 and track_max_missed >= 0")
+    if not 0.0 < d.track_iou < 1.0:
+        raise ConfigError("[display] track_iou: must be between 0 and 1")
     if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
         raise ConfigError("[bus] hwm and send_timeout_ms must be >= 1")
     return cfg

@@ -1,7 +1,9 @@
 """Pure drawing: a frame and its classified faces -> an annotated copy (boxes, label, probabilities).
 
-Consumes a BGR uint8 image and ``bus.codec.Face`` objects (``label``/``probs`` in ``labels`` order);
-produces a new image, the input is never modified. Boxes may lie partly outside the frame.
+Consumes a BGR uint8 image and ``bus.codec.Face`` objects (``label``/``probs`` in ``labels`` order)
+and, optionally, each face's :class:`display.track.Tracked` (then the overlay shows ``#id``, the
+smoothed label and the smoothed probabilities); produces a new image, the input is never modified.
+Boxes may lie partly outside the frame.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import cv2
 import numpy as np
 
 from bus.codec import Face
+from display.track import Tracked
 
 # BGR; the usual emotion colours, and a stable hash colour for labels of other models.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -60,26 +63,38 @@ def _label_text(img: np.ndarray, text: str, x: int, y: int, fg: tuple[int, int, 
     cv2.putText(img, text, (x + 2, y - base), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
 
 
-def annotate(image: np.ndarray, faces: Sequence[Face], labels: Sequence[str] | None) -> np.ndarray:
-    """A copy of ``image`` with each face's box, ``label pct`` and (large faces) probability bars."""
+def annotate(
+    image: np.ndarray,
+    faces: Sequence[Face],
+    labels: Sequence[str] | None,
+    tracked: Sequence[Tracked] | None = None,
+) -> np.ndarray:
+    """A copy of ``image`` with each face's box, ``[#track] label pct`` and (large faces) probability
+    bars; with ``tracked`` (one per face) the label and bars are the smoothed ones."""
     out: np.ndarray = np.array(image, dtype=np.uint8, copy=True)
     if out.ndim == 2 or out.shape[2] == 1:
         out = np.asarray(cv2.cvtColor(out, cv2.COLOR_GRAY2BGR))
     scale = max(0.4, min(out.shape[:2]) / 900.0)
     th = max(1, int(round(scale * 2)))
-    for face in faces:
+    for i, face in enumerate(faces):
         x, y, w, h = (int(round(v)) for v in face.box)
         if x >= out.shape[1] or y >= out.shape[0] or x + w <= 0 or y + h <= 0:
             continue  # wholly off the frame: nothing to point at
-        fg = colour(face.label)
+        label, probs, prefix = face.label, face.probs, ""
+        if tracked is not None:
+            t = tracked[i]
+            prefix = "" if t.track is None else f"#{t.track} "
+            if t.smoothed is not None:
+                label, probs = t.smoothed_label, t.smoothed
+        fg = colour(label)
         cv2.rectangle(out, (x, y), (x + w, y + h), fg, th)
-        if face.label is not None and face.probs:
-            text = f"{face.label} {100 * max(face.probs):.0f}%"
+        if label is not None and probs:
+            text = f"{prefix}{label} {100 * max(probs):.0f}%"
         else:
-            text = f"face {100 * face.score:.0f}%"
+            text = f"{prefix}face {100 * face.score:.0f}%"
         _label_text(out, _text(text), x, y, fg, scale, th)
-        if labels and face.probs and len(face.probs) == len(labels) and h >= DETAIL_MIN_BOX:
-            _bars(out, labels, face.probs, x + w + 4, y, scale * 0.7)
+        if labels and probs and len(probs) == len(labels) and h >= DETAIL_MIN_BOX:
+            _bars(out, labels, probs, x + w + 4, y, scale * 0.7)
     return out
 
 

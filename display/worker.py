@@ -4,6 +4,10 @@ Consumes classifier messages (image + faces with ``label``/``probs`` + ``labels`
 and ``eos`` from any stage; produces, per frame, an events record and an annotated image for the
 sinks (window, web page, video, events file). The :class:`Ledger` counts per source what arrived
 against what capture read, decides when the run is complete, and names what was lost.
+
+Tracking lives here because the display is the only single sink (detectors and classifiers may run
+as several copies): one :class:`display.track.Follow` per source gives every face a ``track`` id and
+``smoothed`` probabilities / ``smoothed_label``, added to the events record next to the raw ones.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import numpy as np
 import zmq
 
 from bus.codec import CodecError, Message, decode
-from bus.config import Config
+from bus.config import Config, DisplayConfig
 from bus.runtime import RateLimited, Stats
 from bus.sockets import recv
 from display.draw import annotate
+from display.smooth import Smoother
+from display.track import Follow, Tracked, Tracker
 
 POLL_MS = 100
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2", ".avif")
 
 
 class Sink(Protocol):
@@ -41,6 +48,17 @@ class Sink(Protocol):
 def is_file_uri(uri: str) -> bool:
     """A file or folder source (ends by itself), not a camera index or a stream URL."""
     return not uri.isdigit() and "://" not in uri
+
+
+def is_image_uri(uri: str) -> bool:
+    """A single still image (its faces get track ids, but nothing to smooth over)."""
+    return is_file_uri(uri) and uri.lower().endswith(IMAGE_SUFFIXES)
+
+
+def follower(d: DisplayConfig, image: bool = False) -> Follow:
+    """The tracker and smoother ``[display]`` asks for (smoothing off for a single image)."""
+    mode = "off" if image else d.smoothing
+    return Follow(Tracker(d.track_iou, d.track_max_missed), Smoother(mode, d.smoothing_alpha, d.smoothing_window))
 
 
 def waiting_sources(cfg: Config) -> list[str]:
@@ -121,23 +139,29 @@ class Ledger:
         return out
 
 
-def event(msg: Message, now: float) -> dict[str, Any]:
-    """The events-file record of a classified frame (``now``: wall clock, for latency)."""
+def _probs(labels: Sequence[str], probs: Sequence[float] | None) -> dict[str, float]:
+    if probs is None:
+        return {}
+    names = labels if len(labels) == len(probs) else [str(i) for i in range(len(probs))]
+    return {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)}
+
+
+def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) -> dict[str, Any]:
+    """The events-file record of a classified frame (``now``: wall clock, for latency). With
+    ``tracked`` (one per face) each face also has ``track``, ``smoothed`` and ``smoothed_label``."""
     labels = msg.labels or []
     faces = []
-    for f in msg.faces:
-        probs: dict[str, float] = {}
-        if f.probs is not None:
-            names = labels if len(labels) == len(f.probs) else [str(i) for i in range(len(f.probs))]
-            probs = {n: round(float(p), 4) for n, p in zip(names, f.probs, strict=True)}
-        faces.append(
-            {
-                "box": [round(float(v), 1) for v in f.box],
-                "score": round(float(f.score), 4),
-                "label": f.label,
-                "probs": probs,
-            }
-        )
+    for i, f in enumerate(msg.faces):
+        face: dict[str, Any] = {
+            "box": [round(float(v), 1) for v in f.box],
+            "score": round(float(f.score), 4),
+            "label": f.label,
+            "probs": _probs(labels, f.probs),
+        }
+        if tracked is not None:
+            t = tracked[i]
+            face.update(track=t.track, smoothed=_probs(labels, t.smoothed), smoothed_label=t.smoothed_label)
+        faces.append(face)
     return {
         "src": msg.src,
         "seq": msg.seq,
@@ -153,10 +177,10 @@ class Output:
     image: np.ndarray | None
 
 
-def step(msg: Message, now: float, draw: bool = True) -> Output:
-    """A classified frame -> its events record and (``draw``) annotated image. Pure."""
-    image = annotate(msg.image, msg.faces, msg.labels) if draw and msg.image is not None else None
-    return Output(event(msg, now), image)
+def step(msg: Message, now: float, draw: bool = True, tracked: Sequence[Tracked] | None = None) -> Output:
+    """A classified frame (and its faces' tracking) -> events record and (``draw``) annotated image. Pure."""
+    image = annotate(msg.image, msg.faces, msg.labels, tracked) if draw and msg.image is not None else None
+    return Output(event(msg, now, tracked), image)
 
 
 def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
@@ -178,6 +202,8 @@ class Display:
         self.ledger = Ledger(cfg.source_ids(), waiting_sources(cfg))
         self.warn = RateLimited(log)
         self.draw = any(s.wants_image for s in self.sinks)
+        self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
+        self.follow: dict[str, Follow] = {}
 
     def handle(self, parts: list[Any], now: float) -> None:
         try:
@@ -208,7 +234,10 @@ class Display:
         else:
             self.ledger.frame(msg.src, now)
             self.stats.frame(msg.ts)
-            out = step(msg, self.wall(), self.draw)
+            if msg.src not in self.follow:
+                self.follow[msg.src] = follower(self.cfg.display, msg.src in self.images)
+            tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels)
+            out = step(msg, self.wall(), self.draw, tracked)
             for sink in self.sinks:
                 try:
                     sink.write(msg, out.image, out.event)

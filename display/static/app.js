@@ -1,14 +1,20 @@
 // Live emotions page: polls state.json and shows, per source, the annotated MJPEG stream and, per
-// face, its label and one probability bar per label. Everything from the server is inserted with
-// textContent / DOM properties, never as HTML, so labels like "<script>" are shown as text.
+// face, its track id, its (smoothed) label, one probability bar per label and a sparkline of the
+// smoothed probabilities of its track over the last HISTORY_S seconds (kept here, from the polls).
+// Everything from the server is inserted with textContent / DOM properties, never as HTML, so
+// labels like "<script>" are shown as text.
 "use strict";
 
 const POLL_MS = 250;
+const HISTORY_S = 30;
+const SPARK_W = 200;
+const SPARK_H = 36;
 const HEX = /^#[0-9a-fA-F]{6}$/;
 const sourcesEl = document.getElementById("sources");
 const fpsEl = document.getElementById("fps");
 const statusEl = document.getElementById("status");
 const views = new Map(); // src -> {section, caption, faces}
+const histories = new Map(); // src -> {seq, tracks: Map(track id -> [{ts, p}])}
 
 function el(tag, className, text) {
   const e = document.createElement(tag);
@@ -60,17 +66,86 @@ function bar(label, p, colour) {
   return row;
 }
 
-function faceCard(face, index, labels, colours) {
+function hasTrack(face) {
+  return own(face, "track") && Number.isInteger(face.track);
+}
+
+// The smoothed view of a face when the display tracks it, else the raw one.
+function shown(face) {
+  const smoothed = own(face, "smoothed") && face.smoothed !== null && typeof face.smoothed === "object"
+    && Object.keys(face.smoothed).length > 0;
+  if (smoothed && typeof face.smoothed_label === "string") return { label: face.smoothed_label, probs: face.smoothed };
+  return { label: face.label, probs: own(face, "probs") && face.probs !== null ? face.probs : {} };
+}
+
+function remember(s, faces) {
+  const src = String(s.src);
+  let h = histories.get(src);
+  if (!h) {
+    h = { seq: -1, tracks: new Map() };
+    histories.set(src, h);
+  }
+  const ts = Number(s.ts);
+  if (!Number.isFinite(ts) || s.seq === h.seq) return h;
+  h.seq = s.seq;
+  for (const f of faces) {
+    if (!hasTrack(f)) continue;
+    const points = h.tracks.get(f.track) || [];
+    points.push({ ts, p: shown(f).probs });
+    h.tracks.set(f.track, points);
+  }
+  for (const [id, points] of h.tracks) {
+    while (points.length && points[0].ts < ts - HISTORY_S) points.shift();
+    if (!points.length) h.tracks.delete(id);
+  }
+  return h;
+}
+
+function sparkline(points, labels, colours, current) {
+  const canvas = el("canvas", "spark");
+  canvas.width = SPARK_W;
+  canvas.height = SPARK_H;
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", "smoothed emotion probabilities over the last " + HISTORY_S + " s");
+  const ctx = canvas.getContext("2d");
+  if (!ctx || points.length < 2) return canvas;
+  const end = points[points.length - 1].ts;
+  const span = Math.min(HISTORY_S, Math.max(5, end - points[0].ts)); // grows until the window is full
+  const x = (ts) => SPARK_W * (1 - (end - ts) / span);
+  const y = (p) => SPARK_H - 1 - (SPARK_H - 2) * Math.max(0, Math.min(1, Number(p) || 0));
+  const order = labels.filter((n) => n !== current).concat(labels.includes(current) ? [current] : []);
+  for (const name of order) {
+    ctx.beginPath();
+    points.forEach((pt, i) => {
+      const v = own(pt.p, name) ? pt.p[name] : 0;
+      if (i === 0) ctx.moveTo(x(pt.ts), y(v));
+      else ctx.lineTo(x(pt.ts), y(v));
+    });
+    ctx.strokeStyle = colourOf(colours, name);
+    ctx.lineWidth = name === current ? 2 : 1;
+    ctx.globalAlpha = name === current ? 1 : 0.45;
+    ctx.stroke();
+  }
+  return canvas;
+}
+
+function faceCard(face, index, labels, colours, history) {
   const card = el("article", "face");
   const head = el("header", "face-head");
-  const label = el("span", "label", typeof face.label === "string" ? face.label : "?");
-  label.style.backgroundColor = colourOf(colours, face.label);
-  const probs = own(face, "probs") ? face.probs : {};
-  const top = own(probs, face.label) ? Number(probs[face.label]) : 0;
-  head.append(el("span", "face-index", "#" + (index + 1)), label, el("span", "score", (top * 100).toFixed(0) + "%"));
+  const view = shown(face);
+  const label = el("span", "label", typeof view.label === "string" ? view.label : "?");
+  label.style.backgroundColor = colourOf(colours, view.label);
+  const probs = view.probs;
+  const top = own(probs, view.label) ? Number(probs[view.label]) : 0;
+  const id = hasTrack(face) ? "#" + face.track : "face " + (index + 1);
+  head.append(el("span", "face-index", id), label, el("span", "score", (top * 100).toFixed(0) + "%"));
   card.append(head);
   for (const name of labels) {
     card.append(bar(String(name), own(probs, name) ? probs[name] : 0, colourOf(colours, name)));
+  }
+  if (hasTrack(face)) {
+    card.dataset.track = String(face.track);
+    card.append(sparkline(history.tracks.get(face.track) || [], labels.map(String), colours, view.label));
   }
   return card;
 }
@@ -83,7 +158,8 @@ function render(state) {
     const labels = Array.isArray(s.labels) ? s.labels : [];
     v.caption.textContent = s.src + " · frame " + s.seq + " · " + faces.length + " face(s) · "
       + Number(s.latency_ms || 0).toFixed(0) + " ms";
-    v.faces.replaceChildren(...faces.map((f, i) => faceCard(f, i, labels, s.colours)));
+    const history = remember(s, faces);
+    v.faces.replaceChildren(...faces.map((f, i) => faceCard(f, i, labels, s.colours, history)));
   }
 }
 

@@ -1,0 +1,357 @@
+"""``python -m display analyze VIDEO``: the real pipeline on one video, without the live view, to reports.
+
+Starts ``python -m capture``, ``python -m detector`` and ``python -m classifier`` as child processes
+on free loopback ports with a temporary config made from the user's (``--config`` / ``BUS_CONFIG``
+/ ``./bus.toml``: models, thresholds, tracking and smoothing are kept; the source is the video, read
+as fast as the pipeline takes it, ``realtime = false``). It plays the display's role itself: binds
+the display's PULL socket and feeds :class:`display.worker.Display` (ledger, tracking, smoothing)
+with a collecting sink and, with ``--video``, the annotated-video sink. A tqdm bar counts the frames
+accounted for. When every frame is accounted for, the children are stopped and
+:func:`display.report.write_reports` writes the tables and the plot.
+
+The children are always stopped (SIGTERM, a bounded wait, then SIGKILL), on success, on an error
+and on Ctrl-C. A stage that dies, or no message for ``STALL_S`` seconds, ends the run with one line
+and the stage's last log line. Exit codes: 0 done, 1 the run failed, 2 bad input or start-up
+failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from bus.codec import Message
+from bus.config import Config, ConfigError, load, to_table
+from bus.runtime import Stats
+from bus.sidecar import SidecarError, load_spec
+from bus.sockets import pull, recv
+from display.report import ReportError, require_matplotlib, write_reports
+from display.sinks import VideoSink
+from display.worker import IMAGE_SUFFIXES, Display, Sink
+
+ROOT = Path(__file__).resolve().parents[1]  # where the stage packages are importable from
+STAGES = ("classifier", "detector", "capture")  # start order: consumers first
+STALL_S = 90.0  # no message for this long (model loading included): the run failed
+STOP_WAIT_S = 5.0  # SIGTERM -> this long -> SIGKILL (stages exit within 2 s of SIGTERM)
+POLL_MS = 100
+SEND_TIMEOUT_MS = 10000  # file frames may wait this long for a busy stage: nothing is dropped
+
+
+class AnalyzeError(RuntimeError):
+    """The analysis failed; ``code`` is the exit code (2: bad input or start-up, 1: the run)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(AnalyzeError):
+    def __init__(self) -> None:
+        super().__init__("interrupted", 130)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    frames: int | None  # from the container (CAP_PROP_FRAME_COUNT); None when unknown
+    fps: float
+    width: int
+    height: int
+
+
+def probe(video: str) -> VideoInfo:
+    """Check that ``video`` is a readable video file; :class:`AnalyzeError` (code 2) if not."""
+    path = Path(video)
+    if not path.is_file():
+        raise AnalyzeError(f"no such file: {video}", 2)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise AnalyzeError(f"{video} is an image, not a video", 2)
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        if not ok or frame is None:
+            raise AnalyzeError(f"{video} is not a video (no frame could be read)", 2)
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return VideoInfo(
+        path=path.resolve(),
+        frames=int(n) if np.isfinite(n) and n > 0 else None,
+        fps=float(fps) if np.isfinite(fps) and 0 < fps <= 1000 else 30.0,
+        width=int(frame.shape[1]),
+        height=int(frame.shape[0]),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in v) + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def toml_text(table: dict[str, dict[str, Any]]) -> str:
+    """A config table (sections of scalars, lists and inline tables) as TOML."""
+    return "".join(f"[{s}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in t.items()) + "\n" for s, t in table.items())
+
+
+def source_id(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "video"
+
+
+def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
+    """The children's config: ``base`` with the video as the only source and fresh loopback ports."""
+    t = to_table(base)
+    ep = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    t["bus"].update(allow_remote=False, send_timeout_ms=max(SEND_TIMEOUT_MS, base.bus.send_timeout_ms))
+    source = {"id": source_id(info.path), "uri": str(info.path), "realtime": False, "loop": False, "fps": info.fps}
+    t["capture"] = {"sources": [source], "eof_linger_s": 3600.0}  # capture waits for our SIGTERM
+    t["detector"]["endpoints"] = [ep[0]]  # one copy each: frames reach the display in order
+    t["classifier"]["endpoints"] = [ep[1]]
+    t["display"].update(endpoint=ep[2], window=False, web="", video="", events="", exit_at_end=True)
+    return t
+
+
+class Children:
+    """The stage processes; :meth:`stop` always reaps every one of them."""
+
+    def __init__(self, config: Path, logs: Path):
+        self.config, self.logs = config, logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, stage: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        with (self.logs / f"{stage}.log").open("wb") as log:
+            self.procs[stage] = subprocess.Popen(
+                [sys.executable, "-m", stage, "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def last_line(self, stage: str) -> str:
+        try:
+            lines = (self.logs / f"{stage}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+    def check(self) -> None:
+        """Raise :class:`AnalyzeError` when a stage has exited (they run until we stop them)."""
+        for stage, p in self.procs.items():
+            code = p.poll()
+            if code is not None:
+                raise AnalyzeError(f"{stage} exited with code {code}: {self.last_line(stage)}", 2 if code == 2 else 1)
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM every stage, wait up to ``STOP_WAIT_S`` in all, SIGKILL what is left. Exit codes."""
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        codes = {}
+        for stage, p in self.procs.items():
+            try:
+                codes[stage] = p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[stage] = p.wait()
+        return codes
+
+
+class Collect:
+    """A sink that keeps every events record and the model's labels."""
+
+    name = "collect"
+    wants_image = False
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.labels: list[str] | None = None
+
+    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+        self.records.append(event)
+        if self.labels is None and msg.labels:
+            self.labels = list(msg.labels)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Result:
+    info: VideoInfo
+    paths: dict[str, Path]  # report name -> file
+    summary: dict[str, Any]  # what tracks.json holds: the run's figures and one entry per track
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (main thread only) for the duration; old handlers come back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _base_config(config_path: str | None) -> Config:
+    env = {"BUS_CONFIG": os.environ["BUS_CONFIG"]} if os.environ.get("BUS_CONFIG") else {}
+    try:
+        cfg = load(config_path, env)  # SOURCE / EVENTS / WEB / VIDEO do not apply here
+        load_spec(cfg.classifier.model)
+    except (ConfigError, SidecarError) as e:
+        raise AnalyzeError(str(e), 2) from None
+    if not Path(cfg.classifier.model).is_file():
+        raise AnalyzeError(f"classifier model not found: {cfg.classifier.model}", 2)
+    return cfg
+
+
+def analyze(
+    video: str,
+    out: str | Path,
+    config_path: str | None = None,
+    annotated: bool = False,
+    plot: bool = True,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    log: logging.Logger | None = None,
+) -> Result:
+    """Run the pipeline on ``video`` and write the reports into ``out``. Raises :class:`AnalyzeError`."""
+    info = probe(video)
+    base = _base_config(config_path)
+    if plot:
+        try:
+            require_matplotlib()
+        except ReportError as e:
+            raise AnalyzeError(str(e), 2) from None
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnalyzeError(f"cannot create {out}: {e}", 2) from None
+    stop = stop or threading.Event()
+    log = log or logging.getLogger("analyze")
+    with tempfile.TemporaryDirectory(prefix="emostream-analyze-") as tmp:
+        cfg_path = Path(tmp) / "bus.toml"
+        cfg_path.write_text(toml_text(stage_table(base, info)), encoding="utf-8")
+        try:
+            cfg = load(cfg_path, {})
+        except ConfigError as e:  # pragma: no cover (we wrote it from a valid config)
+            raise AnalyzeError(f"internal: the stage config is invalid: {e}") from None
+        collect = Collect()
+        sinks: list[Sink] = [collect]
+        if annotated:
+            sinks.append(VideoSink(out / "annotated.mp4", cfg, log))
+        children = Children(cfg_path, Path(tmp))
+        ctx = zmq.Context()
+        disp = Display(cfg, sinks, Stats(log, 1e9), log)
+        try:
+            sock = pull(ctx, cfg.display.endpoint, max(cfg.bus.hwm, 16))
+            try:
+                for stage in STAGES:
+                    children.start(stage)
+                _receive(disp, sock, children, cfg, info, stop, progress)
+            finally:
+                sock.close(linger=0)
+        finally:
+            codes = children.stop()
+            disp.close()
+            ctx.term()
+        disp.ledger.finalise()
+        count = disp.ledger.sources[cfg.capture.sources[0].id]
+        labels = collect.labels or list(load_spec(cfg.classifier.model).labels)
+        d = cfg.display
+        meta = {
+            "video": str(info.path),
+            "frames_read": count.read,
+            "frames_analysed": count.received,
+            "dropped": dict(count.drops, **({"capture": count.capture_dropped} if count.capture_dropped else {})),
+            "lost": count.lost,
+            "model": cfg.classifier.model,
+            "detector": cfg.detector.model,
+            "tracking": {"iou": d.track_iou, "max_missed": d.track_max_missed},
+            "smoothing": {"mode": d.smoothing, "alpha": d.smoothing_alpha, "window": d.smoothing_window},
+            "stage_exit_codes": codes,
+        }
+        try:
+            paths, doc = write_reports(out, collect.records, labels, info.fps, meta, plot=plot)
+        except (OSError, ReportError) as e:
+            raise AnalyzeError(f"cannot write the reports: {e}") from None
+        if annotated:
+            paths["annotated.mp4"] = out / "annotated.mp4"
+    return Result(info, paths, doc)
+
+
+def _receive(
+    disp: Display,
+    sock: zmq.Socket,
+    children: Children,
+    cfg: Config,
+    info: VideoInfo,
+    stop: threading.Event,
+    progress: bool,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Feed ``disp`` until every frame of the video is accounted for (or fail / stop)."""
+    from tqdm import tqdm
+
+    src = cfg.capture.sources[0].id
+    last = clock()
+    with tqdm(total=info.frames, unit="frame", desc=info.path.name, disable=not progress, file=sys.stderr) as bar:
+        while True:
+            if stop.is_set():
+                raise Interrupted()
+            parts = recv(sock, POLL_MS)
+            now = clock()
+            if parts is not None:
+                disp.handle(parts, now)
+                last = now
+            count = disp.ledger.sources.get(src)
+            if count is not None and count.accounted > bar.n:
+                bar.update(count.accounted - bar.n)
+            if disp.ledger.done(now, cfg.display.drain_timeout_s):
+                return
+            children.check()
+            if now - last > STALL_S:
+                raise AnalyzeError(f"no results for {STALL_S:.0f} s; see the stages: {children.last_line('detector')}")

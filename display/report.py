@@ -1,0 +1,231 @@
+"""Video analysis reports: the display's events records of one video -> tables, summary and plot.
+
+Consumes the events records of :func:`display.worker.event` (with tracking: ``track``,
+``smoothed``, ``smoothed_label`` per face), the model's labels and the video's fps; produces in a
+folder:
+
+- ``frames.jsonl``: one events record per analysed frame (also frames without faces), plus ``time_s``;
+- ``frames.csv``: one row per face and frame: src, seq, time_s, track, x, y, w, h, score, label,
+  smoothed_label, ``p_<label>`` (raw probabilities) and ``smoothed_<label>``;
+- ``tracks.csv`` / ``tracks.json``: one row per track: first/last frame and time, frames, dominant
+  emotion (the most frequent smoothed label), ``share_<label>`` (the fraction of the track's
+  frames with that smoothed label, i.e. its time share), ``mean_<label>`` (mean raw probability),
+  and how often the raw and the smoothed label changed; the JSON adds the run's figures;
+- ``timeline.png``: smoothed probabilities over time, one panel per track (matplotlib, Agg).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from display.draw import hex_colour
+
+MAX_PANELS = 12  # the plot shows the longest tracks; the tables have all of them
+
+
+class ReportError(RuntimeError):
+    """A report cannot be written (missing optional dependency, unwritable folder)."""
+
+
+def frame_rows(records: Iterable[dict[str, Any]], labels: Sequence[str], fps: float) -> list[dict[str, Any]]:
+    """One flat row per face of every record, in (seq, track) order."""
+    rows = []
+    for rec in records:
+        for f in rec["faces"]:
+            x, y, w, h = f["box"]
+            row: dict[str, Any] = {
+                "src": rec["src"],
+                "seq": rec["seq"],
+                "time_s": round(rec["seq"] / fps, 4),
+                "track": f.get("track"),
+                "x": x,
+                "y": y,
+                "w": w,
+                "h": h,
+                "score": f["score"],
+                "label": f["label"],
+                "smoothed_label": f.get("smoothed_label", f["label"]),
+            }
+            smoothed = f.get("smoothed") or f["probs"]
+            row.update({f"p_{n}": f["probs"].get(n) for n in labels})
+            row.update({f"smoothed_{n}": smoothed.get(n) for n in labels})
+            rows.append(row)
+    rows.sort(key=lambda r: (r["src"], r["seq"], -1 if r["track"] is None else r["track"]))
+    return rows
+
+
+def changes(values: Sequence[Any]) -> int:
+    """How often consecutive values differ."""
+    return sum(1 for a, b in zip(values, values[1:], strict=False) if a != b)
+
+
+def _dominant(labels: Sequence[str | None], means: dict[str, float]) -> str | None:
+    counts = collections.Counter(x for x in labels if x is not None)
+    if not counts:
+        return None
+    return max(counts, key=lambda k: (counts[k], means.get(k, 0.0)))
+
+
+def track_summary(rows: Sequence[dict[str, Any]], labels: Sequence[str], fps: float) -> list[dict[str, Any]]:
+    """One summary per (source, track), by track id; rows without a track are left out."""
+    by_track: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        if r["track"] is not None:
+            by_track[(r["src"], r["track"])].append(r)
+    out = []
+    for (src, track), rs in sorted(by_track.items()):
+        rs = sorted(rs, key=lambda r: r["seq"])
+        smoothed = [r["smoothed_label"] for r in rs]
+        raw = [r["label"] for r in rs]
+        means = {n: float(np.mean([r[f"p_{n}"] or 0.0 for r in rs])) for n in labels}
+        counts = collections.Counter(smoothed)
+        summary: dict[str, Any] = {
+            "src": src,
+            "track": track,
+            "first_frame": rs[0]["seq"],
+            "last_frame": rs[-1]["seq"],
+            "first_s": round(rs[0]["seq"] / fps, 3),
+            "last_s": round(rs[-1]["seq"] / fps, 3),
+            "frames": len(rs),
+            "dominant": _dominant(smoothed, means),
+            "raw_dominant": _dominant(raw, means),
+            "label_changes": changes(raw),
+            "smoothed_label_changes": changes(smoothed),
+        }
+        summary.update({f"share_{n}": round(counts[n] / len(rs), 4) for n in labels})
+        summary.update({f"mean_{n}": round(means[n], 4) for n in labels})
+        out.append(summary)
+    return out
+
+
+def suspected_switches(rows: Sequence[dict[str, Any]], within: int = 15) -> int:
+    """Track births that look like a lost id: a new track whose first box overlaps (IoU > 0.1) the
+    last box of a track of the same source that ended at most ``within`` frames before."""
+    from display.track import iou_matrix
+
+    first: dict[tuple[str, int], dict[str, Any]] = {}
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        if r["track"] is None:
+            continue
+        key = (r["src"], r["track"])
+        first.setdefault(key, r)
+        last[key] = r
+    n = 0
+    for key, born in first.items():
+        box = (born["x"], born["y"], born["w"], born["h"])
+        for other, end in last.items():
+            if other[0] != key[0] or other == key or not 0 <= born["seq"] - end["seq"] <= within:
+                continue
+            if (
+                first[other]["seq"] < born["seq"]
+                and iou_matrix([(end["x"], end["y"], end["w"], end["h"])], [box])[0, 0] > 0.1
+            ):
+                n += 1
+                break
+    return n
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def frame_columns(labels: Sequence[str]) -> list[str]:
+    base = ["src", "seq", "time_s", "track", "x", "y", "w", "h", "score", "label", "smoothed_label"]
+    return base + [f"p_{n}" for n in labels] + [f"smoothed_{n}" for n in labels]
+
+
+def track_columns(labels: Sequence[str]) -> list[str]:
+    base = ["src", "track", "first_frame", "last_frame", "first_s", "last_s", "frames", "dominant", "raw_dominant"]
+    return (
+        base
+        + ["label_changes", "smoothed_label_changes"]
+        + [f"share_{n}" for n in labels]
+        + [f"mean_{n}" for n in labels]
+    )
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`ReportError` with the fix when matplotlib (optional) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ReportError("timeline.png needs matplotlib: pip install matplotlib (or pass --no-plot)") from None
+
+
+def plot_timeline(
+    path: Path, rows: Sequence[dict[str, Any]], labels: Sequence[str], tracks: Sequence[dict[str, Any]]
+) -> None:
+    """Smoothed probabilities over time, one panel per track (the ``MAX_PANELS`` longest)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only: no screen needed, no GUI toolkit imported
+    import matplotlib.pyplot as plt
+
+    shown = sorted(sorted(tracks, key=lambda t: -t["frames"])[:MAX_PANELS], key=lambda t: (t["src"], t["track"]))
+    n = max(1, len(shown))
+    fig, axes = plt.subplots(n, 1, figsize=(10, 1.2 + 1.6 * n), sharex=True, squeeze=False)
+    try:
+        for ax, t in zip(axes[:, 0], shown, strict=False):
+            rs = [r for r in rows if r["src"] == t["src"] and r["track"] == t["track"]]
+            time_s = [r["time_s"] for r in rs]
+            for lab in labels:
+                ax.plot(time_s, [r[f"smoothed_{lab}"] or 0.0 for r in rs], color=hex_colour(lab), lw=1.5, label=lab)
+            share = t.get(f"share_{t['dominant']}", 0.0)
+            ax.set_title(
+                f"{t['src']} track #{t['track']}: {t['dominant']} ({100 * share:.0f}% of its frames)", fontsize=9
+            )
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("p")
+            ax.grid(alpha=0.3)
+        if not shown:
+            axes[0, 0].set_title("no faces found")
+        else:
+            axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        axes[-1, 0].set_xlabel("time (s)")
+        more = len(tracks) - len(shown)
+        fig.suptitle(
+            "smoothed emotion probabilities per track" + (f" ({more} shorter tracks not shown)" if more else "")
+        )
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def write_reports(
+    out: Path,
+    records: Sequence[dict[str, Any]],
+    labels: Sequence[str],
+    fps: float,
+    meta: dict[str, Any],
+    plot: bool = True,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write every report file into ``out``; returns (name -> path, the tracks.json document)."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: (r["src"], r["seq"]))
+    rows = frame_rows(records, labels, fps)
+    tracks = track_summary(rows, labels, fps)
+    paths = {name: out / name for name in ("frames.jsonl", "frames.csv", "tracks.csv", "tracks.json")}
+    with paths["frames.jsonl"].open("w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps({**rec, "time_s": round(rec["seq"] / fps, 4)}, separators=(",", ":")) + "\n")
+    _write_csv(paths["frames.csv"], rows, frame_columns(labels))
+    _write_csv(paths["tracks.csv"], tracks, track_columns(labels))
+    doc = {**meta, "fps": fps, "labels": list(labels), "suspected_switches": suspected_switches(rows), "tracks": tracks}
+    paths["tracks.json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    if plot:
+        paths["timeline.png"] = out / "timeline.png"
+        plot_timeline(paths["timeline.png"], rows, labels, tracks)
+    return paths, doc

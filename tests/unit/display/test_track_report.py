@@ -1,0 +1,253 @@
+"""Analysis reports (tables, summary, plot) and the analyze command's pure parts and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bus.config import Config, parse
+from display import analyze as an
+from display.__main__ import main
+from display.report import (
+    ReportError,
+    changes,
+    frame_rows,
+    require_matplotlib,
+    suspected_switches,
+    track_summary,
+    write_reports,
+)
+
+LABELS = ["sad", "happy"]
+
+
+def rec(seq, *faces, src="clip"):
+    return {"src": src, "seq": seq, "ts": 1.0, "latency_ms": 1.0, "faces": list(faces)}
+
+
+def face(track, x, raw, smoothed):
+    label = LABELS[int(np.argmax(raw))]
+    return {
+        "box": [x, 10.0, 40.0, 40.0],
+        "score": 0.9,
+        "label": label,
+        "probs": dict(zip(LABELS, raw, strict=True)),
+        "track": track,
+        "smoothed": dict(zip(LABELS, smoothed, strict=True)),
+        "smoothed_label": LABELS[int(np.argmax(smoothed))],
+    }
+
+
+H, S = [0.2, 0.8], [0.7, 0.3]  # raw happy / sad
+RECORDS = [
+    rec(0, face(1, 0, H, H)),
+    rec(1, face(1, 2, S, [0.45, 0.55]), face(2, 200, S, S)),
+    rec(2),  # a frame without faces
+    rec(3, face(1, 4, H, H), face(2, 202, S, S)),
+    rec(4, face(1, 6, S, [0.45, 0.55])),
+]
+
+
+def test_frame_rows_one_per_face_in_order():
+    rows = frame_rows(reversed(RECORDS), LABELS, fps=10.0)
+    assert [(r["seq"], r["track"]) for r in rows] == [(0, 1), (1, 1), (1, 2), (3, 1), (3, 2), (4, 1)]
+    assert rows[1] == {
+        "src": "clip",
+        "seq": 1,
+        "time_s": 0.1,
+        "track": 1,
+        "x": 2,
+        "y": 10.0,
+        "w": 40.0,
+        "h": 40.0,
+        "score": 0.9,
+        "label": "sad",
+        "smoothed_label": "happy",
+        "p_sad": 0.7,
+        "p_happy": 0.3,
+        "smoothed_sad": 0.45,
+        "smoothed_happy": 0.55,
+    }
+
+
+@pytest.mark.parametrize(("values", "n"), [([], 0), (["a"], 0), (["a", "a", "b", "a"], 2), ([1, 2, 3], 2)])
+def test_changes(values, n):
+    assert changes(values) == n
+
+
+def test_track_summary():
+    t1, t2 = track_summary(frame_rows(RECORDS, LABELS, 10.0), LABELS, 10.0)
+    assert (t1["track"], t1["first_frame"], t1["last_frame"], t1["frames"], t1["last_s"]) == (1, 0, 4, 4, 0.4)
+    assert (t1["dominant"], t1["share_happy"], t1["share_sad"]) == ("happy", 1.0, 0.0)
+    assert (t1["label_changes"], t1["smoothed_label_changes"], t1["raw_dominant"]) == (3, 0, "happy")  # tie: mean p
+    assert t1["mean_happy"] == pytest.approx(0.55)
+    assert (t2["track"], t2["frames"], t2["dominant"], t2["share_sad"]) == (2, 2, "sad", 1.0)
+
+
+def row(seq, track, x):
+    return {"src": "clip", "seq": seq, "track": track, "x": x, "y": 0.0, "w": 40.0, "h": 40.0}
+
+
+@pytest.mark.parametrize(
+    ("rows", "n"),
+    [
+        ([row(0, 1, 0), row(1, 1, 2), row(2, 2, 4)], 1),  # a new id where the old one just ended
+        ([row(0, 1, 0), row(1, 1, 2), row(2, 2, 300)], 0),  # a new face elsewhere
+        ([row(0, 1, 0), row(1, 1, 2), row(40, 2, 4)], 0),  # long after: a face that came back
+        ([row(0, 1, 0), row(0, 2, 100), row(1, 1, 2), row(1, 2, 102)], 0),  # two faces side by side
+        ([row(0, 1, 0), row(1, None, 0)], 0),  # rows without a track are left out
+    ],
+)
+def test_suspected_switches(rows, n):
+    assert suspected_switches(rows, within=15) == n
+
+
+def test_write_reports_open_in_pandas_and_plot(tmp_path):
+    pd = pytest.importorskip("pandas")
+    paths, doc = write_reports(tmp_path / "out", RECORDS, LABELS, 10.0, {"video": "clip.mp4"})
+    assert set(paths) == {"frames.jsonl", "frames.csv", "tracks.csv", "tracks.json", "timeline.png"}
+    frames = pd.read_csv(paths["frames.csv"])
+    assert len(frames) == 6 and list(frames.columns[:11]) == [
+        "src",
+        "seq",
+        "time_s",
+        "track",
+        "x",
+        "y",
+        "w",
+        "h",
+        "score",
+        "label",
+        "smoothed_label",
+    ]
+    assert {"p_sad", "p_happy", "smoothed_sad", "smoothed_happy"} <= set(frames.columns)
+    lines = pd.read_json(paths["frames.jsonl"], lines=True)
+    assert list(lines["seq"]) == [0, 1, 2, 3, 4] and list(lines["time_s"]) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
+    tracks = pd.read_csv(paths["tracks.csv"])
+    assert list(tracks["track"]) == [1, 2] and list(tracks["dominant"]) == ["happy", "sad"]
+    assert json.loads(paths["tracks.json"].read_text()) == doc
+    assert doc["video"] == "clip.mp4" and doc["labels"] == LABELS and len(doc["tracks"]) == 2
+    check_png(paths["timeline.png"], panels=2)
+
+
+def check_png(path, panels):
+    img = cv2.imread(str(path))
+    assert img is not None, "timeline.png does not decode"
+    h, w = img.shape[:2]
+    assert w >= 800 and h >= 150 * panels
+    assert img.std() > 10 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20  # drawn, not blank
+
+
+def test_plot_of_no_faces_is_still_a_picture(tmp_path):
+    paths, doc = write_reports(tmp_path, [rec(0)], LABELS, 10.0, {})
+    assert doc["tracks"] == [] and cv2.imread(str(paths["timeline.png"])) is not None
+
+
+def test_missing_matplotlib_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ReportError, match="pip install matplotlib"):
+        require_matplotlib()
+
+
+def write_video(path, frames=5, size=(64, 48)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, size)
+    for i in range(frames):
+        w.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+    w.release()
+
+
+def test_probe_a_video(tmp_path):
+    write_video(tmp_path / "v.avi")
+    info = an.probe(str(tmp_path / "v.avi"))
+    assert (info.frames, info.fps, info.width, info.height) == (5, 10.0, 64, 48)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error"),
+    [
+        ("missing.mp4", None, "no such file"),
+        ("photo.jpg", b"\xff\xd8", "is an image, not a video"),
+        ("notes.mp4", b"just text, no video", "is not a video"),
+    ],
+)
+def test_probe_rejects_bad_input_with_code_2(tmp_path, name, content, error):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(an.AnalyzeError, match=error) as e:
+        an.probe(str(tmp_path / name))
+    assert e.value.code == 2
+
+
+def test_stage_config_is_valid_and_points_at_the_video(tmp_path):
+    write_video(tmp_path / "my clip.avi")
+    info = an.probe(str(tmp_path / "my clip.avi"))
+    table = an.stage_table(Config(), info)
+    cfg = parse(tomllib.loads(an.toml_text(table)))
+    (src,) = cfg.capture.sources
+    assert (src.id, src.uri, src.realtime, src.fps) == ("my_clip", str(info.path), False, 10.0)
+    assert len({cfg.detector.endpoints[0], cfg.classifier.endpoints[0], cfg.display.endpoint}) == 3
+    assert (cfg.display.web, cfg.display.events, cfg.display.window, cfg.bus.allow_remote) == ("", "", False, False)
+    assert cfg.display.smoothing == Config().display.smoothing  # the user's settings are kept
+
+
+@pytest.mark.parametrize("value", ["plain", 'quo"te', "back\\slash", "tab\there", "ünï"])
+def test_toml_text_round_trips_strings(value):
+    assert tomllib.loads(an.toml_text({"s": {"k": value, "l": [value], "t": {"v": value}}})) == {
+        "s": {"k": value, "l": [value], "t": {"v": value}}
+    }
+
+
+def test_children_stop_kills_a_stage_that_ignores_sigterm(tmp_path, monkeypatch):
+    monkeypatch.setattr(an, "STOP_WAIT_S", 1.0)
+    children = an.Children(tmp_path / "bus.toml", tmp_path)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"up\n"
+    children.procs["stubborn"] = p
+    t0 = time.monotonic()
+    assert children.stop() == {"stubborn": -9}
+    assert time.monotonic() - t0 < 3.0
+    p.stdout.close()
+
+
+def test_children_check_reports_a_dead_stage_with_its_last_line(tmp_path):
+    children = an.Children(tmp_path / "bus.toml", tmp_path)
+    (tmp_path / "detector.log").write_text("starting\ndetector: cannot bind tcp://x\n")
+    p = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    p.wait(10)
+    children.procs["detector"] = p
+    with pytest.raises(an.AnalyzeError, match="detector exited with code 2: detector: cannot bind") as e:
+        children.check()
+    assert e.value.code == 2
+
+
+def test_analyze_help():
+    result = CliRunner().invoke(main, ["analyze", "--help"])
+    assert result.exit_code == 0
+    assert "--video" in result.output and "--out" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["analyze", "missing.mp4"], "no such file: missing.mp4"),
+        (["analyze", "{tmp}/notes.mp4"], "is not a video"),
+        (["analyze", "{tmp}/v.avi", "--config", "/nonexistent/bus.toml"], "config file not found"),
+        (["--image", "x.png", "analyze", "{tmp}/v.avi"], "do not go with analyze"),
+    ],
+)
+def test_analyze_bad_input_exits_2_with_one_line(tmp_path, args, error):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    write_video(tmp_path / "v.avi")
+    result = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2, result.output
+    assert error in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,231 @@
+"""Per-track smoothing (ema, window, off), the per-source Follow, and what tracking adds to the
+events record, the overlay and the display loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from bus.codec import Face, Message, encode
+from bus.config import Config, ConfigError, SourceConfig, parse, validate
+from bus.runtime import Stats
+from display.draw import annotate
+from display.smooth import Smoother
+from display.track import Follow, Tracked, Tracker
+from display.worker import Display, event, follower, is_image_uri
+
+LOG = logging.getLogger("test.display.track")
+LABELS = ["sad", "happy"]
+SAD, HAPPY = [1.0, 0.0], [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "alpha", "window", "frames", "expected"),
+    [
+        ("off", 0.5, 3, [(0, SAD), (1, HAPPY)], [SAD, HAPPY]),
+        ("ema", 0.5, 3, [(0, SAD), (1, HAPPY), (2, HAPPY)], [SAD, [0.5, 0.5], [0.25, 0.75]]),
+        ("ema", 0.5, 3, [(0, SAD), (2, HAPPY)], [SAD, [0.25, 0.75]]),  # a gap of 2 weighs like 2 frames
+        ("ema", 1.0, 3, [(0, SAD), (1, HAPPY)], [SAD, HAPPY]),  # alpha 1: no smoothing
+        ("window", 0.5, 2, [(0, SAD), (1, HAPPY), (2, HAPPY)], [SAD, [0.5, 0.5], HAPPY]),
+        ("window", 0.5, 3, [(0, SAD), (1, SAD), (5, HAPPY)], [SAD, SAD, HAPPY]),  # the gap empties the window
+        ("ema", 0.5, 3, [(0, SAD), (1, [0.2, 0.3, 0.5])], [SAD, [0.2, 0.3, 0.5]]),  # another model: restart
+        ("window", 0.5, 3, [(0, SAD), (1, [0.2, 0.3, 0.5])], [SAD, [0.2, 0.3, 0.5]]),
+    ],
+    ids=["off", "ema", "ema-gap", "ema-alpha-1", "window", "window-gap", "ema-new-shape", "window-new-shape"],
+)
+def test_smoother_table(mode, alpha, window, frames, expected):
+    s = Smoother(mode, alpha, window)
+    got = [s.update(7, seq, p).tolist() for seq, p in frames]
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected))
+
+
+@pytest.mark.parametrize(
+    ("mode", "alpha", "window", "error"),
+    [
+        ("median", 0.5, 3, ValueError),
+        ("ema", 0.0, 3, ValueError),
+        ("ema", 1.5, 3, ValueError),
+        ("window", 0.5, 0, ValueError),
+    ],
+)
+def test_smoother_rejects_bad_parameters(mode, alpha, window, error):
+    with pytest.raises(error):
+        Smoother(mode, alpha, window)
+
+
+@pytest.mark.parametrize("mode", ["ema", "window"])
+def test_smoother_keeps_tracks_apart_and_forgets_ended_ones(mode):
+    s = Smoother(mode, 0.5, 4)
+    s.update(1, 0, SAD)
+    s.update(2, 0, HAPPY)
+    assert s.current(1).tolist() == SAD and s.current(2).tolist() == HAPPY
+    s.retain({2})
+    assert s.current(1) is None and s.current(2) is not None
+
+
+def test_smoothing_reduces_label_flicker():
+    """Noisy frames around a steady 'happy': the raw arg-max flips often, the smoothed one rarely."""
+    rng = np.random.default_rng(0)
+    probs = np.clip(np.array([0.42, 0.58]) + rng.normal(0, 0.12, (300, 1)) * [1, -1], 0, 1)
+    raw = np.argmax(probs, axis=1)
+    s = Smoother("ema", 0.2, 15)
+    smoothed = np.array([np.argmax(s.update(1, i, p)) for i, p in enumerate(probs)])
+    raw_changes, smoothed_changes = np.count_nonzero(np.diff(raw)), np.count_nonzero(np.diff(smoothed))
+    assert raw_changes > 50 and smoothed_changes * 10 <= raw_changes
+    assert np.mean(smoothed == 1) > 0.95
+
+
+def face(x: float, probs: list[float] | None = None, label: str | None = None) -> Face:
+    return Face((x, 10.0, 40.0, 40.0), 0.9, [], label, probs)
+
+
+def test_follow_gives_ids_smoothed_probs_and_labels():
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3))
+    assert f.faces(0, [face(0, SAD, "sad"), face(200, HAPPY, "happy")], LABELS) == [
+        Tracked(1, SAD, "sad"),
+        Tracked(2, HAPPY, "happy"),
+    ]
+    got = f.faces(1, [face(205, SAD, "sad"), face(3, HAPPY, "happy")], LABELS)
+    assert got == [Tracked(2, [0.5, 0.5], "sad"), Tracked(1, [0.5, 0.5], "sad")]  # ties: the first label
+    got = f.faces(2, [face(6, HAPPY, "happy")], LABELS)
+    assert got == [Tracked(1, [0.25, 0.75], "happy")]
+
+
+def test_follow_late_frames_and_unclassified_faces():
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3))
+    f.faces(0, [face(0, SAD, "sad")], LABELS)
+    f.faces(2, [face(2, HAPPY, "happy")], LABELS)  # smoothed [0.25, 0.75] (gap of 2)
+    late = f.faces(1, [face(1, SAD, "sad"), face(300, SAD, "sad")], LABELS)
+    assert late[0] == Tracked(1, [0.25, 0.75], "happy")  # the track's current value, unchanged
+    assert late[1] == Tracked(None, SAD, "sad")  # no track: the raw probabilities
+    assert f.faces(1, [face(1)], LABELS) == [Tracked(1)]  # unclassified: an id, nothing to smooth
+    assert f.smoother.current(1).tolist() == [0.25, 0.75]
+
+
+def test_follow_names_labels_by_index_when_the_labels_do_not_fit():
+    f = Follow(Tracker(0.3, 2), Smoother("off"))
+    assert f.faces(0, [face(0, [0.1, 0.2, 0.7], "x")], LABELS) == [Tracked(1, [0.1, 0.2, 0.7], "2")]
+
+
+def test_event_record_with_tracking():
+    msg = Message(src="cam0", seq=3, ts=100.0, faces=[face(0, [0.25, 0.75], "happy"), face(200)], labels=LABELS)
+    rec = event(msg, 100.5, [Tracked(4, [0.6, 0.4], "sad"), Tracked(5)])
+    assert rec["faces"][0] == {
+        "box": [0.0, 10.0, 40.0, 40.0],
+        "score": 0.9,
+        "label": "happy",
+        "probs": {"sad": 0.25, "happy": 0.75},
+        "track": 4,
+        "smoothed": {"sad": 0.6, "happy": 0.4},
+        "smoothed_label": "sad",
+    }
+    assert rec["faces"][1]["track"] == 5 and rec["faces"][1]["smoothed"] == {}
+    assert rec["faces"][1]["smoothed_label"] is None
+
+
+def test_overlay_shows_the_track_and_the_smoothed_label():
+    image = np.zeros((120, 200, 3), np.uint8)
+    faces = [Face((20, 30, 100, 100), 0.9, [], "happy", [0.1, 0.9])]
+    raw = annotate(image, faces, LABELS)
+    tracked = annotate(image, faces, LABELS, [Tracked(12, [0.8, 0.2], "sad")])
+    assert not np.array_equal(raw, tracked)
+    sad_bgr = np.array([200, 110, 30])  # draw.COLOURS["sad"]: the box takes the smoothed label's colour
+    assert (tracked[30, 60] == sad_bgr).all() and not (raw[30, 60] == sad_bgr).all()
+    untracked = annotate(image, faces, LABELS, [Tracked(None)])
+    assert (untracked[30, 60] == raw[30, 60]).all()
+
+
+def config(uri: str, **display) -> Config:
+    cfg = Config()
+    return validate(
+        dataclasses.replace(
+            cfg,
+            capture=dataclasses.replace(cfg.capture, sources=(SourceConfig(uri=uri, id="s0"),)),
+            display=dataclasses.replace(cfg.display, **display),
+        )
+    )
+
+
+class Rec:
+    name, wants_image = "rec", False
+
+    def __init__(self):
+        self.events = []
+
+    def write(self, msg, image, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("uri", "smoothing", "expected_second"),
+    [
+        ("clip.mp4", "ema", {"sad": 0.5, "happy": 0.5}),
+        ("clip.mp4", "off", {"sad": 0.0, "happy": 1.0}),
+        ("photo.JPG", "ema", {"sad": 0.0, "happy": 1.0}),  # a single image: never smoothed
+    ],
+)
+def test_display_tracks_and_smooths_per_source(uri, smoothing, expected_second):
+    sink = Rec()
+    d = Display(config(uri, smoothing=smoothing, smoothing_alpha=0.5), [sink], Stats(LOG, 60.0), LOG)
+    for seq, probs in enumerate([SAD, HAPPY]):
+        msg = Message(src="s0", seq=seq, ts=1.0, faces=[face(seq, probs, "x")], labels=LABELS)
+        d.handle(encode(msg), 0.0)
+    msg = Message(src="other", seq=0, ts=1.0, faces=[face(300, SAD, "sad")], labels=LABELS)
+    d.handle(encode(msg), 0.0)
+    assert [e["faces"][0]["track"] for e in sink.events] == [1, 1, 1]  # ids are per source
+    assert sink.events[1]["faces"][0]["smoothed"] == expected_second
+
+
+@pytest.mark.parametrize(
+    ("uri", "image"),
+    [("a.png", True), ("dir/b.jpeg", True), ("clip.mp4", False), ("0", False), ("http://x/y.jpg", False)],
+)
+def test_is_image_uri(uri, image):
+    assert is_image_uri(uri) is image
+
+
+def test_follower_uses_the_display_config():
+    f = follower(config("a.mp4", smoothing="window", smoothing_window=4, track_iou=0.5, track_max_missed=3).display)
+    assert (f.smoother.mode, f.smoother.window, f.tracker.iou_min, f.tracker.max_missed) == ("window", 4, 0.5, 3)
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        (
+            {
+                "smoothing": "ema",
+                "smoothing_alpha": 0.3,
+                "smoothing_window": 5,
+                "track_iou": 0.4,
+                "track_max_missed": 0,
+            },
+            None,
+        ),
+        ({"smoothing": "median"}, "smoothing"),
+        ({"smoothing_alpha": 0.0}, "smoothing_alpha"),
+        ({"smoothing_alpha": 1.5}, "smoothing_alpha"),
+        ({"smoothing_window": 0}, "smoothing_window"),
+        ({"track_max_missed": -1}, "track_max_missed"),
+        ({"track_iou": 1.0}, "track_iou"),
+        ({"track_iou": "high"}, "track_iou"),
+    ],
+)
+def test_display_config_keys(table, error):
+    if error is None:
+        d = parse({"display": table}).display
+        assert (d.smoothing, d.smoothing_alpha, d.track_max_missed) == ("ema", 0.3, 0)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            parse({"display": table})
+
+
+def test_display_config_defaults_smooth_with_ema():
+    d = Config().display
+    assert (d.smoothing, d.track_iou) == ("ema", 0.3)
