@@ -80,9 +80,11 @@ class DisplayConfig:
     exit_at_end: bool = True  # exit 0 once every file source has ended and been accounted for
     track_iou: float = 0.3  # a face continues a track when its box overlaps the track's this much (IoU)
     track_max_missed: int = 10  # frames a track survives without its face before it ends
+    track_cut: float = 12.0  # a scene cut (frame-to-frame grey difference above this, 0..255) ends every track; 0 = off
     smoothing: str = "ema"  # per-track probabilities: "ema" | "window" | "off" (always off for one image)
-    smoothing_alpha: float = 0.2  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
-    smoothing_window: int = 15  # window: mean over this many frames
+    smoothing_alpha: float = 0.1  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
+    smoothing_window: int = 20  # window: mean over this many frames
+    smoothing_margin: float = 0.05  # hysteresis: the smoothed label changes only when beaten by more than this
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")
     if not 0.0 < d.smoothing_alpha <= 1.0:
         raise ConfigError("[display] smoothing_alpha: must be in (0, 1]")
+    if not 0.0 <= d.smoothing_margin < 1.0:
+        raise ConfigError("[display] smoothing_margin: must be in [0, 1)")
     if d.smoothing_window < 1 or d.track_max_missed < 0:
         raise ConfigError("[display] smoothing_window must be >= 1 and track_max_missed >= 0")
+    if not 0.0 <= d.track_cut < 255.0:
+        raise ConfigError("[display] track_cut: must be in [0, 255) (0 = off)")
     if not 0.0 < d.track_iou < 1.0:
         raise ConfigError("[display] track_iou: must be between 0 and 1")
     if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:

@@ -213,7 +213,9 @@ def analyze_command(
     click.echo(f"reports in {out}: {', '.join(result.paths)}")
     drops = " ".join(f"{k}={v}" for k, v in sorted(s["dropped"].items())) or "0"
     click.echo(f"frames read {s['frames_read']}, analysed {s['frames_analysed']}, dropped {drops}, lost {s['lost']}")
-    click.echo(f"{len(s['tracks'])} track(s), {s['suspected_switches']} suspected id switch(es)")
+    click.echo(
+        f"{len(s['tracks'])} track(s), {len(s['scene_cuts'])} scene cut(s), {s['suspected_switches']} suspected id switch(es)"
+    )
     for t in s["tracks"]:
         share = t.get(f"share_{t['dominant']}", 0.0)
         click.echo(

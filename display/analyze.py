@@ -299,7 +299,8 @@ def analyze(
             disp.close()
             ctx.term()
         disp.ledger.finalise()
-        count = disp.ledger.sources[cfg.capture.sources[0].id]
+        src = cfg.capture.sources[0].id
+        count = disp.ledger.sources[src]
         labels = collect.labels or list(load_spec(cfg.classifier.model).labels)
         d = cfg.display
         meta = {
@@ -308,10 +309,16 @@ def analyze(
             "frames_analysed": count.received,
             "dropped": dict(count.drops, **({"capture": count.capture_dropped} if count.capture_dropped else {})),
             "lost": count.lost,
+            "scene_cuts": list(disp.follow[src].cuts) if src in disp.follow else [],
             "model": cfg.classifier.model,
             "detector": cfg.detector.model,
-            "tracking": {"iou": d.track_iou, "max_missed": d.track_max_missed},
-            "smoothing": {"mode": d.smoothing, "alpha": d.smoothing_alpha, "window": d.smoothing_window},
+            "tracking": {"iou": d.track_iou, "max_missed": d.track_max_missed, "cut": d.track_cut},
+            "smoothing": {
+                "mode": d.smoothing,
+                "alpha": d.smoothing_alpha,
+                "window": d.smoothing_window,
+                "margin": d.smoothing_margin,
+            },
             "stage_exit_codes": codes,
         }
         try:

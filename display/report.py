@@ -105,9 +105,10 @@ def track_summary(rows: Sequence[dict[str, Any]], labels: Sequence[str], fps: fl
     return out
 
 
-def suspected_switches(rows: Sequence[dict[str, Any]], within: int = 15) -> int:
+def suspected_switches(rows: Sequence[dict[str, Any]], within: int = 15, cuts: Iterable[int] = ()) -> int:
     """Track births that look like a lost id: a new track whose first box overlaps (IoU > 0.1) the
-    last box of a track of the same source that ended at most ``within`` frames before."""
+    last box of a track of the same source that ended at most ``within`` frames before. Births at
+    a scene cut (``cuts``: frame numbers) are new shots, not lost ids."""
     from display.track import iou_matrix
 
     first: dict[tuple[str, int], dict[str, Any]] = {}
@@ -119,7 +120,10 @@ def suspected_switches(rows: Sequence[dict[str, Any]], within: int = 15) -> int:
         first.setdefault(key, r)
         last[key] = r
     n = 0
+    at_cut = set(cuts)
     for key, born in first.items():
+        if born["seq"] in at_cut:
+            continue
         box = (born["x"], born["y"], born["w"], born["h"])
         for other, end in last.items():
             if other[0] != key[0] or other == key or not 0 <= born["seq"] - end["seq"] <= within:
@@ -223,7 +227,8 @@ def write_reports(
             f.write(json.dumps({**rec, "time_s": round(rec["seq"] / fps, 4)}, separators=(",", ":")) + "\n")
     _write_csv(paths["frames.csv"], rows, frame_columns(labels))
     _write_csv(paths["tracks.csv"], tracks, track_columns(labels))
-    doc = {**meta, "fps": fps, "labels": list(labels), "suspected_switches": suspected_switches(rows), "tracks": tracks}
+    switches = suspected_switches(rows, cuts=meta.get("scene_cuts", ()))
+    doc = {**meta, "fps": fps, "labels": list(labels), "suspected_switches": switches, "tracks": tracks}
     paths["tracks.json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     if plot:
         paths["timeline.png"] = out / "timeline.png"

@@ -1,13 +1,18 @@
-"""Temporal smoothing of each track's emotion probabilities. Pure, no I/O.
+"""Temporal smoothing of each track's emotion probabilities, and its label. Pure, no I/O.
 
 Consumes, per track id, the classifier's probability vector of each frame (in ``seq`` order);
-produces the smoothed vector, whose arg-max is the track's ``smoothed_label``:
+produces the smoothed vector and the index of the track's smoothed label:
 
 - ``ema``: exponential moving average, ``s <- s + a * (p - s)``. A gap of ``g`` frames (dropped
-  upstream) weighs the new frame as ``g`` frames would have: ``a = 1 - (1 - alpha) ** g``.
+  upstream) weighs the new frame as ``g`` frames would have: ``a = 1 - (1 - alpha) ** g``. While a
+  track is young, ``a`` is at least ``1 / n`` (``n``: its frames so far), so its first frames are
+  averaged instead of the very first one dominating for ``1 / alpha`` frames.
 - ``window``: the mean over the frames of the last ``window`` seqs (a gap shortens the window).
-- ``off``: the raw vector (single images, or when asked).
+- ``off``: the raw vector and its arg-max (single images, or when asked).
 
+The label has hysteresis: it moves to another label only when that label's smoothed probability
+beats the current label's by more than ``margin``. Two near-equal probabilities (where a raw
+arg-max flickers) therefore keep the label, while a real change costs about one extra frame.
 State is per track; :meth:`Smoother.retain` forgets the tracks that ended.
 """
 
@@ -15,55 +20,63 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 MODES = ("ema", "window", "off")
 
 
+@dataclass
+class _State:
+    seq: int
+    vec: np.ndarray
+    top: int
+    n: int = 1
+    recent: collections.deque[tuple[int, np.ndarray]] = field(default_factory=collections.deque)
+
+
 class Smoother:
-    def __init__(self, mode: str = "ema", alpha: float = 0.2, window: int = 15):
+    def __init__(self, mode: str = "ema", alpha: float = 0.1, window: int = 20, margin: float = 0.05):
         if mode not in MODES:
             raise ValueError(f"smoothing mode must be one of {MODES}, got {mode!r}")
-        if not 0.0 < alpha <= 1.0 or window < 1:
-            raise ValueError("alpha must be in (0, 1] and window >= 1")
-        self.mode, self.alpha, self.window = mode, alpha, window
-        self.state: dict[int, tuple[int, np.ndarray]] = {}  # ema: track -> (last seq, average)
-        self.recent: dict[int, collections.deque[tuple[int, np.ndarray]]] = {}  # window: track -> (seq, probs)
+        if not 0.0 < alpha <= 1.0 or window < 1 or not 0.0 <= margin < 1.0:
+            raise ValueError("alpha must be in (0, 1], window >= 1 and margin in [0, 1)")
+        self.mode, self.alpha, self.window, self.margin = mode, alpha, window, margin
+        self.tracks: dict[int, _State] = {}
 
-    def update(self, track: int, seq: int, probs: Sequence[float]) -> np.ndarray:
-        """The smoothed vector of ``track`` after the frame ``seq`` (frames in seq order)."""
+    def update(self, track: int, seq: int, probs: Sequence[float]) -> tuple[np.ndarray, int]:
+        """The smoothed vector of ``track`` after frame ``seq`` (frames in seq order) and its label index."""
         p = np.asarray(probs, dtype=np.float64)
         if self.mode == "off":
-            return p
+            return p, int(np.argmax(p))
+        st = self.tracks.get(track)
+        if st is None or st.vec.shape != p.shape:  # a new track (or another model): start over
+            st = self.tracks[track] = _State(seq, p, int(np.argmax(p)), recent=collections.deque([(seq, p)]))
+            return p, st.top
+        gap = max(1, seq - st.seq)
+        st.n += 1
         if self.mode == "ema":
-            last = self.state.get(track)
-            if last is None or last[1].shape != p.shape:
-                s = p
-            else:
-                a = 1.0 - (1.0 - self.alpha) ** max(1, seq - last[0])
-                s = last[1] + a * (p - last[1])
-            self.state[track] = (seq, s)
-            return s
-        q = self.recent.setdefault(track, collections.deque())
-        if q and q[-1][1].shape != p.shape:
-            q.clear()
-        q.append((seq, p))
-        while q[0][0] <= seq - self.window:
-            q.popleft()
-        return np.mean([v for _, v in q], axis=0)
+            a = max(1.0 - (1.0 - self.alpha) ** gap, 1.0 / st.n)
+            st.vec = st.vec + a * (p - st.vec)
+        else:
+            st.recent.append((seq, p))
+            while st.recent[0][0] <= seq - self.window:
+                st.recent.popleft()
+            st.vec = np.mean([v for _, v in st.recent], axis=0)
+        st.seq = seq
+        top = int(np.argmax(st.vec))
+        if st.vec[top] - st.vec[st.top] > self.margin:
+            st.top = top
+        return st.vec, st.top
 
-    def current(self, track: int) -> np.ndarray | None:
-        """The latest smoothed vector of ``track`` without a new frame (None: unknown, or ``off``)."""
-        if self.mode == "ema" and track in self.state:
-            return self.state[track][1]
-        if self.mode == "window" and self.recent.get(track):
-            return np.mean([v for _, v in self.recent[track]], axis=0)
-        return None
+    def current(self, track: int) -> tuple[np.ndarray, int] | None:
+        """The latest smoothed vector and label index of ``track`` (None: unknown, or ``off``)."""
+        st = self.tracks.get(track)
+        return None if st is None else (st.vec, st.top)
 
     def retain(self, tracks: Iterable[int]) -> None:
         """Forget every track not in ``tracks``."""
         keep = set(tracks)
-        for d in (self.state, self.recent):
-            for k in [k for k in d if k not in keep]:
-                del d[k]
+        for k in [k for k in self.tracks if k not in keep]:
+            del self.tracks[k]

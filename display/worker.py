@@ -58,7 +58,8 @@ def is_image_uri(uri: str) -> bool:
 def follower(d: DisplayConfig, image: bool = False) -> Follow:
     """The tracker and smoother ``[display]`` asks for (smoothing off for a single image)."""
     mode = "off" if image else d.smoothing
-    return Follow(Tracker(d.track_iou, d.track_max_missed), Smoother(mode, d.smoothing_alpha, d.smoothing_window))
+    smoother = Smoother(mode, d.smoothing_alpha, d.smoothing_window, d.smoothing_margin)
+    return Follow(Tracker(d.track_iou, d.track_max_missed), smoother, d.track_cut)
 
 
 def waiting_sources(cfg: Config) -> list[str]:
@@ -236,7 +237,7 @@ class Display:
             self.stats.frame(msg.ts)
             if msg.src not in self.follow:
                 self.follow[msg.src] = follower(self.cfg.display, msg.src in self.images)
-            tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels)
+            tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels, msg.image)
             out = step(msg, self.wall(), self.draw, tracked)
             for sink in self.sinks:
                 try:

@@ -125,7 +125,7 @@ def test_track_ids_are_stable_on_the_walking_clip(walking):
     assert switches == 0, ids
     assert sorted(len(v) for v in ids.values()) == [40, 41, 41]
     assert frames["track"].nunique() == 3
-    assert "3 track(s), 0 suspected id switch(es)" in stdout
+    assert "3 track(s), 0 scene cut(s), 0 suspected id switch(es)" in stdout
 
 
 def test_one_happy_track_on_the_male_head_pose_clip(shared_data, tmp_path):
@@ -138,10 +138,33 @@ def test_one_happy_track_on_the_male_head_pose_clip(shared_data, tmp_path):
     assert tracks["dominant"][0] == "happy", tracks.to_string()
 
 
-def test_smoothing_cuts_label_changes_fivefold_on_the_asl_clip(shared_data, tmp_path):
-    pd = pytest.importorskip("pandas")
-    out = tmp_path / "report"
+ASL_CUTS = [77, 140, 249, 314, 361, 419, 468, 529, 580]  # hand-checked: 10 clips of different signers
+
+
+@pytest.fixture(scope="module")
+def asl(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("asl") / "report"
     analyze(shared_data / VIDEOS / "asl_signer_concat10.mp4", out, "--no-plot")
+    return out
+
+
+def test_scene_cuts_end_the_tracks_on_the_asl_clip(asl):
+    """Ten clips of signers standing at the same place: without cut detection a new signer would
+    inherit the last one's id; with it, one track per clip."""
+    pd = pytest.importorskip("pandas")
+    summary = pd.read_json(asl / "tracks.json", typ="series")
+    assert summary["scene_cuts"] == ASL_CUTS
+    assert summary["suspected_switches"] == 0
+    tracks = pd.read_csv(asl / "tracks.csv")
+    bounds = [0, *ASL_CUTS, 648]
+    assert [(t.first_frame, t.last_frame) for t in tracks.itertuples()] == [
+        (a, b - 1) for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
+def test_smoothing_cuts_label_changes_fivefold_on_the_asl_clip(asl):
+    pd = pytest.importorskip("pandas")
+    out = asl
     tracks = pd.read_csv(out / "tracks.csv")
     raw, smoothed = int(tracks["label_changes"].sum()), int(tracks["smoothed_label_changes"].sum())
     assert smoothed * 5 <= raw, f"label changes: raw {raw}, smoothed {smoothed}\n{tracks.to_string()}"

@@ -110,6 +110,11 @@ def test_suspected_switches(rows, n):
     assert suspected_switches(rows, within=15) == n
 
 
+def test_births_at_a_scene_cut_are_not_suspected():
+    rows = [row(0, 1, 0), row(1, 1, 2), row(2, 2, 4)]
+    assert suspected_switches(rows, cuts=[2]) == 0 and suspected_switches(rows, cuts=[1]) == 1
+
+
 def test_write_reports_open_in_pandas_and_plot(tmp_path):
     pd = pytest.importorskip("pandas")
     paths, doc = write_reports(tmp_path / "out", RECORDS, LABELS, 10.0, {"video": "clip.mp4"})

@@ -29,31 +29,60 @@ SAD, HAPPY = [1.0, 0.0], [0.0, 1.0]
         ("ema", 0.5, 3, [(0, SAD), (1, HAPPY), (2, HAPPY)], [SAD, [0.5, 0.5], [0.25, 0.75]]),
         ("ema", 0.5, 3, [(0, SAD), (2, HAPPY)], [SAD, [0.25, 0.75]]),  # a gap of 2 weighs like 2 frames
         ("ema", 1.0, 3, [(0, SAD), (1, HAPPY)], [SAD, HAPPY]),  # alpha 1: no smoothing
+        ("ema", 0.1, 3, [(0, SAD), (1, HAPPY), (2, HAPPY)], [SAD, [0.5, 0.5], [1 / 3, 2 / 3]]),  # young: the mean
+        ("ema", 0.1, 3, [(i, SAD) for i in range(10)] + [(10, HAPPY)], [SAD] * 10 + [[0.9, 0.1]]),  # then alpha
         ("window", 0.5, 2, [(0, SAD), (1, HAPPY), (2, HAPPY)], [SAD, [0.5, 0.5], HAPPY]),
         ("window", 0.5, 3, [(0, SAD), (1, SAD), (5, HAPPY)], [SAD, SAD, HAPPY]),  # the gap empties the window
         ("ema", 0.5, 3, [(0, SAD), (1, [0.2, 0.3, 0.5])], [SAD, [0.2, 0.3, 0.5]]),  # another model: restart
         ("window", 0.5, 3, [(0, SAD), (1, [0.2, 0.3, 0.5])], [SAD, [0.2, 0.3, 0.5]]),
     ],
-    ids=["off", "ema", "ema-gap", "ema-alpha-1", "window", "window-gap", "ema-new-shape", "window-new-shape"],
+    ids=[
+        "off",
+        "ema",
+        "ema-gap",
+        "ema-alpha-1",
+        "ema-young-track",
+        "ema-after-warm-up",
+        "window",
+        "window-gap",
+        "ema-new-shape",
+        "window-new-shape",
+    ],
 )
 def test_smoother_table(mode, alpha, window, frames, expected):
-    s = Smoother(mode, alpha, window)
-    got = [s.update(7, seq, p).tolist() for seq, p in frames]
+    s = Smoother(mode, alpha, window, margin=0.0)
+    got = [s.update(7, seq, p)[0].tolist() for seq, p in frames]
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected))
 
 
 @pytest.mark.parametrize(
-    ("mode", "alpha", "window", "error"),
+    ("margin", "frames", "labels"),
     [
-        ("median", 0.5, 3, ValueError),
-        ("ema", 0.0, 3, ValueError),
-        ("ema", 1.5, 3, ValueError),
-        ("window", 0.5, 0, ValueError),
+        (0.0, [[0.6, 0.4], [0.45, 0.55], [0.52, 0.48]], [0, 1, 0]),  # no hysteresis: the arg-max
+        (0.1, [[0.6, 0.4], [0.46, 0.54], [0.4, 0.6], [0.52, 0.48], [0.56, 0.44]], [0, 0, 1, 1, 0]),
+        (0.1, [[0.3, 0.3, 0.4], [0.17, 0.45, 0.38], [0.2, 0.55, 0.25]], [2, 2, 1]),  # beaten by > margin
     ],
 )
-def test_smoother_rejects_bad_parameters(mode, alpha, window, error):
+def test_smoothed_label_has_hysteresis(margin, frames, labels):
+    s = Smoother("window", window=1, margin=margin)  # window 1: the vector is the frame, only the label is held
+    assert [s.update(1, i, p)[1] for i, p in enumerate(frames)] == labels
+    assert s.current(1)[1] == labels[-1]
+
+
+@pytest.mark.parametrize(
+    ("mode", "alpha", "window", "margin", "error"),
+    [
+        ("median", 0.5, 3, 0.0, ValueError),
+        ("ema", 0.0, 3, 0.0, ValueError),
+        ("ema", 1.5, 3, 0.0, ValueError),
+        ("window", 0.5, 0, 0.0, ValueError),
+        ("ema", 0.5, 3, -0.1, ValueError),
+        ("ema", 0.5, 3, 1.0, ValueError),
+    ],
+)
+def test_smoother_rejects_bad_parameters(mode, alpha, window, margin, error):
     with pytest.raises(error):
-        Smoother(mode, alpha, window)
+        Smoother(mode, alpha, window, margin)
 
 
 @pytest.mark.parametrize("mode", ["ema", "window"])
@@ -61,7 +90,7 @@ def test_smoother_keeps_tracks_apart_and_forgets_ended_ones(mode):
     s = Smoother(mode, 0.5, 4)
     s.update(1, 0, SAD)
     s.update(2, 0, HAPPY)
-    assert s.current(1).tolist() == SAD and s.current(2).tolist() == HAPPY
+    assert s.current(1)[0].tolist() == SAD and s.current(2)[0].tolist() == HAPPY
     s.retain({2})
     assert s.current(1) is None and s.current(2) is not None
 
@@ -71,11 +100,12 @@ def test_smoothing_reduces_label_flicker():
     rng = np.random.default_rng(0)
     probs = np.clip(np.array([0.42, 0.58]) + rng.normal(0, 0.12, (300, 1)) * [1, -1], 0, 1)
     raw = np.argmax(probs, axis=1)
-    s = Smoother("ema", 0.2, 15)
-    smoothed = np.array([np.argmax(s.update(1, i, p)) for i, p in enumerate(probs)])
-    raw_changes, smoothed_changes = np.count_nonzero(np.diff(raw)), np.count_nonzero(np.diff(smoothed))
-    assert raw_changes > 50 and smoothed_changes * 10 <= raw_changes
-    assert np.mean(smoothed == 1) > 0.95
+    for margin in (0.0, 0.05):
+        s = Smoother("ema", 0.1, margin=margin)
+        smoothed = np.array([s.update(1, i, p)[1] for i, p in enumerate(probs)])
+        raw_changes, smoothed_changes = np.count_nonzero(np.diff(raw)), np.count_nonzero(np.diff(smoothed))
+        assert raw_changes > 50 and smoothed_changes * 10 <= raw_changes
+        assert np.mean(smoothed == 1) > 0.95
 
 
 def face(x: float, probs: list[float] | None = None, label: str | None = None) -> Face:
@@ -83,26 +113,46 @@ def face(x: float, probs: list[float] | None = None, label: str | None = None) -
 
 
 def test_follow_gives_ids_smoothed_probs_and_labels():
-    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3))
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, margin=0.0))
     assert f.faces(0, [face(0, SAD, "sad"), face(200, HAPPY, "happy")], LABELS) == [
         Tracked(1, SAD, "sad"),
         Tracked(2, HAPPY, "happy"),
     ]
     got = f.faces(1, [face(205, SAD, "sad"), face(3, HAPPY, "happy")], LABELS)
-    assert got == [Tracked(2, [0.5, 0.5], "sad"), Tracked(1, [0.5, 0.5], "sad")]  # ties: the first label
+    assert got == [Tracked(2, [0.5, 0.5], "happy"), Tracked(1, [0.5, 0.5], "sad")]  # a tie keeps the label
     got = f.faces(2, [face(6, HAPPY, "happy")], LABELS)
     assert got == [Tracked(1, [0.25, 0.75], "happy")]
 
 
 def test_follow_late_frames_and_unclassified_faces():
-    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3))
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, margin=0.0))
     f.faces(0, [face(0, SAD, "sad")], LABELS)
     f.faces(2, [face(2, HAPPY, "happy")], LABELS)  # smoothed [0.25, 0.75] (gap of 2)
     late = f.faces(1, [face(1, SAD, "sad"), face(300, SAD, "sad")], LABELS)
     assert late[0] == Tracked(1, [0.25, 0.75], "happy")  # the track's current value, unchanged
     assert late[1] == Tracked(None, SAD, "sad")  # no track: the raw probabilities
     assert f.faces(1, [face(1)], LABELS) == [Tracked(1)]  # unclassified: an id, nothing to smooth
-    assert f.smoother.current(1).tolist() == [0.25, 0.75]
+    assert f.smoother.current(1)[0].tolist() == [0.25, 0.75]
+
+
+def test_follow_ends_every_track_at_a_scene_cut():
+    f = Follow(Tracker(0.3, 2), Smoother("off"), cut=12.0)
+    dark, dim, bright = (np.full((48, 64, 3), v, np.uint8) for v in (20, 28, 200))
+    frames = [(dark, [face(0), face(100)]), (dim, [face(1), face(101)]), (bright, [face(2)]), (bright, [face(3)])]
+    assert [[t.track for t in f.faces(i, faces, LABELS, img)] for i, (img, faces) in enumerate(frames)] == [
+        [1, 2],
+        [1, 2],  # a small change (8 grey levels): the same shot
+        [3],  # a cut: the face at the same place is someone else
+        [3],
+    ]
+    assert list(f.cuts) == [2]
+
+
+@pytest.mark.parametrize(("cut", "image"), [(0.0, np.full((48, 64, 3), 255, np.uint8)), (12.0, None)])
+def test_no_cut_detection_when_off_or_without_an_image(cut, image):
+    f = Follow(Tracker(0.3, 2), Smoother("off"), cut=cut)
+    f.faces(0, [face(0)], LABELS, np.zeros((48, 64, 3), np.uint8))
+    assert f.faces(1, [face(1)], LABELS, image)[0].track == 1 and not f.cuts
 
 
 def test_follow_names_labels_by_index_when_the_labels_do_not_fit():
@@ -191,8 +241,12 @@ def test_is_image_uri(uri, image):
 
 
 def test_follower_uses_the_display_config():
-    f = follower(config("a.mp4", smoothing="window", smoothing_window=4, track_iou=0.5, track_max_missed=3).display)
-    assert (f.smoother.mode, f.smoother.window, f.tracker.iou_min, f.tracker.max_missed) == ("window", 4, 0.5, 3)
+    cfg = config(
+        "a.mp4", smoothing="window", smoothing_window=4, smoothing_margin=0.2, track_iou=0.5, track_max_missed=3
+    )
+    f = follower(cfg.display)
+    assert (f.smoother.mode, f.smoother.window, f.smoother.margin) == ("window", 4, 0.2)
+    assert (f.tracker.iou_min, f.tracker.max_missed) == (0.5, 3)
 
 
 @pytest.mark.parametrize(
@@ -212,8 +266,12 @@ def test_follower_uses_the_display_config():
         ({"smoothing_alpha": 0.0}, "smoothing_alpha"),
         ({"smoothing_alpha": 1.5}, "smoothing_alpha"),
         ({"smoothing_window": 0}, "smoothing_window"),
+        ({"smoothing_margin": 1.0}, "smoothing_margin"),
+        ({"smoothing_margin": -0.1}, "smoothing_margin"),
         ({"track_max_missed": -1}, "track_max_missed"),
         ({"track_iou": 1.0}, "track_iou"),
+        ({"track_cut": -1.0}, "track_cut"),
+        ({"track_cut": 255}, "track_cut"),
         ({"track_iou": "high"}, "track_iou"),
     ],
 )
@@ -228,4 +286,4 @@ def test_display_config_keys(table, error):
 
 def test_display_config_defaults_smooth_with_ema():
     d = Config().display
-    assert (d.smoothing, d.track_iou) == ("ema", 0.3)
+    assert (d.smoothing, d.smoothing_alpha, d.smoothing_margin, d.track_iou) == ("ema", 0.1, 0.05, 0.3)
