@@ -84,7 +84,7 @@ class DisplayConfig:
     smoothing: str = "ema"  # per-track probabilities: "ema" | "window" | "off" (always off for one image)
     smoothing_alpha: float = 0.1  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
     smoothing_window: int = 20  # window: mean over this many frames
-    smoothing_margin: float = 0.05  # hysteresis: the smoothed label changes only when beaten by more than this
+    smoothing_hold: int = 5  # a new smoothed label must lead this many frames in a row to replace the old one
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")
     if not 0.0 < d.smoothing_alpha <= 1.0:
         raise ConfigError("[display] smoothing_alpha: must be in (0, 1]")
-    if not 0.0 <= d.smoothing_margin < 1.0:
-        raise ConfigError("[display] smoothing_margin: must be in [0, 1)")
-    if d.smoothing_window < 1 or d.track_max_missed < 0:
-        raise ConfigError("[display] smoothing_window must be >= 1 and track_max_missed >= 0")
+    if d.smoothing_window < 1 or d.smoothing_hold < 1 or d.track_max_missed < 0:
+        raise ConfigError("[display] smoothing_window and smoothing_hold must be >= 1, track_max_missed >= 0")
     if not 0.0 <= d.track_cut < 255.0:
         raise ConfigError("[display] track_cut: must be in [0, 255) (0 = off)")
     if not 0.0 < d.track_iou < 1.0:

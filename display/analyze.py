@@ -317,7 +317,7 @@ def analyze(
                 "mode": d.smoothing,
                 "alpha": d.smoothing_alpha,
                 "window": d.smoothing_window,
-                "margin": d.smoothing_margin,
+                "hold": d.smoothing_hold,
             },
             "stage_exit_codes": codes,
         }

@@ -10,9 +10,11 @@ produces the smoothed vector and the index of the track's smoothed label:
 - ``window``: the mean over the frames of the last ``window`` seqs (a gap shortens the window).
 - ``off``: the raw vector and its arg-max (single images, or when asked).
 
-The label has hysteresis: it moves to another label only when that label's smoothed probability
-beats the current label's by more than ``margin``. Two near-equal probabilities (where a raw
-arg-max flickers) therefore keep the label, while a real change costs about one extra frame.
+The label has hysteresis in time: another label replaces the current one only after it has led
+the smoothed probabilities for ``hold`` consecutive frames (1: the plain arg-max). Where two
+near-equal probabilities cross back and forth (and a raw arg-max flickers) the label stays; a
+real change costs ``hold - 1`` frames more. An amplitude margin was measured and rejected: with
+the flat probabilities of a weak model a track's first label stuck for its whole life.
 State is per track; :meth:`Smoother.retain` forgets the tracks that ended.
 """
 
@@ -33,16 +35,18 @@ class _State:
     vec: np.ndarray
     top: int
     n: int = 1
+    rival: int = -1  # the label now leading the smoothed vector, if not ``top``
+    lead: int = 0  # for how many consecutive frames it has led
     recent: collections.deque[tuple[int, np.ndarray]] = field(default_factory=collections.deque)
 
 
 class Smoother:
-    def __init__(self, mode: str = "ema", alpha: float = 0.1, window: int = 20, margin: float = 0.05):
+    def __init__(self, mode: str = "ema", alpha: float = 0.1, window: int = 20, hold: int = 5):
         if mode not in MODES:
             raise ValueError(f"smoothing mode must be one of {MODES}, got {mode!r}")
-        if not 0.0 < alpha <= 1.0 or window < 1 or not 0.0 <= margin < 1.0:
-            raise ValueError("alpha must be in (0, 1], window >= 1 and margin in [0, 1)")
-        self.mode, self.alpha, self.window, self.margin = mode, alpha, window, margin
+        if not 0.0 < alpha <= 1.0 or window < 1 or hold < 1:
+            raise ValueError("alpha must be in (0, 1], window >= 1 and hold >= 1")
+        self.mode, self.alpha, self.window, self.hold = mode, alpha, window, hold
         self.tracks: dict[int, _State] = {}
 
     def update(self, track: int, seq: int, probs: Sequence[float]) -> tuple[np.ndarray, int]:
@@ -66,8 +70,13 @@ class Smoother:
             st.vec = np.mean([v for _, v in st.recent], axis=0)
         st.seq = seq
         top = int(np.argmax(st.vec))
-        if st.vec[top] - st.vec[st.top] > self.margin:
-            st.top = top
+        if top == st.top:
+            st.rival, st.lead = -1, 0
+        else:
+            st.lead = st.lead + 1 if top == st.rival else 1
+            st.rival = top
+            if st.lead >= self.hold:
+                st.top, st.rival, st.lead = top, -1, 0
         return st.vec, st.top
 
     def current(self, track: int) -> tuple[np.ndarray, int] | None:

@@ -58,7 +58,7 @@ def is_image_uri(uri: str) -> bool:
 def follower(d: DisplayConfig, image: bool = False) -> Follow:
     """The tracker and smoother ``[display]`` asks for (smoothing off for a single image)."""
     mode = "off" if image else d.smoothing
-    smoother = Smoother(mode, d.smoothing_alpha, d.smoothing_window, d.smoothing_margin)
+    smoother = Smoother(mode, d.smoothing_alpha, d.smoothing_window, d.smoothing_hold)
     return Follow(Tracker(d.track_iou, d.track_max_missed), smoother, d.track_cut)
 
 

@@ -50,39 +50,42 @@ SAD, HAPPY = [1.0, 0.0], [0.0, 1.0]
     ],
 )
 def test_smoother_table(mode, alpha, window, frames, expected):
-    s = Smoother(mode, alpha, window, margin=0.0)
+    s = Smoother(mode, alpha, window, hold=1)
     got = [s.update(7, seq, p)[0].tolist() for seq, p in frames]
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(expected))
 
 
+A, B, C = [0.6, 0.4, 0.0], [0.4, 0.6, 0.0], [0.3, 0.2, 0.5]
+
+
 @pytest.mark.parametrize(
-    ("margin", "frames", "labels"),
+    ("hold", "frames", "labels"),
     [
-        (0.0, [[0.6, 0.4], [0.45, 0.55], [0.52, 0.48]], [0, 1, 0]),  # no hysteresis: the arg-max
-        (0.1, [[0.6, 0.4], [0.46, 0.54], [0.4, 0.6], [0.52, 0.48], [0.56, 0.44]], [0, 0, 1, 1, 0]),
-        (0.1, [[0.3, 0.3, 0.4], [0.17, 0.45, 0.38], [0.2, 0.55, 0.25]], [2, 2, 1]),  # beaten by > margin
+        (1, [A, B, A, C], [0, 1, 0, 2]),  # hold 1: the arg-max of every frame
+        (3, [A, B, B, A, B, B, B, A], [0, 0, 0, 0, 0, 0, 1, 1]),  # B must lead 3 frames in a row
+        (2, [A, B, C, C, B], [0, 0, 0, 2, 2]),  # a new rival starts the count again
+        (2, [B, A, A], [1, 1, 0]),  # the first frame's arg-max to start with
     ],
 )
-def test_smoothed_label_has_hysteresis(margin, frames, labels):
-    s = Smoother("window", window=1, margin=margin)  # window 1: the vector is the frame, only the label is held
+def test_smoothed_label_has_hysteresis(hold, frames, labels):
+    s = Smoother("window", window=1, hold=hold)  # window 1: the vector is the frame, only the label is held
     assert [s.update(1, i, p)[1] for i, p in enumerate(frames)] == labels
     assert s.current(1)[1] == labels[-1]
 
 
 @pytest.mark.parametrize(
-    ("mode", "alpha", "window", "margin", "error"),
+    ("mode", "alpha", "window", "hold", "error"),
     [
-        ("median", 0.5, 3, 0.0, ValueError),
-        ("ema", 0.0, 3, 0.0, ValueError),
-        ("ema", 1.5, 3, 0.0, ValueError),
-        ("window", 0.5, 0, 0.0, ValueError),
-        ("ema", 0.5, 3, -0.1, ValueError),
-        ("ema", 0.5, 3, 1.0, ValueError),
+        ("median", 0.5, 3, 1, ValueError),
+        ("ema", 0.0, 3, 1, ValueError),
+        ("ema", 1.5, 3, 1, ValueError),
+        ("window", 0.5, 0, 1, ValueError),
+        ("ema", 0.5, 3, 0, ValueError),
     ],
 )
-def test_smoother_rejects_bad_parameters(mode, alpha, window, margin, error):
+def test_smoother_rejects_bad_parameters(mode, alpha, window, hold, error):
     with pytest.raises(error):
-        Smoother(mode, alpha, window, margin)
+        Smoother(mode, alpha, window, hold)
 
 
 @pytest.mark.parametrize("mode", ["ema", "window"])
@@ -100,8 +103,8 @@ def test_smoothing_reduces_label_flicker():
     rng = np.random.default_rng(0)
     probs = np.clip(np.array([0.42, 0.58]) + rng.normal(0, 0.12, (300, 1)) * [1, -1], 0, 1)
     raw = np.argmax(probs, axis=1)
-    for margin in (0.0, 0.05):
-        s = Smoother("ema", 0.1, margin=margin)
+    for hold in (1, 5):
+        s = Smoother("ema", 0.1, hold=hold)
         smoothed = np.array([s.update(1, i, p)[1] for i, p in enumerate(probs)])
         raw_changes, smoothed_changes = np.count_nonzero(np.diff(raw)), np.count_nonzero(np.diff(smoothed))
         assert raw_changes > 50 and smoothed_changes * 10 <= raw_changes
@@ -113,19 +116,19 @@ def face(x: float, probs: list[float] | None = None, label: str | None = None) -
 
 
 def test_follow_gives_ids_smoothed_probs_and_labels():
-    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, margin=0.0))
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, hold=1))
     assert f.faces(0, [face(0, SAD, "sad"), face(200, HAPPY, "happy")], LABELS) == [
         Tracked(1, SAD, "sad"),
         Tracked(2, HAPPY, "happy"),
     ]
     got = f.faces(1, [face(205, SAD, "sad"), face(3, HAPPY, "happy")], LABELS)
-    assert got == [Tracked(2, [0.5, 0.5], "happy"), Tracked(1, [0.5, 0.5], "sad")]  # a tie keeps the label
+    assert got == [Tracked(2, [0.5, 0.5], "sad"), Tracked(1, [0.5, 0.5], "sad")]  # hold 1: arg-max, ties to the first
     got = f.faces(2, [face(6, HAPPY, "happy")], LABELS)
     assert got == [Tracked(1, [0.25, 0.75], "happy")]
 
 
 def test_follow_late_frames_and_unclassified_faces():
-    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, margin=0.0))
+    f = Follow(Tracker(0.3, 2), Smoother("ema", 0.5, 3, hold=1))
     f.faces(0, [face(0, SAD, "sad")], LABELS)
     f.faces(2, [face(2, HAPPY, "happy")], LABELS)  # smoothed [0.25, 0.75] (gap of 2)
     late = f.faces(1, [face(1, SAD, "sad"), face(300, SAD, "sad")], LABELS)
@@ -241,11 +244,9 @@ def test_is_image_uri(uri, image):
 
 
 def test_follower_uses_the_display_config():
-    cfg = config(
-        "a.mp4", smoothing="window", smoothing_window=4, smoothing_margin=0.2, track_iou=0.5, track_max_missed=3
-    )
+    cfg = config("a.mp4", smoothing="window", smoothing_window=4, smoothing_hold=2, track_iou=0.5, track_max_missed=3)
     f = follower(cfg.display)
-    assert (f.smoother.mode, f.smoother.window, f.smoother.margin) == ("window", 4, 0.2)
+    assert (f.smoother.mode, f.smoother.window, f.smoother.hold) == ("window", 4, 2)
     assert (f.tracker.iou_min, f.tracker.max_missed) == (0.5, 3)
 
 
@@ -266,8 +267,7 @@ def test_follower_uses_the_display_config():
         ({"smoothing_alpha": 0.0}, "smoothing_alpha"),
         ({"smoothing_alpha": 1.5}, "smoothing_alpha"),
         ({"smoothing_window": 0}, "smoothing_window"),
-        ({"smoothing_margin": 1.0}, "smoothing_margin"),
-        ({"smoothing_margin": -0.1}, "smoothing_margin"),
+        ({"smoothing_hold": 0}, "smoothing_hold"),
         ({"track_max_missed": -1}, "track_max_missed"),
         ({"track_iou": 1.0}, "track_iou"),
         ({"track_cut": -1.0}, "track_cut"),
@@ -286,4 +286,4 @@ def test_display_config_keys(table, error):
 
 def test_display_config_defaults_smooth_with_ema():
     d = Config().display
-    assert (d.smoothing, d.smoothing_alpha, d.smoothing_margin, d.track_iou) == ("ema", 0.1, 0.05, 0.3)
+    assert (d.smoothing, d.smoothing_alpha, d.smoothing_hold, d.track_iou) == ("ema", 0.1, 5, 0.3)
