@@ -13,6 +13,8 @@ Backpressure policy (written down, and counted):
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 
 import zmq
@@ -56,3 +58,18 @@ def recv(sock: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
         except zmq.Again:
             return None
     return None
+
+
+PEER_WAIT_S = 30.0  # how long a file-source message waits for a downstream stage that is not up yet
+
+
+def send_patiently(sock: zmq.Socket, parts: list, stop: threading.Event, wait_s: float = PEER_WAIT_S) -> bool:
+    """For file sources (completeness before latency): blocking sends, each bounded by the socket's
+    send timeout, until one succeeds, ``stop`` is set, or ``wait_s`` has passed. Covers a downstream
+    stage that starts later than its upstream under honcho."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if send(sock, parts, block=True):
+            return True
+        if stop.is_set() or time.monotonic() >= deadline:
+            return False

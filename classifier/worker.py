@@ -19,7 +19,7 @@ import zmq
 from bus.codec import CodecError, Message, decode, encode
 from bus.config import Config
 from bus.runtime import RateLimited, Stats
-from bus.sockets import recv, send
+from bus.sockets import recv, send, send_patiently
 
 POLL_MS = 100
 
@@ -107,7 +107,8 @@ def run(
             stats.drop("encode")
             warn.warning("encode", "%s#%d: cannot encode: %s", out.src, out.seq, e)
             continue
-        if not send(out_sock, wire, block=not (out.kind == "frame" and out.live)):
+        sent = send(out_sock, wire, block=out.kind != "frame") if out.live else send_patiently(out_sock, wire, stop)
+        if not sent:
             stats.drop("send_full")
             warn.warning("send", "%s#%d: display not keeping up, %s not sent", out.src, out.seq, out.kind)
     log.info("final stats: %s", stats.line())

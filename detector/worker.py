@@ -108,20 +108,27 @@ def run(
             limited.warning(out.reason or "?", "src %s seq %d dropped: %s", msg.src, msg.seq, out.reason)
         elif out.kind == "frame":
             stats.frame(msg.ts)
-        _forward(out, out_sock, jpeg, stats, limited)
+        _forward(out, out_sock, jpeg, stats, limited, stop)
     log.info("final stats: %s", stats.line())
 
 
-def _forward(out: Message, sock: zmq.Socket, jpeg: int | None, stats: Stats, limited: RateLimited) -> None:
-    """Send ``out`` (live frames without blocking); a frame that cannot be sent goes on as a drop marker."""
+def _forward(
+    out: Message, sock: zmq.Socket, jpeg: int | None, stats: Stats, limited: RateLimited, stop: threading.Event
+) -> None:
+    """Send ``out``: live frames without blocking, file-source messages patiently (a late downstream
+    stage gets them); a frame that cannot be sent goes on as a drop marker."""
     out.t["detector"] = time.time()
     try:
         parts = encode(out, jpeg)
     except CodecError as e:
         limited.warning("encode", "src %s seq %d: cannot encode: %s", out.src, out.seq, e)
         parts = None
-    if parts is not None and sockets.send(sock, parts, block=not (out.live and out.kind == "frame")):
-        return
+    if parts is not None:
+        if out.live:
+            if sockets.send(sock, parts, block=out.kind != "frame"):
+                return
+        elif sockets.send_patiently(sock, parts, stop):
+            return
     stats.drop("send")
     limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
     if out.kind == "frame":

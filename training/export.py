@@ -85,8 +85,10 @@ def export_and_check(
     train, test = splits["train"], splits["test"]
     rng = np.random.default_rng(0)
     rep = model_pixels(
-        train.subset(rng.choice(len(train), min(500, len(train)), replace=False)), info.size, info.colour
-    )  # type: ignore[arg-type]
+        train.subset(rng.choice(len(train), min(500, len(train)), replace=False)),
+        info.size,
+        info.colour,  # type: ignore[arg-type]
+    )
     f32 = float32_copy(model)
     graph = with_flip_tta(f32) if tta else f32
     path = models_dir / f"{name}.tflite"

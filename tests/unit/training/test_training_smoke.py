@@ -73,8 +73,10 @@ def test_ck_smoke_train_export_roundtrip(tmp_path: Path) -> None:
     x = load_ck(data).images[:32, ..., None]
     p_float, p_int8 = predict(model, x, tta=True), tflite_predict(tflite, x)
     assert p_int8.shape == p_float.shape == (32, 7)
-    assert np.abs(p_float - p_int8).mean() < 0.03
-    assert (p_float.argmax(1) == p_int8.argmax(1)).mean() >= 0.85
+    # A 1-epoch model on random pixels is near-uniform, so argmax agreement says little: compare the
+    # probabilities themselves (int8 output resolution is 1/256).
+    assert np.abs(p_float - p_int8).mean() < 0.02
+    assert np.abs(p_float - p_int8).max() < 0.1
 
     second = run_cli(*args)  # without --retrain the weights are reused
     assert second.returncode == 0 and "reusing weights" in second.stderr
