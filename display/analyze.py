@@ -287,10 +287,16 @@ def analyze(
         ctx = zmq.Context()
         disp = Display(cfg, sinks, Stats(log, 1e9), log)
         try:
-            sock = pull(ctx, cfg.display.endpoint, max(cfg.bus.hwm, 16))
+            try:
+                sock = pull(ctx, cfg.display.endpoint, max(cfg.bus.hwm, 16))
+            except zmq.ZMQError as e:
+                raise AnalyzeError(f"cannot bind {cfg.display.endpoint}: {e}", 2) from None
             try:
                 for stage in STAGES:
-                    children.start(stage)
+                    try:
+                        children.start(stage)
+                    except OSError as e:
+                        raise AnalyzeError(f"cannot start {stage}: {e}", 2) from None
                 _receive(disp, sock, children, cfg, info, stop, progress)
             finally:
                 sock.close(linger=0)
@@ -361,4 +367,5 @@ def _receive(
                 return
             children.check()
             if now - last > STALL_S:
-                raise AnalyzeError(f"no results for {STALL_S:.0f} s; see the stages: {children.last_line('detector')}")
+                lines = "; ".join(f"{stage}: {children.last_line(stage)}" for stage in STAGES)
+                raise AnalyzeError(f"no results for {STALL_S:.0f} s (last log lines: {lines})")

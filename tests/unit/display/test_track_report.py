@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 from click.testing import CliRunner
 
 from bus.config import Config, parse
+from bus.runtime import Stats
 from display import analyze as an
 from display.__main__ import main
 from display.report import (
@@ -25,6 +29,7 @@ from display.report import (
     track_summary,
     write_reports,
 )
+from display.worker import Display
 
 LABELS = ["sad", "happy"]
 
@@ -256,3 +261,26 @@ def test_analyze_bad_input_exits_2_with_one_line(tmp_path, args, error):
     assert result.exit_code == 2, result.output
     assert error in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_receive_fails_after_a_stall_and_stops_when_asked(tmp_path, monkeypatch):
+    cfg = parse({"capture": {"sources": [{"id": "v", "uri": str(tmp_path / "v.avi"), "realtime": False}]}})
+    info = an.VideoInfo(tmp_path / "v.avi", 10, 10.0, 64, 48)
+    log = logging.getLogger("test.analyze")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(f"inproc://analyze-{time.monotonic_ns()}")
+    try:
+        children = an.Children(tmp_path / "bus.toml", tmp_path)
+        monkeypatch.setattr(an, "STALL_S", 0.3)
+        disp = Display(cfg, [], Stats(log, 1e9), log)
+        with pytest.raises(an.AnalyzeError, match="no results for 0 s"):
+            an._receive(disp, sock, children, cfg, info, threading.Event(), progress=False)
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(an.Interrupted) as e:
+            an._receive(disp, sock, children, cfg, info, stop, progress=False)
+        assert e.value.code == 130
+    finally:
+        sock.close(linger=0)
+        ctx.term()
