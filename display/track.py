@@ -12,9 +12,10 @@ Matching: every live track predicts its box at the new frame (last box moved by 
 velocity, so two faces that cross keep their ids), then pairs (track, box) are taken greedily by
 decreasing IoU, each at least ``iou_min``. A box left over starts a track (birth); a track that
 found no box for more than ``max_missed`` frames ends (death). Gaps in ``seq`` (frames dropped
-upstream) count as missed frames. A frame older than the newest one seen (it overtook nothing: it
-arrived late through a parallel detector/classifier copy) is matched read-only: it gets the ids of
-the tracks it overlaps and changes no state, so tracking stays sequential.
+upstream) count as missed frames. A frame older than the newest one seen (it arrived late through
+a parallel detector/classifier copy) is matched read-only: it gets the ids of the tracks it
+overlaps and changes no state, so tracking stays sequential. A scene cut (see :class:`Follow`)
+ends every track.
 """
 
 from __future__ import annotations
