@@ -117,6 +117,8 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         if msg.image is not None:
             img = msg.image if msg.image.ndim == 3 else msg.image[:, :, None]
             shape = list(img.shape)
+            if not (0 < shape[0] <= MAX_SIDE and 0 < shape[1] <= MAX_SIDE):
+                raise CodecError(f"image of {shape[1]}x{shape[0]} pixels: each side must be 1..{MAX_SIDE}")
         else:
             shape = []
         if msg.jpeg is not None or jpeg_quality is not None:

@@ -46,6 +46,8 @@ class BusConfig:
     stats_interval_s: float = 5.0
     jpeg_quality: int = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
     allow_remote: bool = False  # must be true to bind anything but loopback
+    curve: bool = False  # CURVE encryption + authentication on every socket (see bus.sockets)
+    keys_dir: str = "keys"  # curve: <stage>.key_secret, peers' <stage>.key, allowed/*.key (python -m bus.keys)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class DisplayConfig:
     smoothing_alpha: float = 0.1  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
     smoothing_window: int = 20  # window: mean over this many frames
     smoothing_hold: int = 5  # a new smoothed label must lead this many frames in a row to replace the old one
+    stall_warn_s: float = 5.0  # warn when a started source has sent nothing for this long (0 = off)
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("[display] track_cut: must be in [0, 255) (0 = off)")
     if not 0.0 < d.track_iou < 1.0:
         raise ConfigError("[display] track_iou: must be between 0 and 1")
+    if d.stall_warn_s < 0:
+        raise ConfigError("[display] stall_warn_s: must be >= 0 (0 = off)")
+    if cfg.bus.curve and not cfg.bus.keys_dir:
+        raise ConfigError("[bus] keys_dir: needed when curve = true")
     if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
         raise ConfigError("[bus] hwm and send_timeout_ms must be >= 1")
     return cfg

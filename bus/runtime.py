@@ -80,3 +80,36 @@ class Stats:
             self.count = 0
             self.latency.clear()
             self.t0 = self.clock()
+
+
+class Stall:
+    """Notices a stream that went quiet (a stage upstream hung or died): ``check(last, now)`` gets,
+    per key, when something last arrived from a stream that should still be flowing (started and not
+    ended). A key silent for more than ``after_s`` seconds gets a warning with the silence's age
+    (rate-limited per key), and one info line when it flows again. ``after_s = 0`` turns it off."""
+
+    def __init__(self, log: logging.Logger, after_s: float, what: str = "source", interval: float = 5.0):
+        self.log, self.after_s, self.what = log, after_s, what
+        self.limited = RateLimited(log, interval)
+        self.quiet: dict[str, float] = {}  # key -> when it last sent something before going quiet
+
+    def check(self, last: dict[str, float], now: float) -> list[str]:
+        """The keys silent for longer than ``after_s`` (and log about them)."""
+        if self.after_s <= 0:
+            return []
+        silent = []
+        for key, t in last.items():
+            age = now - t
+            if age > self.after_s:
+                silent.append(key)
+                self.quiet[key] = t
+                self.limited.warning(
+                    f"stall_{key}",
+                    "%s %s: nothing has arrived for %.1f s: a stage upstream may be stuck or dead",
+                    self.what,
+                    key,
+                    age,
+                )
+            elif key in self.quiet and t > self.quiet[key]:
+                self.log.info("%s %s: flowing again after %.1f s of silence", self.what, key, t - self.quiet.pop(key))
+        return silent

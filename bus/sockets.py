@@ -8,7 +8,21 @@ Backpressure policy (written down, and counted):
 - file frames block on a full queue, but never longer than ``[bus] send_timeout_ms`` (then counted);
 - receivers poll with a timeout, so every loop notices its stop event;
 - live frames older than ``[bus] max_age_ms`` are dropped by the stage that finds them stale;
-- ``linger`` is short so a stopped stage never hangs on unsent messages.
+- ``linger`` is short so a stopped stage never hangs on unsent messages;
+- ZMTP heartbeats drop a connection whose peer stopped answering (a hung or vanished stage) after
+  :data:`HEARTBEAT_TIMEOUT_MS`, so PUSH deals frames only to stages that are alive;
+- a PULL socket refuses frames larger than :data:`MAX_FRAME_BYTES` (the largest image the codec
+  accepts): a peer declaring a huge frame is disconnected instead of making us allocate it.
+
+Security (``[bus] curve = true``): every socket uses ZeroMQ CURVE (encryption and authentication).
+Each binding stage is a CURVE server with its own key pair (``keys_dir/<stage>.key_secret``) and a
+ZAP handler (:class:`zmq.auth.thread.ThreadAuthenticator`) that accepts only the client public keys
+found in ``keys_dir/allowed/``; each connecting stage is a CURVE client with its own key pair and
+the public key of the stage it connects to (``keys_dir/<peer>.key``). A peer without an allowed key
+completes no handshake: it can neither inject messages nor receive any. Keys come from
+``python -m bus.keys generate DIR``. Build the :class:`Security` once per process with
+:func:`security` and open sockets on a :class:`Context` (it stops the ZAP handler before it
+terminates).
 """
 
 from __future__ import annotations
@@ -16,26 +30,135 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from bus.config import BusConfig, ConfigError
 
 LINGER_MS = 200
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+MAX_FRAME_BYTES = 8192 * 8192 * 3  # bus.codec.MAX_SIDE squared, 3 channels
+ALLOWED = "allowed"  # keys_dir/allowed/*.key: client public keys a CURVE server accepts
 
 
-def pull(ctx: zmq.Context, endpoint: str, hwm: int) -> zmq.Socket:
+class SecurityError(ConfigError):
+    """CURVE is on but a key is missing or unreadable (a start-up failure: one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """One process's CURVE identity: its key pair, the allowed-clients folder (servers) and the
+    public key of the stage it connects to (clients)."""
+
+    name: str
+    public: bytes
+    secret: bytes
+    allowed: Path
+    peer_public: bytes | None = None
+
+    def server(self, sock: zmq.Socket, ctx: zmq.Context) -> None:
+        if not isinstance(ctx, Context):
+            raise TypeError("a CURVE server needs a bus.sockets.Context (it runs the ZAP handler)")
+        ctx.authenticate(self.allowed)
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"emostream")
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_server = True
+
+    def client(self, sock: zmq.Socket) -> None:
+        if self.peer_public is None:
+            raise ValueError(f"{self.name}: no server key to connect with")
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = self.peer_public
+
+
+def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    if not path.is_file():
+        raise SecurityError(
+            f"[bus] keys_dir: {path} not found (make keys with: python -m bus.keys generate {path.parent})"
+        )
+    try:
+        public, sec = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise SecurityError(f"[bus] keys_dir: {path} is not a key file: {e}") from None
+    if secret and sec is None:
+        raise SecurityError(f"[bus] keys_dir: {path} holds no secret key")
+    return public, sec
+
+
+def security(bus: BusConfig, name: str, peer: str | None = None, serves: bool = True) -> Security | None:
+    """The CURVE identity of stage ``name`` (a server when ``serves``; a client of stage ``peer`` when
+    given), or None when ``[bus] curve`` is off. Raises :class:`SecurityError` naming the missing or
+    bad file, so a stage fails at start-up, not at its first message."""
+    if not bus.curve:
+        return None
+    if not zmq.has("curve"):
+        raise SecurityError("[bus] curve: this libzmq was built without CURVE support")
+    keys = Path(bus.keys_dir)
+    public, secret = _load(keys / f"{name}.key_secret", secret=True)
+    assert secret is not None
+    allowed = keys / ALLOWED
+    if serves and not (allowed.is_dir() and any(allowed.glob("*.key"))):
+        raise SecurityError(f"[bus] keys_dir: no client keys in {allowed} (python -m bus.keys generate {keys})")
+    peer_public = _load(keys / f"{peer}.key", secret=False)[0] if peer else None
+    return Security(name, public, secret, allowed, peer_public)
+
+
+class Context(zmq.Context):
+    """A zmq.Context that runs at most one ZAP handler (for CURVE servers) and stops it before it
+    terminates, so ``term()`` never waits on the handler's sockets."""
+
+    _auth: ThreadAuthenticator | None = None
+
+    def authenticate(self, allowed: Path) -> None:
+        if self._auth is None:
+            auth = ThreadAuthenticator(self)
+            auth.start()
+            auth.configure_curve(domain="*", location=str(allowed))
+            self._auth = auth
+
+    def term(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        super().term()
+
+
+def _heartbeat(s: zmq.Socket) -> None:
+    s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    s.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def pull(ctx: zmq.Context, endpoint: str, hwm: int, security: Security | None = None) -> zmq.Socket:
     s = ctx.socket(zmq.PULL)
     s.setsockopt(zmq.RCVHWM, hwm)
     s.setsockopt(zmq.LINGER, LINGER_MS)
+    s.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    _heartbeat(s)
+    if security is not None:
+        security.server(s, ctx)
     s.bind(endpoint)
     return s
 
 
-def push(ctx: zmq.Context, endpoints: Sequence[str], hwm: int, send_timeout_ms: int) -> zmq.Socket:
+def push(
+    ctx: zmq.Context, endpoints: Sequence[str], hwm: int, send_timeout_ms: int, security: Security | None = None
+) -> zmq.Socket:
     s = ctx.socket(zmq.PUSH)
     s.setsockopt(zmq.SNDHWM, hwm)
     s.setsockopt(zmq.LINGER, LINGER_MS)
     s.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
     s.setsockopt(zmq.IMMEDIATE, 1)  # queue only to connected peers: no frames for a dead worker
+    _heartbeat(s)
+    if security is not None:
+        security.client(s)
     for ep in endpoints:
         s.connect(ep)
     return s
