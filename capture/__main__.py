@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from typing import NoReturn
 
 import click
-import zmq
 
 from bus import sockets
 from bus.config import ConfigError, load
@@ -54,6 +53,7 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
         env["SOURCE"] = source
     try:
         cfg = load(config_path, env)
+        security = sockets.security(cfg.bus, "capture", peer="detector", serves=False)
     except ConfigError as e:
         _fail(str(e))
     log = setup_logging("capture")
@@ -71,11 +71,11 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
             lock = threading.Lock()
             run(cfg, opened, [printer(sys.stdout, lock) for _ in opened], stop, stats, linger_s=0)
             return
-        ctx = zmq.Context()
+        ctx = sockets.Context()
         stack.callback(ctx.term)
         senders = []
         for _ in opened:
-            sock = sockets.push(ctx, cfg.detector.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms)
+            sock = sockets.push(ctx, cfg.detector.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
             stack.callback(sock.close)  # the socket's short linger lets a queued eos out
             senders.append(socket_sender(sock, cfg.bus.jpeg_quality))
         log.info("%d source(s) -> %s", len(opened), ", ".join(cfg.detector.endpoints))
