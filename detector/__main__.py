@@ -118,19 +118,20 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
     try:
         spec = load_spec(cfg.classifier.model)
         backend = FaceBackend(cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces)
-    except (SidecarError, BackendError) as e:
+        security = sockets.security(cfg.bus, "detector", peer="classifier")
+    except (SidecarError, BackendError, ConfigError) as e:
         _fail(str(e))
     endpoint = cfg.detector.endpoints[instance]
     with ExitStack() as stack:
         stack.enter_context(backend)
-        ctx = zmq.Context()
+        ctx = sockets.Context()
         stack.callback(ctx.term)
         try:
-            in_sock = sockets.pull(ctx, endpoint, cfg.bus.hwm)
+            in_sock = sockets.pull(ctx, endpoint, cfg.bus.hwm, security)
         except zmq.ZMQError as e:
             _fail(f"cannot bind {endpoint}: {e}")
         stack.callback(in_sock.close, 0)
-        out_sock = sockets.push(ctx, cfg.classifier.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms)
+        out_sock = sockets.push(ctx, cfg.classifier.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
         stack.callback(out_sock.close)
         log.info(
             "%s on %s -> %s (crops %dx%d %s)",
