@@ -20,7 +20,8 @@ import zmq
 from bus.config import Config, ConfigError, load
 from bus.preprocess import to_model_pixels
 from bus.runtime import Stats, install_stop, setup_logging
-from bus.sockets import pull, push
+from bus.sockets import Context, Security, pull, push
+from bus.sockets import security as stage_security
 from classifier.model import EmotionModel, ModelError
 from classifier.worker import run
 
@@ -49,19 +50,19 @@ def classify_images(model: EmotionModel, paths: tuple[str, ...]) -> list[dict[st
     ]
 
 
-def serve(cfg: Config, instance: int, model: EmotionModel) -> None:
+def serve(cfg: Config, instance: int, model: EmotionModel, security: Security | None = None) -> None:
     log = setup_logging("classifier")
     log.info("loaded %s", model.info)
     stop = threading.Event()
     install_stop(stop)
-    ctx = zmq.Context()
+    ctx = Context()
     try:
         endpoint = cfg.classifier.endpoints[instance]
         try:
-            in_sock = pull(ctx, endpoint, cfg.bus.hwm)
+            in_sock = pull(ctx, endpoint, cfg.bus.hwm, security)
         except zmq.ZMQError as e:
             _fail(f"cannot bind {endpoint}: {e}")
-        out_sock = push(ctx, [cfg.display.endpoint], cfg.bus.hwm, cfg.bus.send_timeout_ms)
+        out_sock = push(ctx, [cfg.display.endpoint], cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
         log.info("instance %d: pulling on %s, pushing to %s", instance, endpoint, cfg.display.endpoint)
         try:
             run(cfg, in_sock, out_sock, model, stop, Stats(log, cfg.bus.stats_interval_s), log)
@@ -106,6 +107,7 @@ def main(config_path: str | None, instance: int, model_path: str | None, images:
                 f"--instance {instance}: [classifier] endpoints has {len(cfg.classifier.endpoints)} entries"
             )
         model = EmotionModel(model_path or cfg.classifier.model, threads=cfg.classifier.threads)
+        security = None if images else stage_security(cfg.bus, "classifier", peer="display")
     except (ConfigError, ModelError) as e:
         _fail(str(e))
     if images:
@@ -116,7 +118,7 @@ def main(config_path: str | None, instance: int, model_path: str | None, images:
         for r in results:
             click.echo(json.dumps(r))
         return
-    serve(cfg, instance, model)
+    serve(cfg, instance, model, security)
 
 
 if __name__ == "__main__":
