@@ -24,7 +24,8 @@ import zmq
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging
-from bus.sockets import pull
+from bus.sockets import Context, Security, pull
+from bus.sockets import security as stage_security
 from display.draw import annotate
 from display.sinks import open_sinks
 from display.worker import run
@@ -97,7 +98,7 @@ def draw_file(image: str, faces_path: str, out: str) -> int:
     return len(faces)
 
 
-def serve(cfg: Config) -> None:
+def serve(cfg: Config, security: Security | None = None) -> None:
     log = setup_logging("display")
     stop = threading.Event()
     install_stop(stop)
@@ -105,10 +106,10 @@ def serve(cfg: Config) -> None:
         sinks = open_sinks(cfg, stop, log)
     except OSError as e:
         _fail(f"cannot start a sink: {e}")
-    ctx = zmq.Context()
+    ctx = Context()
     try:
         try:
-            in_sock = pull(ctx, cfg.display.endpoint, cfg.bus.hwm)
+            in_sock = pull(ctx, cfg.display.endpoint, cfg.bus.hwm, security)
         except zmq.ZMQError as e:
             for s in sinks:
                 s.close()
@@ -161,9 +162,10 @@ def main(
         return
     try:
         cfg = load(config_path)
+        security = stage_security(cfg.bus, "display")
     except ConfigError as e:
         _fail(str(e))
-    serve(cfg)
+    serve(cfg, security)
 
 
 @main.command("analyze")
