@@ -26,7 +26,7 @@ import zmq
 
 from bus.codec import CodecError, Message, decode
 from bus.config import Config, DisplayConfig
-from bus.runtime import RateLimited, Stats
+from bus.runtime import RateLimited, Stall, Stats
 from bus.sockets import recv
 from display.draw import annotate
 from display.smooth import Smoother
@@ -268,6 +268,7 @@ def run(
     """Receive and show until ``stop``, or (``exit_at_end``) until every awaited source is accounted for
     or has been silent for ``drain_timeout_s`` after its eos. Logs one final line per source."""
     disp = Display(cfg, sinks, stats, log)
+    stall = Stall(log, cfg.display.stall_warn_s)  # a hung or dead stage upstream: warn with the age
     try:
         while not stop.is_set():
             stats.maybe_log()
@@ -275,6 +276,9 @@ def run(
             now = clock()
             if parts is not None:
                 disp.handle(parts, now)
+            stall.check(
+                {s: c.last for s, c in disp.ledger.sources.items() if not c.ended and c.last > float("-inf")}, now
+            )
             if cfg.display.exit_at_end and disp.ledger.done(now, cfg.display.drain_timeout_s):
                 log.info("every source ended and is accounted for: exiting")
                 break
