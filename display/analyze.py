@@ -134,7 +134,7 @@ def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
     """The children's config: ``base`` with the video as the only source and fresh loopback ports."""
     t = to_table(base)
     ep = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
-    t["bus"].update(allow_remote=False, send_timeout_ms=max(SEND_TIMEOUT_MS, base.bus.send_timeout_ms))
+    t["bus"].update(allow_remote=False, curve=False, send_timeout_ms=max(SEND_TIMEOUT_MS, base.bus.send_timeout_ms))
     source = {"id": source_id(info.path), "uri": str(info.path), "realtime": False, "loop": False, "fps": info.fps}
     t["capture"] = {"sources": [source], "eof_linger_s": 3600.0}  # capture waits for our SIGTERM
     t["detector"]["endpoints"] = [ep[0]]  # one copy each: frames reach the display in order
