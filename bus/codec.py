@@ -255,7 +255,13 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
     fmt, shape = spec.get("fmt"), spec.get("shape")
     if fmt == "jpeg":
         raw = bytes(data)
-        img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        size = jpeg_size(raw)
+        if size is None or not (0 < size[0] <= MAX_SIDE and 0 < size[1] <= MAX_SIDE):
+            raise CodecError(f"image: not a JPEG of at most {MAX_SIDE}x{MAX_SIDE} pixels (size {size})")
+        try:
+            img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error as e:
+            raise CodecError(f"image: JPEG does not decode: {e}") from None
         if img is None:
             raise CodecError("image: JPEG does not decode")
         return img, raw
@@ -275,6 +281,36 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
         raise CodecError(f"image: {buf.nbytes} bytes for shape {shape}")
     img = np.frombuffer(buf, np.uint8).reshape(hgt, wid, ch)
     return (img.copy() if copy else img), None
+
+
+SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: baseline, progressive, ...
+
+
+def jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, read before decoding so that a small
+    file declaring a huge picture is refused instead of allocated; None when there is none."""
+    if raw[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(raw[i + 2 : i + 4], "big")
+        if marker in SOF_MARKERS:
+            if i + 9 > len(raw) or length < 7:
+                return None
+            return int.from_bytes(raw[i + 5 : i + 7], "big"), int.from_bytes(raw[i + 7 : i + 9], "big")
+        if marker == 0xDA or length < 2:  # scan data before any frame header, or a broken length
+            return None
+        i += 2 + length
+    return None
 
 
 def _is_int(v: Any) -> bool:
