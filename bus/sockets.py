@@ -44,6 +44,7 @@ HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 5000
 MAX_FRAME_BYTES = 8192 * 8192 * 3  # bus.codec.MAX_SIDE squared, 3 channels
 ALLOWED = "allowed"  # keys_dir/allowed/*.key: client public keys a CURVE server accepts
+ZAP_DOMAIN = "emostream"
 
 
 class SecurityError(ConfigError):
@@ -65,7 +66,7 @@ class Security:
         if not isinstance(ctx, Context):
             raise TypeError("a CURVE server needs a bus.sockets.Context (it runs the ZAP handler)")
         ctx.authenticate(self.allowed)
-        sock.setsockopt(zmq.ZAP_DOMAIN, b"emostream")
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
@@ -120,14 +121,21 @@ class Context(zmq.Context):
         if self._auth is None:
             auth = ThreadAuthenticator(self)
             auth.start()
-            auth.configure_curve(domain="*", location=str(allowed))
+            auth.configure_curve(domain=ZAP_DOMAIN, location=str(allowed))
             self._auth = auth
 
-    def term(self) -> None:
+    def _stop_auth(self) -> None:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+
+    def term(self) -> None:
+        self._stop_auth()
         super().term()
+
+    def destroy(self, linger: int | None = None) -> None:
+        self._stop_auth()  # before its sockets are closed under it
+        super().destroy(linger)
 
 
 def _heartbeat(s: zmq.Socket) -> None:
