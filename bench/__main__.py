@@ -1,0 +1,379 @@
+"""``python -m bench``: the speed of the real pipeline against the stages' cores run in one process.
+
+Sections (``--only`` picks some; all by default):
+
+- ``sequential``: decode -> detect + crop -> classify in this process, no bus (median of repeats);
+- ``pipeline``: the real ``python -m <stage>`` processes on looped clips read as fast as the
+  pipeline takes them; throughput and its ratio to the sequential reference, per-stage CPU ms per
+  frame, peak RSS, drops (one-face clip and a three-face clip, both detector models);
+- ``latency``: capture timestamp -> result at the sink, with the source paced at 30 fps;
+- ``scaling``: 2 detectors, 2 detectors + 2 classifiers, 2 sources at once, and ``ipc://``
+  endpoints instead of loopback TCP, against 1 x 1;
+- ``classifier``: EmotionModel alone, ms per face at batch 1 and 8;
+- ``hop``: CPU per message of one hop (encode, send, receive, decode), with and without the image,
+  over loopback TCP and ipc://;
+- ``profile``: py-spy on the detector and classifier for ``--profile-s`` seconds, where time goes.
+
+Prints Markdown tables, then ONE JSON object as the last line of stdout (``--json-out`` also writes
+it to a file). Progress goes to stderr. Every process it starts is stopped and reaped, also on
+SIGTERM/SIGINT. Exit 0 when every run worked, 1 when a run failed (its row says why), 2 when the
+clips are missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shlex
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import zmq
+
+from bench import figures
+from bench.pipeline import Setup
+from bench.procs import ROOT, BenchError
+
+DEFAULT_DATA = ROOT / "../shared/data/media"
+ONE_FACE = "asl_signer_concat10.mp4"
+CROWD = "face-demographics-walking-and-pause.gif"
+MODELS = ("full_range", "short_range")
+SECTIONS = ("sequential", "pipeline", "latency", "scaling", "classifier", "hop", "profile")
+LATENCY_FPS = 30.0
+
+log = logging.getLogger("bench")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"bench: {message}", err=True)
+    sys.exit(2)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``with Procs`` block stops its stages."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class Runner:
+    """Runs the pipeline setups, each in its own log folder; a failed run becomes an error row."""
+
+    def __init__(self, logs: Path):
+        self.logs, self.errors, self.count = logs, 0, 0
+
+    def pipeline(self, setup: Setup) -> dict[str, Any]:
+        from bench.pipeline import run
+
+        self.count += 1
+        workdir = self.logs / f"{self.count:02d}-{setup.name.replace('/', '-').replace(' ', '_')}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log.info("pipeline run %r: %d frames (logs in %s)", setup.name, setup.frames, workdir)
+        try:
+            row = run(setup, workdir)
+        except (BenchError, OSError, zmq.ZMQError) as e:
+            self.errors += 1
+            log.error("run %r failed: %s", setup.name, e)
+            return {"name": setup.name, "error": str(e)[-2000:]}
+        log.info("  %s: %.1f fps, latency p50 %s ms", setup.name, row["fps"], row["latency_ms"]["p50"])
+        return row
+
+    def guarded(self, what: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return fn()
+        except (BenchError, OSError, RuntimeError, ValueError) as e:
+            self.errors += 1
+            log.error("%s failed: %s", what, e)
+            return {"name": what, "error": str(e)[-2000:]}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else round(a / b, 2)
+
+
+def measure(
+    sections: tuple[str, ...],
+    clips: dict[str, Path],
+    models: tuple[str, ...],
+    frames: int,
+    latency_frames: int,
+    repeats: int,
+    profile_s: float,
+    classifier_calls: int,
+    hop_messages: int,
+    runner: Runner,
+) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(SECTIONS)
+    refs: dict[tuple[str, str], dict[str, Any]] = {}
+    if "sequential" in sections:
+        from bench.sequential import reference
+
+        out["sequential"] = []
+        for key, clip in clips.items():
+            for model in models:
+                log.info("sequential reference %s/%s: %d frames x %d", key, model, frames, repeats)
+                row = runner.guarded(f"sequential {key}/{model}", partial(reference, clip, model, frames, repeats))
+                row["name"] = f"{key}/{model}"
+                refs[(key, model)] = row
+                out["sequential"].append(row)
+    base: dict[str, Any] | None = None
+    if "pipeline" in sections:
+        out["pipeline"] = []
+        for key, clip in clips.items():
+            for model in models:
+                row = runner.pipeline(Setup(f"{key}/{model}", (clip,), frames, model=model))
+                row["ratio_to_sequential"] = ratio(row.get("fps"), refs.get((key, model), {}).get("fps"))
+                out["pipeline"].append(row)
+                if (key, model) == ("one_face", models[0]):
+                    base = row
+    one = clips["one_face"]
+    if "latency" in sections:
+        out["latency"] = runner.pipeline(
+            Setup(
+                f"one_face/{models[0]} paced {LATENCY_FPS:.0f} fps", (one,), latency_frames, models[0], fps=LATENCY_FPS
+            )
+        )
+    if "scaling" in sections:
+        if base is None or "error" in base:
+            base = runner.pipeline(Setup(f"one_face/{models[0]}", (one,), frames, models[0]))
+        rows = [
+            base,
+            runner.pipeline(Setup(f"one_face/{models[0]} 2 det", (one,), frames, models[0], detectors=2)),
+            runner.pipeline(
+                Setup(f"one_face/{models[0]} 2 det 2 cls", (one,), frames, models[0], detectors=2, classifiers=2)
+            ),
+            runner.pipeline(Setup(f"one_face/{models[0]} 2 sources", (one, one), frames, models[0])),
+            runner.pipeline(Setup(f"one_face/{models[0]} ipc://", (one,), frames, models[0], transport="ipc")),
+        ]
+        for row in rows:
+            row["ratio_to_1x1"] = ratio(row.get("fps"), base.get("fps"))
+        out["scaling"] = rows
+    if "classifier" in sections:
+        from bench.sequential import classifier_alone
+
+        log.info("classifier alone: batch 1 and 8, %d calls each", classifier_calls)
+        out["classifier"] = runner.guarded("classifier", lambda: classifier_alone((1, 8), classifier_calls))
+    if "hop" in sections:
+        from bench.hop import hops
+
+        log.info("one hop: %d messages per payload and transport", hop_messages)
+        out["hop"] = runner.guarded("hop", lambda: {"rows": hops(hop_messages)})
+    if "profile" in sections and profile_s > 0:
+        out["profile"] = runner.pipeline(
+            Setup(f"one_face/{models[0]} profiled", (one,), 200, models[0], profile_s=profile_s)
+        )
+    return out
+
+
+def tables(res: dict[str, Any]) -> str:
+    parts = []
+    seq = {r["name"]: r for r in res.get("sequential") or []}
+    pipe = {r["name"]: r for r in res.get("pipeline") or []}
+    if seq or pipe:
+        rows = []
+        for name in list(dict.fromkeys([*seq, *pipe])):
+            s, p = seq.get(name, {}), pipe.get(name, {})
+            rows.append(
+                [
+                    name,
+                    s.get("fps") or s.get("error", "-")[:60],
+                    p.get("fps") or p.get("error", "-")[:60],
+                    p.get("ratio_to_sequential"),
+                    s.get("cpu_ms_per_frame"),
+                    p.get("cpu_ms_per_frame_total"),
+                    p.get("faces_per_frame", s.get("faces_per_frame")),
+                    p.get("drops_at_sink"),
+                ]
+            )
+        header = ["clip/model", "sequential fps", "pipeline fps", "ratio", "seq CPU ms/frame"]
+        header += ["pipeline CPU ms/frame (3 stages)", "faces/frame", "drops at sink"]
+        parts.append(figures.table("Sequential reference vs real pipeline (files as fast as possible)", header, rows))
+    runs = [r for k in ("pipeline", "scaling") for r in res.get(k) or []]
+    runs += [res[k] for k in ("latency", "profile") if res.get(k)]
+    seen, stage_rows = set(), []
+    for r in runs:
+        if "error" in r or id(r) in seen:
+            continue
+        seen.add(id(r))
+        for stage, s in r["stages"].items():
+            drops: dict[str, int] = {}
+            for fs in (s.get("final_stats") or {}).values():
+                for k, v in ((fs or {}).get("drops") or {}).items():
+                    drops[k] = drops.get(k, 0) + v
+            rss = s.get("peak_rss_mb")
+            stage_rows.append(
+                [r["name"], stage, s["processes"], s["cpu_ms_per_frame"], "/".join(fmt1(x) for x in rss or []), drops]
+            )
+    if stage_rows:
+        header = ["run", "stage", "processes", "CPU ms/frame", "peak RSS MiB", "drops (final stats)"]
+        parts.append(figures.table("Per stage", header, stage_rows))
+    lat = res.get("latency")
+    if lat and "error" not in lat:
+        lm, hops = lat["latency_ms"], lat["hops_p50_ms"]
+        row = [lat["name"], lat["fps"], lm["p50"], lm["p95"], lm["p99"], *hops.values()]
+        header = ["run", "achieved fps", "p50 ms", "p95 ms", "p99 ms", *[f"{h} p50 ms" for h in hops]]
+        parts.append(figures.table("Latency: capture timestamp -> result at the sink", header, [row]))
+    if res.get("scaling"):
+        rows = [
+            [
+                r["name"],
+                r.get("detectors"),
+                r.get("classifiers"),
+                r.get("sources"),
+                r.get("transport"),
+                r.get("fps") or r.get("error", "")[:60],
+                r.get("per_source_fps"),
+                r.get("ratio_to_1x1"),
+            ]
+            for r in res["scaling"]
+        ]
+        header = ["run", "detectors", "classifiers", "sources", "transport", "fps (all sources)", "per source"]
+        header += ["vs 1 x 1"]
+        parts.append(figures.table("Scaling", header, rows))
+    cls = res.get("classifier")
+    if cls and "error" not in cls:
+        rows = [[b["batch"], b["ms_per_call"], b["ms_per_face"]] for b in cls["batches"]]
+        parts.append(figures.table("Classifier alone (EmotionModel, 1 thread)", ["batch", "ms/call", "ms/face"], rows))
+    hop = res.get("hop")
+    if hop and "error" not in hop:
+        rows = [
+            [h["payload"], h["transport"], h["bytes"], h["cpu_ms_per_msg"], h["wall_ms_per_msg"]] for h in hop["rows"]
+        ]
+        header = ["payload", "transport", "bytes", "CPU ms/msg (both ends)", "wall ms/msg"]
+        parts.append(figures.table("One hop: encode, send, receive, decode", header, rows))
+    prof = (res.get("profile") or {}).get("profile")
+    if prof:
+        rows = [[stage, k, v] for stage, p in prof.items() if p for k, v in p["categories"].items()]
+        parts.append(figures.table("Profile (py-spy, share of samples incl. idle)", ["stage", "where", "%"], rows))
+    return "\n".join(parts)
+
+
+def fmt1(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+@click.command()
+@click.option(
+    "--frames", type=click.IntRange(20), default=3000, show_default=True, help="Frames per run (at the sink)."
+)
+@click.option("--quick", is_flag=True, help="A smoke run: 60 frames, one clip and model, 1 repeat.")
+@click.option("--only", "only", multiple=True, type=click.Choice(SECTIONS), help="Run only these sections.")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON.")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="The shared media folder (videos/).",
+)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Sequential reference repeats.")
+@click.option(
+    "--latency-frames", type=click.IntRange(20), default=900, show_default=True, help="Frames paced at 30 fps."
+)
+@click.option("--profile-s", type=click.FloatRange(0), default=10.0, show_default=True, help="py-spy seconds (0: off).")
+@click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=None, help="Keep stage logs here.")
+@click.option("--note", default="", help="Free text stored with the figures (e.g. what else loads the machine).")
+def main(
+    frames: int,
+    quick: bool,
+    only: tuple[str, ...],
+    json_out: Path | None,
+    data: Path,
+    repeats: int,
+    latency_frames: int,
+    profile_s: float,
+    logs: Path | None,
+    note: str,
+) -> None:
+    """Measure the real multiprocess pipeline against the sequential reference; last line is JSON."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s bench %(message)s")
+    videos = data / "videos"
+    clips = {"one_face": videos / ONE_FACE, "three_faces": videos / CROWD}
+    missing = [str(p) for p in clips.values() if not p.is_file()]
+    if missing:
+        _fail(f"clips not found: {', '.join(missing)} (--data)")
+    models: tuple[str, ...] = MODELS
+    calls = 200
+    if quick:
+        frames, latency_frames, repeats, calls, models = 60, 60, 1, 20, MODELS[:1]
+        clips = {"one_face": clips["one_face"]}
+    sections = only or SECTIONS
+    if "profile" in sections and profile_s > 0 and _pyspy_missing():
+        if only:
+            _fail("py-spy is not installed (pip install py-spy), or pass --profile-s 0")
+        log.warning("py-spy is not installed (pip install py-spy): the profile section is skipped")
+        sections = tuple(s for s in sections if s != "profile")
+    _stop_on_sigterm()
+    started = dt.datetime.now(dt.UTC)
+    load0 = loadavg()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            runner = Runner(logs or Path(tmp))
+            results = measure(
+                sections, clips, models, frames, latency_frames, repeats, profile_s, calls, calls * 10, runner
+            )
+    except KeyboardInterrupt:
+        click.echo("bench: interrupted; every stage process was stopped", err=True)
+        sys.exit(130)
+    res: dict[str, Any] = {
+        "bench": "pipeline",
+        "date": started.isoformat(timespec="seconds"),
+        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "machine": machine(),
+        "loadavg_start_end": [load0, loadavg()],
+        "note": note,
+        "frames": frames,
+        **results,
+    }
+    click.echo(tables(res))
+    line = json.dumps(res, separators=(",", ":"))
+    if json_out is not None:
+        json_out.write_text(line + "\n")
+    click.echo(line)
+    sys.exit(1 if runner.errors else 0)
+
+
+def _pyspy_missing() -> bool:
+    from bench.profile import pyspy
+
+    return pyspy() is None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The bench's pure parts: figures, config, /proc parsing, profile summaries, per-stage sums."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bench import figures
+from bench.__main__ import ratio
+from bench.hop import hop
+from bench.pipeline import Setup, _by_stage, _hops, config, endpoints
+from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, unbound
+from bench.profile import OTHER, category, summarise
+from bus.config import parse
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], {"p50": None, "p95": None, "p99": None}),
+        ([5.0], {"p50": 5.0, "p95": 5.0, "p99": 5.0}),
+        (list(range(1, 101)), {"p50": 50.5, "p95": 95.0, "p99": 99.0}),
+    ],
+)
+def test_percentiles(values: list[float], expected: dict[str, float | None]) -> None:
+    assert figures.percentiles(values) == expected
+
+
+@pytest.mark.parametrize(("frames", "cut"), [(2, 1), (20, 10), (60, 10), (1000, 50), (3000, 100), (100000, 100)])
+def test_warmup_cut(frames: int, cut: int) -> None:
+    assert figures.warmup(frames) == cut
+
+
+STATS_OK = (
+    "2026-01-01 10:00:00,000 detector[0] INFO final stats: fps 12.0  latency p50 3.1 ms p95 9.9 ms  frames 61  drops 0"
+)
+STATS_DROPS = "x capture INFO final stats: fps 1.0  latency p50 nan ms p95 nan ms  frames 78  drops send=1 stale=12"
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        ("", None),
+        ("no stats here\n", None),
+        (STATS_OK + "\n", {"frames": 61, "drops": {}}),
+        (STATS_DROPS, {"frames": 78, "drops": {"send": 1, "stale": 12}}),
+        (STATS_DROPS + "\n" + STATS_OK + "\n", {"frames": 61, "drops": {}}),  # the last line wins
+    ],
+)
+def test_final_stats(log: str, expected: dict[str, object] | None) -> None:
+    assert figures.final_stats(log) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "toml", "error"),
+    [
+        (True, "true", None),
+        ('a"b\\', '"a\\"b\\\\"', None),
+        ([1, 2.5], "[1, 2.5]", None),
+        ({"id": "s0", "loop": False}, '{ id = "s0", loop = false }', None),
+        (None, None, TypeError),
+    ],
+)
+def test_toml_value(value: object, toml: str | None, error: type[Exception] | None) -> None:
+    if error is not None:
+        with pytest.raises(error):
+            figures.toml_value(value)
+    else:
+        assert figures.toml_value(value) == toml
+
+
+@pytest.mark.parametrize(
+    ("setup", "realtime"),
+    [
+        (Setup("a", (Path("/v/a.mp4"),), 60), False),
+        (Setup("b", (Path("/v/a.mp4"), Path("/v/b.gif")), 60, "short_range", 2, 2, fps=30.0), True),
+        (Setup("c", (Path("/v/a.mp4"),), 60, detectors=2, transport="ipc"), False),
+    ],
+)
+def test_config_is_a_valid_bus_toml(setup: Setup, realtime: bool, tmp_path: Path) -> None:
+    eps = endpoints(setup, tmp_path)
+    cfg = parse(tomllib.loads(figures.to_toml(config(setup, eps))))
+    assert len(cfg.detector.endpoints) == setup.detectors and len(cfg.classifier.endpoints) == setup.classifiers
+    assert all(e.startswith(f"{setup.transport}://") for e in (*cfg.detector.endpoints, cfg.display.endpoint))
+    assert cfg.display.endpoint == eps["display"][0] and cfg.display.web == ""
+    assert cfg.detector.model == setup.model
+    assert [s.uri for s in cfg.capture.sources] == [str(c) for c in setup.clips]
+    assert all(s.loop and s.realtime == realtime for s in cfg.capture.sources)
+    assert len(set(cfg.source_ids())) == len(setup.clips)
+
+
+def test_endpoints_reject_an_unknown_transport(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="transport"):
+        endpoints(Setup("x", (Path("a.mp4"),), 60, transport="udp"), tmp_path)
+
+
+def test_unbound(tmp_path: Path) -> None:
+    bound = tmp_path / "bound"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(bound))
+        eps = ["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602", f"ipc://{bound}", f"ipc://{tmp_path}/absent"]
+        assert unbound(eps, {5601}) == ["tcp://127.0.0.1:5602", f"ipc://{tmp_path}/absent"]
+    with pytest.raises(ValueError):
+        unbound(["inproc://x"], set())
+
+
+@pytest.mark.parametrize(
+    ("stat", "seconds"),
+    [
+        (f"42 (python) S 1 2 3 0 -1 0 10 0 0 0 {3 * CLK_TCK} {CLK_TCK} 0 0 20 0 9", 4.0),
+        (f"42 (a ) b (c) R 1 2 3 0 -1 0 10 0 0 0 {CLK_TCK} 0 0 0 20 0 9", 1.0),  # ')' inside the name
+    ],
+)
+def test_parse_stat_cpu(stat: str, seconds: float) -> None:
+    assert parse_stat_cpu(stat) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("status", "mib"),
+    [("Name:\tpython\nVmPeak:\t  999 kB\nVmHWM:\t  2048 kB\nVmRSS:\t 1024 kB\n", 2.0), ("Name:\tx\n", None)],
+)
+def test_parse_vm_hwm(status: str, mib: float | None) -> None:
+    assert parse_vm_hwm_mb(status) == mib
+
+
+NET_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:15E1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:15E2 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+"""
+
+
+def test_listening_ports() -> None:
+    assert listening_ports([NET_TCP, NET_TCP.splitlines()[0]]) == {0x15E1}
+
+
+MAIN = "_run_module_as_main (<frozen runpy>:198);main (detector/__main__.py:144);run (detector/worker.py:103)"
+
+
+@pytest.mark.parametrize(
+    ("stack", "expected"),
+    [
+        (
+            [MAIN, "step (detector/worker.py:56)", "detect (mediapipe/tasks/x.py:1)", "wait (threading.py:327)"],
+            "mediapipe detect",
+        ),
+        ([MAIN, "FaceBackend._image (detector/faces.py:126)"], "BGR->RGB + mp.Image (detector)"),
+        ([MAIN, "recv (bus/sockets.py:53)", "Socket.poll (zmq/sugar/socket.py:1)"], "zmq poll (waiting for input)"),
+        ([MAIN, "send (bus/sockets.py:44)", "Socket.send (zmq/sugar/socket.py:713)"], "zmq send/recv"),
+        ([MAIN, "decode (bus/codec.py:197)"], "codec decode"),
+        ([MAIN, "Interpreter.invoke (ai_edge_litert/interpreter.py:1015)"], "litert invoke"),
+        ([MAIN, "something (elsewhere.py:1)"], OTHER),
+    ],
+)
+def test_profile_category(stack: list[str], expected: str) -> None:
+    assert category(stack) == expected
+
+
+def test_profile_summary_counts_the_main_thread_only() -> None:
+    collapsed = "\n".join(
+        [
+            f"{MAIN};decode (bus/codec.py:197) 3",
+            f"{MAIN};Socket.poll (zmq/sugar/socket.py:1) 1",
+            "Thread._bootstrap (threading.py:1002);GarbageCollectorThread.run (zmq/utils/garbage.py:56) 50",
+            "not a stack line",
+        ]
+    )
+    got = summarise(collapsed, top=1)
+    assert got["samples"] == 4
+    assert got["categories"] == {"codec decode": 75.0, "zmq poll (waiting for input)": 25.0}
+    assert got["top_leaves"] == [["decode (bus/codec.py:197)", 75.0]]
+
+
+def test_hops() -> None:
+    got = _hops({"capture": 10.0, "detector": 10.010, "classifier": 10.015}, 10.016)
+    assert got == pytest.approx({"capture->detector": 10.0, "detector->classifier": 5.0, "classifier->sink": 1.0})
+    assert _hops({}, 1.0) == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"detector[0]": 1.0, "detector[1]": 2.0, "sink": 0.5}, {"detector": 3.0, "sink": 0.5}),
+        ({"detector[0]": 1.0, "detector[1]": None}, {"detector": None}),
+    ],
+)
+def test_by_stage_sums_copies(values: dict[str, float | None], expected: dict[str, float | None]) -> None:
+    assert _by_stage(values, [k for k in values if k != "sink"]) == expected
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [(90.0, 100.0, 0.9), (None, 100.0, None), (50.0, 0.0, None)])
+def test_ratio(a: float | None, b: float | None, expected: float | None) -> None:
+    assert ratio(a, b) == expected
+
+
+@pytest.mark.parametrize(("transport", "with_image"), [("tcp", True), ("ipc", False)])
+def test_hop_measures_real_sockets(transport: str, with_image: bool) -> None:
+    got = hop(transport, with_image, 10, shape=(48, 64, 3), chunks=2)
+    assert got["transport"] == transport
+    assert got["bytes"] == (48 * 64 * 3 if with_image else 0) + 48 * 48
+    assert got["cpu_ms_per_msg"] >= 0 and got["wall_ms_per_msg"] > 0
