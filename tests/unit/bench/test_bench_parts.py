@@ -14,6 +14,7 @@ from bench.hop import hop
 from bench.pipeline import Setup, _by_stage, _hops, config, endpoints
 from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, unbound
 from bench.profile import OTHER, category, summarise
+from bench.report import tables
 from bus.config import parse
 
 
@@ -201,3 +202,21 @@ def test_hop_measures_real_sockets(transport: str, with_image: bool) -> None:
     assert got["transport"] == transport
     assert got["bytes"] == (48 * 64 * 3 if with_image else 0) + 48 * 48
     assert got["cpu_ms_per_msg"] >= 0 and got["wall_ms_per_msg"] > 0
+
+
+@pytest.mark.parametrize(
+    ("res", "expected"),
+    [
+        ({}, []),
+        (
+            {"sequential": [{"name": "a/m", "fps": 10.0}], "pipeline": [{"name": "a/m", "error": "boom"}]},
+            ["| a/m | 10.0 | boom |"],
+        ),
+        ({"classifier": {"batches": [{"batch": 1, "ms_per_call": 1.5, "ms_per_face": 1.5}]}}, ["| 1 | 1.50 | 1.50 |"]),
+        ({"hop": {"error": "x"}, "latency": {"name": "l", "error": "y"}}, []),
+    ],
+)
+def test_report_tables(res: dict[str, object], expected: list[str]) -> None:
+    text = tables(res)
+    assert all(e in text for e in expected)
+    assert bool(text) == bool(expected)
