@@ -1,0 +1,207 @@
+"""Faults in a running pipeline of real processes: a detector killed with SIGKILL under the
+supervisor (restarted, the others untouched, the gap dropped and counted), a detector that hangs
+(SIGSTOP: reported by the display with the silence's age, nothing grows, SIGCONT resumes), and the
+ZMTP heartbeat that drops the connection to a hung peer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from bus import sockets
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "fer2013_emonet.tflite"
+STAGES = ("display", "classifier", "detector", "capture")
+STATS = re.compile(r"display INFO stats: .* frames (\d+) ")
+FINAL = re.compile(r"final (\S+): read (\d+)  in events (\d+)  dropped (.+?)  lost (\d+)")
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
+        time.sleep(0.1)
+
+
+def shown(text: str) -> int:
+    """Frames the display has shown so far (its last stats line)."""
+    found = STATS.findall(text)
+    return int(found[-1]) if found else 0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def config(bus_toml, ports, shared_data: Path, tmp_path: Path, loop: bool):
+    video = shared_data / "media/videos/asl_book.mkv"  # 109 frames, a face in every one
+    return bus_toml(
+        {
+            "bus": {"hwm": 4, "send_timeout_ms": 200, "stats_interval_s": 1.0},
+            "capture": {
+                "sources": [{"id": "book", "uri": str(video), "realtime": True, "fps": 8.0, "loop": loop}],
+                "eof_linger_s": 30.0,
+            },
+            "detector": {"endpoints": [f"tcp://127.0.0.1:{ports['detector']}"]},
+            "classifier": {"endpoints": [f"tcp://127.0.0.1:{ports['classifier']}"], "model": str(MODEL)},
+            "display": {
+                "endpoint": f"tcp://127.0.0.1:{ports['display']}",
+                "web": "",
+                "events": str(tmp_path / "events.jsonl"),
+                "drain_timeout_s": 3.0,
+                "stall_warn_s": 1.0,
+            },
+        }
+    )
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Callable[[Path], tuple[subprocess.Popen[bytes], Path]]]:
+    """Start ``python -m bus.supervise`` on a Procfile of the four stages; at teardown stop it and
+    SIGKILL every process group it reported starting."""
+    started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(cfg: Path) -> tuple[subprocess.Popen[bytes], Path]:
+        procfile = tmp_path / "Procfile"
+        py, conf = shlex.quote(sys.executable), shlex.quote(str(cfg))
+        procfile.write_text("".join(f"{s}: {py} -m {s} --config {conf}\n" for s in STAGES))
+        log = tmp_path / "supervise.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
+        env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        with log.open("wb") as out:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "bus.supervise", "--procfile", str(procfile), "--backoff", "0.2"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        started.append((p, log))
+        return p, log
+
+    yield start
+    for p, log in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for pid in re.findall(r"started \w+ \(pid (\d+)\)", log.read_text(errors="replace")):
+            with contextlib.suppress(ProcessLookupError):  # already gone: the usual case
+                os.killpg(int(pid), signal.SIGKILL)
+
+
+def test_supervisor_restarts_a_killed_detector_and_the_gap_is_counted(
+    tmp_path, bus_toml, ports, shared_data, supervised
+) -> None:
+    cfg = config(bus_toml, ports, shared_data, tmp_path, loop=False)
+    sup, log_path = supervised(cfg)
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
+    wait_for("frames at the display", lambda: shown(log()) >= 5, log, 120)
+    (old,) = re.findall(r"started detector \(pid (\d+)\)", log())
+    os.kill(int(old), signal.SIGKILL)
+    wait_for("the restart", lambda: len(re.findall(r"started detector \(pid", log())) == 2, log, 30)
+    assert "detector killed by SIGKILL; restart 1/5 in 0.2 s" in log()
+    try:
+        rc = sup.wait(120)  # the display ends the run once the file is accounted for
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not end:\n{log()[-4000:]}")
+    text = log()
+    assert rc == 0, text[-4000:]
+    for stage in ("display", "classifier", "capture"):  # nobody else was restarted
+        assert text.count(f"started {stage} (pid") == 1
+    src, read, events, dropped, lost = FINAL.findall(text)[-1]
+    drops = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", dropped)}
+    assert src == "book" and int(read) == 109
+    # every frame read is accounted for: shown, dropped (capture could not send it while the
+    # detector was down) or lost (in the killed detector's queue when it died)
+    assert int(events) + sum(drops.values()) + int(lost) == 109, text[-3000:]
+    assert drops.get("capture", 0) + int(lost) > 0, "the gap was not counted"
+    seqs = [int(s) for s in re.findall(r'"seq":(\d+)', (tmp_path / "events.jsonl").read_text())]
+    assert len(seqs) == int(events) and 108 in seqs, "frames did not flow again after the restart"
+    assert set(range(109)) - set(seqs), "no gap?"
+    print(f"\nshown {events}, dropped {drops}, lost {lost} of 109")
+
+
+def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
+    tmp_path, bus_toml, ports, shared_data, stages
+) -> None:
+    cfg = config(bus_toml, ports, shared_data, tmp_path, loop=True)
+    procs = {s: stages.start(s, "--config", str(cfg)) for s in STAGES}
+    display, detector, capture = procs["display"], procs["detector"], procs["capture"]
+
+    def log() -> str:
+        return stages.log(display)
+
+    wait_for("frames at the display", lambda: shown(log()) >= 5, log, 120)
+    before = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
+    os.kill(detector.pid, signal.SIGSTOP)
+    try:
+        time.sleep(7.0)  # beyond the ZMTP heartbeat timeout (5 s)
+        after = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
+        ages = [float(a) for a in re.findall(r"source book: nothing has arrived for ([\d.]+) s", log())]
+        assert ages and max(ages) >= 5.0, log()[-3000:]
+        assert "not sent (downstream full or absent)" in stages.log(capture)
+        for s in before:  # no queue grows while the detector hangs
+            assert after[s] - before[s] < 20.0, (s, before[s], after[s])
+        assert all(p.poll() is None for p in procs.values())
+        frozen = shown(log())
+    finally:
+        os.kill(detector.pid, signal.SIGCONT)
+    wait_for("recovery", lambda: "source book: flowing again after" in log(), log, 60)
+    wait_for("new frames", lambda: shown(log()) > frozen, log, 30)
+    for s in ("capture", "detector", "classifier", "display"):
+        assert stages.stop(procs[s], timeout=5) == 0, stages.log(procs[s])[-2000:]
+    sent_drops = re.findall(r"final stats: .* drops .*send=(\d+)", stages.log(capture))
+    assert sent_drops and int(sent_drops[-1]) > 0  # the frames of the hang were dropped and counted
+
+
+def test_heartbeats_drop_the_connection_to_a_hung_peer(zctx: zmq.Context, ports: dict[str, int]) -> None:
+    ep = f"tcp://127.0.0.1:{ports['detector']}"
+    code = "import sys, time, zmq; s = zmq.Context().socket(zmq.PULL); s.bind(sys.argv[1]); time.sleep(60)"
+    peer = subprocess.Popen([sys.executable, "-c", code, ep])
+    push = sockets.push(zctx, [ep], 4, 100)
+    monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    try:
+
+        def next_event(timeout_s: float) -> int:
+            if not monitor.poll(int(timeout_s * 1000)):
+                pytest.fail(f"no socket event within {timeout_s} s")
+            return int(recv_monitor_message(monitor)["event"])
+
+        assert next_event(30) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        os.kill(peer.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert next_event(sockets.HEARTBEAT_TIMEOUT_MS / 1000 + 5) == zmq.EVENT_DISCONNECTED
+        assert time.monotonic() - t0 >= sockets.HEARTBEAT_TIMEOUT_MS / 1000 - 1.5
+        assert not sockets.send(push, [b"x"], block=False)  # nothing queues for the hung peer
+    finally:
+        os.kill(peer.pid, signal.SIGCONT)
+        peer.kill()
+        peer.wait(5)
+        push.disable_monitor()
+        monitor.close(0)
+        push.close(0)
