@@ -1,1 +1,2 @@
-"""Benchmarks that print figures (run with python -m bench.<name>)."""
+"""Benchmarks that print figures: `python -m bench` (the pipeline), `python -m bench.detector_models`,
+`python -m bench.fuzz_codec`, `python -m bench.soak`."""
