@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (first run only) and run every check: ruff, ruff format, mypy, the whole pytest suite.
-# Tests that need the research data (../shared/data) or Chromium skip, with the reason, when absent.
+# Tests that need the research data (../shared/data), Chromium or network namespaces (root + iproute2)
+# skip, with the reason, when absent.
 # Extra arguments go to pytest (e.g. `./scripts/test.sh -k honcho`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,15 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     apt-get update -q && apt-get install -y -q --no-install-recommends chromium
   else
     echo "test.sh: chromium is not installed and we are not root: the browser test will be skipped" >&2
+  fi
+fi
+
+if ! command -v ip >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing iproute2 (for the two-namespace CURVE test)" >&2
+    apt-get update -q && apt-get install -y -q --no-install-recommends iproute2
+  else
+    echo "test.sh: ip (iproute2) is not installed and we are not root: the network-namespace test will be skipped" >&2
   fi
 fi
 

@@ -1,0 +1,179 @@
+"""Across hosts, for real: two network namespaces joined by a veth pair (169.254.77.1/30 and
+169.254.77.2/30, link-local), the real ``python -m display`` in one binding the veth address with
+``allow_remote = true`` and ``curve = true``, and senders in the other playing the classifier.
+
+The sender with the classifier's key gets every frame through; a sender without keys, and one with
+a key the display does not allow, get nothing in (the display's ledger counts exactly the real
+frames). Skips, saying why, where network namespaces cannot be made (not root, no ``ip``, a
+container without CAP_SYS_ADMIN); the namespaces are always deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus.keys import STAGES, generate
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(180)
+SERVER_IP, CLIENT_IP = "169.254.77.1", "169.254.77.2"
+FRAMES = 10
+
+SENDER = """
+import sys, time
+import numpy as np, zmq
+from bus import sockets
+from bus.codec import Face, Message, encode
+from bus.config import load
+
+cfg, mode = load(sys.argv[1], env={}), sys.argv[2]
+ctx = sockets.Context()
+if mode == "plain":  # no CURVE at all
+    sec = None
+elif mode == "stranger":  # a valid key pair the display was never told about
+    pub, secret = zmq.curve_keypair()
+    real = sockets.security(cfg.bus, "classifier", peer="display", serves=False)
+    sec = sockets.Security("stranger", pub, secret, real.allowed, real.peer_public)
+else:
+    sec = sockets.security(cfg.bus, "classifier", peer="display", serves=False)
+push = sockets.push(ctx, [cfg.display.endpoint], 4, 3000 if mode == "legit" else 300, sec)
+first = 0 if mode == "legit" else 100  # an intruder's frames would show up as seq >= 100
+sent = 0
+for seq in range(first, first + {frames}):
+    face = Face((5.0, 5.0, 20.0, 20.0), 0.9, [], "happy", [0.1, 0.9])
+    msg = Message("cam", seq, time.time(), image=np.zeros((48, 64, 3), np.uint8), faces=[face], labels=["sad", "happy"])
+    sent += sockets.send(push, encode(msg), block=True)
+if mode == "legit":
+    sent += sockets.send(push, encode(Message("cam", {frames}, time.time(), kind="eos", frames={frames}, dropped=0)), block=True)
+print("sent", sent, flush=True)
+push.close(linger=1000)
+ctx.term()
+""".replace("{frames}", str(FRAMES))
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[tuple[str, str]]:
+    """Two namespaces (server, client) joined by a veth pair; deleted at the end, whatever happens."""
+    if shutil.which("ip") is None:
+        pytest.skip("`ip` (iproute2) is not installed: apt-get install iproute2")
+    tag = f"emo{os.getpid() % 100000}"
+    probe = ip("netns", "add", f"{tag}p")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create network namespaces here: {probe.stderr.strip() or probe.returncode}")
+    ip("netns", "del", f"{tag}p")
+    server, client = f"{tag}s", f"{tag}c"
+    made: list[str] = []
+    try:
+        for ns in (server, client):
+            assert ip("netns", "add", ns).returncode == 0
+            made.append(ns)
+        steps = [
+            ("link", "add", f"{tag}vs", "type", "veth", "peer", "name", f"{tag}vc"),
+            ("link", "set", f"{tag}vs", "netns", server),
+            ("link", "set", f"{tag}vc", "netns", client),
+            ("-n", server, "addr", "add", f"{SERVER_IP}/30", "dev", f"{tag}vs"),
+            ("-n", client, "addr", "add", f"{CLIENT_IP}/30", "dev", f"{tag}vc"),
+            ("-n", server, "link", "set", f"{tag}vs", "up"),
+            ("-n", client, "link", "set", f"{tag}vc", "up"),
+            ("-n", server, "link", "set", "lo", "up"),
+            ("-n", client, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            r = ip(*step)
+            if r.returncode != 0:
+                pytest.skip(f"cannot set up the veth pair (ip {' '.join(step)}): {r.stderr.strip()}")
+        yield server, client
+    finally:
+        for ns in made:
+            ip("netns", "del", ns)  # takes its end of the veth pair with it
+
+
+def in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def env() -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
+    return {**base, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def test_curve_across_namespaces_lets_the_key_holder_in_and_nobody_else(
+    netns: tuple[str, str], tmp_path: Path, bus_toml
+) -> None:
+    server, client = netns
+    keys = tmp_path / "keys"
+    generate(keys, STAGES)
+    (keys / "allowed" / "display.key").unlink()  # only the stages that connect
+    port = 5603
+    events = tmp_path / "events.jsonl"
+    cfg = bus_toml(
+        {
+            "bus": {"allow_remote": True, "curve": True, "keys_dir": str(keys), "stats_interval_s": 60.0},
+            "capture": {"sources": [{"id": "cam", "uri": "clip.mp4", "realtime": False}]},
+            "display": {
+                "endpoint": f"tcp://{SERVER_IP}:{port}",
+                "web": "",
+                "events": str(events),
+                "drain_timeout_s": 2.0,
+            },
+        }
+    )
+    log = tmp_path / "display.log"
+    with log.open("wb") as out:
+        display = subprocess.Popen(
+            in_ns(server, sys.executable, "-m", "display", "--config", str(cfg)),
+            cwd=ROOT,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER)
+    try:
+        deadline = time.monotonic() + 60
+        while "pulling on" not in log.read_text(errors="replace"):
+            assert display.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+
+        def send(mode: str) -> str:
+            r = subprocess.run(
+                in_ns(client, sys.executable, str(script), str(cfg), mode),
+                cwd=ROOT,
+                env=env(),
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            assert r.returncode == 0, r.stderr
+            return r.stdout.strip()
+
+        assert send("plain") == "sent 0"  # IMMEDIATE: no handshake, nothing queued, nothing sent
+        assert send("stranger") == "sent 0"
+        assert send("legit") == f"sent {FRAMES + 1}"
+        deadline = time.monotonic() + 60
+        while display.poll() is None:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+        text = log.read_text(errors="replace")
+        assert display.returncode == 0, text
+        assert f"final cam: read {FRAMES}  in events {FRAMES}  dropped 0  lost 0" in text, text
+        assert "garbage" not in text
+        seqs = sorted(json.loads(x)["seq"] for x in events.read_text().splitlines())
+        assert seqs == list(range(FRAMES))  # nothing from the intruders (they would be 100+)
+    finally:
+        if display.poll() is None:
+            display.kill()
+            display.wait(5)
