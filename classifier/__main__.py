@@ -106,8 +106,8 @@ def main(config_path: str | None, instance: int, model_path: str | None, images:
             raise ConfigError(
                 f"--instance {instance}: [classifier] endpoints has {len(cfg.classifier.endpoints)} entries"
             )
-        model = EmotionModel(model_path or cfg.classifier.model, threads=cfg.classifier.threads)
         security = None if images else stage_security(cfg.bus, "classifier", peer="display")
+        model = EmotionModel(model_path or cfg.classifier.model, threads=cfg.classifier.threads)
     except (ConfigError, ModelError) as e:
         _fail(str(e))
     if images:

@@ -11,7 +11,11 @@ state cold), so a single interpreter that is resized on change is kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,22 @@ def _channels(colour: str) -> int:
     return 1 if colour == "grey" else 3
 
 
+@contextlib.contextmanager
+def _quiet_runtime() -> Iterator[None]:
+    """LiteRT's C++ runtime writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to fd 2
+    while an interpreter is made; without it a start-up failure stays ONE line on stderr. Load
+    errors still arrive, as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class EmotionModel:
     """Load ``model_path`` and its sidecar, check they agree, classify batches of crops."""
 
@@ -44,8 +64,9 @@ class EmotionModel:
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         try:
-            self._it = Interpreter(model_path=str(path), num_threads=max(1, threads))
-            self._it.allocate_tensors()
+            with _quiet_runtime():
+                self._it = Interpreter(model_path=str(path), num_threads=max(1, threads))
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: not a loadable TFLite model: {e}") from None
         self.path = path

@@ -117,8 +117,8 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
 
     try:
         spec = load_spec(cfg.classifier.model)
-        backend = FaceBackend(cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces)
         security = sockets.security(cfg.bus, "detector", peer="classifier")
+        backend = FaceBackend(cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces)
     except (SidecarError, BackendError, ConfigError) as e:
         _fail(str(e))
     endpoint = cfg.detector.endpoints[instance]
