@@ -28,7 +28,7 @@ def env() -> dict[str, str]:
     return {**base, "PYTHONPATH": str(ROOT)}
 
 
-def model_copy(tmp: Path, edit: Callable[[Path], None] | None = None) -> Path:
+def model_copy(tmp: Path, edit: Callable[[Path], object] | None = None) -> Path:
     dst = tmp / "m.tflite"
     shutil.copy(MODEL, dst)
     shutil.copy(MODEL.with_suffix(".json"), dst.with_suffix(".json"))
