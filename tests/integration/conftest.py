@@ -139,9 +139,11 @@ def _tiny_model_module() -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_int8(request: pytest.FixtureRequest) -> Path:
+def tiny_int8(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny int8 test model (with sidecar), built once with TensorFlow and cached."""
+    cache_ = getattr(request.config, "cache", None)
+    cache = cache_.mkdir("tiny_tflite") if cache_ is not None else tmp_path_factory.mktemp("tiny_tflite")
     try:
-        return Path(_tiny_model_module().tiny_models(request.config.cache.mkdir("tiny_tflite"))["int8"])
+        return Path(_tiny_model_module().tiny_models(cache)["int8"])
     except ImportError as e:
         pytest.skip(f"tensorflow is needed to build the test model: {e}")

@@ -21,9 +21,11 @@ tiny_model = load_tiny_model_module()
 
 
 @pytest.fixture(scope="session")
-def tiny(request: pytest.FixtureRequest) -> dict[str, Path]:
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny int8 and float models with sidecars (built once with TensorFlow, then cached)."""
-    cache = request.config.cache.mkdir("tiny_tflite")
+    # pytest's cache when it is on (-p no:cacheprovider turns it off): a temporary folder otherwise
+    cache_ = getattr(request.config, "cache", None)
+    cache = cache_.mkdir("tiny_tflite") if cache_ is not None else tmp_path_factory.mktemp("tiny_tflite")
     try:
         return tiny_model.tiny_models(cache)
     except ImportError as e:
