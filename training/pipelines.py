@@ -187,4 +187,7 @@ def export_file(path: Path, source: str, data: Path, name: str, models_dir: Path
     info = MODELS[model.name]
     report = evaluate_model(model, splits["test"], info, path.parent / "eval-float", "float")
     dataset = {"fer": "fer2013", "ferplus": "ferplus", "ck": "ck+"}[source]
-    return export_and_check(model, splits, info, models_dir, name, dataset, report, path.parent)["summary"]
+    # A CK+ run keeps its cross-validation results in the run folder (runs/ck-<model>/cv.json).
+    cv_file = next((p / "cv.json" for p in (path.parent, path.parent.parent) if (p / "cv.json").is_file()), None)
+    cv = json.loads(cv_file.read_text()) if cv_file is not None and source == "ck" else None
+    return export_and_check(model, splits, info, models_dir, name, dataset, report, path.parent, cv=cv)["summary"]

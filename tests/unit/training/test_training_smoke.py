@@ -62,7 +62,7 @@ def test_ck_smoke_train_export_roundtrip(tmp_path: Path) -> None:
     assert (out / "all" / "eval-float" / "confusion.png").stat().st_size > 1000
     assert json.loads((out / "fold0" / "eval" / "report.json").read_text())["confusion"]
 
-    # Float vs int8 on one batch: the exported graph (with its flip TTA) matches the Keras model.
+    # Float vs int8 on one batch: the exported graph matches the Keras model.
     import keras
 
     from training.data.ck import load_ck
@@ -71,7 +71,7 @@ def test_ck_smoke_train_export_roundtrip(tmp_path: Path) -> None:
 
     model = keras.models.load_model(out / "all" / "final.keras")
     x = load_ck(data).images[:32, ..., None]
-    p_float, p_int8 = predict(model, x, tta=True), tflite_predict(tflite, x)
+    p_float, p_int8 = predict(model, x, tta=False), tflite_predict(tflite, x)
     assert p_int8.shape == p_float.shape == (32, 7)
     # A 1-epoch model on random pixels is near-uniform, so argmax agreement says little: compare the
     # probabilities themselves (int8 output resolution is 1/256).
