@@ -139,54 +139,23 @@ def evaluate_model(model: Any, data: Dataset, info: Any, out: Path, tag: str) ->
 
 
 def tflite_predict(path: Path, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Class probabilities from a .tflite model for uint8 model pixels (N x S x S x C)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Class probabilities from a .tflite model (with its sidecar) for uint8 model pixels (N x S x S x C),
+    through the runtime classifier's own code path (quantisation, batching, dequantisation)."""
+    from classifier.model import EmotionModel
 
-    interp = Interpreter(model_path=str(path), num_threads=2)
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    probs = []
-    current = -1
-    for i in range(0, len(pixels), batch):
-        chunk = pixels[i : i + batch]
-        if len(chunk) != current:
-            interp.resize_tensor_input(inp["index"], [len(chunk), *pixels.shape[1:]])
-            interp.allocate_tensors()
-            inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-            current = len(chunk)
-        interp.set_tensor(inp["index"], quantize(chunk, inp))
-        interp.invoke()
-        probs.append(dequantize(interp.get_tensor(outp["index"]), outp))
-    return np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
-
-
-def quantize(pixels: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    x = pixels.astype(np.float32) / 255.0
-    if detail["dtype"] == np.float32:
-        return x
-    scale, zero = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-
-
-def dequantize(q: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return q
-    scale, zero = detail["quantization"]
-    return (q.astype(np.float32) - zero) * scale
+    model = EmotionModel(path, threads=2)
+    chunks = [model.classify(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(model.labels)), np.float32)
 
 
 def evaluate_tflite(path: Path, data: Dataset, out: Path) -> dict[str, Any]:
     spec = load_spec(path)
     x = grey_to_model_pixels(data.images, spec.size, spec.colour)  # type: ignore[arg-type]
     p = tflite_predict(path, x)
-    if list(spec.labels) != _label_names(data):
-        raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {_label_names(data)}")
+    if list(spec.labels) != data.classes:
+        raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {data.classes}")
     report = metrics(data.labels, p.argmax(1), data.classes)
     return _write(report, out, f"{path.stem} int8 (LiteRT)")
-
-
-def _label_names(data: Dataset) -> list[str]:
-    return list(data.classes)
 
 
 def latency_ms(path: Path, repeats: int = 300) -> dict[str, float]:
