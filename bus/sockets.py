@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +198,14 @@ def send_patiently(sock: zmq.Socket, parts: list, stop: threading.Event, wait_s:
     """For file sources (completeness before latency): blocking sends, each bounded by the socket's
     send timeout, until one succeeds, ``stop`` is set, or ``wait_s`` has passed. Covers a downstream
     stage that starts later than its upstream under honcho."""
+    return retry(lambda: send(sock, parts, block=True), stop, wait_s)
+
+
+def retry(attempt: Callable[[], bool], stop: threading.Event, wait_s: float = PEER_WAIT_S) -> bool:
+    """Call ``attempt`` (itself bounded in time) until it returns True, ``stop`` is set, or ``wait_s``."""
     deadline = time.monotonic() + wait_s
     while True:
-        if send(sock, parts, block=True):
+        if attempt():
             return True
         if stop.is_set() or time.monotonic() >= deadline:
             return False

@@ -32,7 +32,7 @@ from capture.sources import Source, Unreadable
 
 log = logging.getLogger("capture")
 
-PEER_WAIT_S = 30.0  # a file source's first frame / eos keeps retrying this long for a peer
+PEER_WAIT_S = sockets.PEER_WAIT_S  # a file source's first frame / eos keeps retrying this long for a peer
 READ_TIMEOUT_S = 0.2  # a live source's read wait: how often a source thread notices stop
 
 Send = Callable[[Message, bool], bool]  # (message, block) -> sent
@@ -104,12 +104,7 @@ class _Shared:
 
 def _send_patiently(send: Send, msg: Message, stop: threading.Event, wait_s: float) -> bool:
     """Blocking sends (each up to the socket's send timeout) until one succeeds, stop, or ``wait_s``."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        if send(msg, True):
-            return True
-        if stop.is_set() or time.monotonic() >= deadline:
-            return False
+    return sockets.retry(lambda: send(msg, True), stop, wait_s)
 
 
 def pump(
