@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from bench.pipeline import CLASSIFIER_MODEL
 from bench.procs import ROOT, BenchError
 from bus.codec import Message
 from bus.preprocess import to_uint8_bgr
+from bus.runtime import single_threaded_opencv
 from bus.sidecar import load_spec
+from capture.sources import open_video
 from classifier.model import EmotionModel
 from classifier.worker import step as classify_step
 from detector.faces import FaceBackend
@@ -31,7 +32,7 @@ from detector.worker import step as detect_step
 
 def looped(path: Path, frames: int) -> Iterator[np.ndarray]:
     """The first ``frames`` frames of ``path``, starting over at its end (as capture's ``loop``)."""
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(str(path))
     try:
         n = 0
         while n < frames:
@@ -40,7 +41,7 @@ def looped(path: Path, frames: int) -> Iterator[np.ndarray]:
                 if n == 0:
                     raise BenchError(f"no frames could be read from {path}")
                 cap.release()
-                cap = cv2.VideoCapture(str(path))
+                cap = open_video(str(path))
                 continue
             n += 1
             yield to_uint8_bgr(raw)
@@ -50,6 +51,7 @@ def looped(path: Path, frames: int) -> Iterator[np.ndarray]:
 
 def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, Any]:
     """Frames per second (median of ``repeats``) and CPU ms per frame of decode -> detect -> classify."""
+    single_threaded_opencv()  # as every stage does (bus.runtime)
     classifier_path = ROOT / CLASSIFIER_MODEL
     spec = load_spec(classifier_path)
     emotions = EmotionModel(classifier_path, threads=1)

@@ -16,7 +16,7 @@ import click
 
 from bus import sockets
 from bus.config import ConfigError, load
-from bus.runtime import Stats, install_stop, setup_logging
+from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from capture.sources import Source, SourceError, open_source
 from capture.worker import printer, run, socket_sender
 
@@ -57,6 +57,7 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
     except ConfigError as e:
         _fail(str(e))
     log = setup_logging("capture")
+    single_threaded_opencv()
     with ExitStack() as stack:
         opened: list[Source] = []
         for sc in cfg.capture.sources:

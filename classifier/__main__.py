@@ -19,7 +19,7 @@ import zmq
 
 from bus.config import Config, ConfigError, load
 from bus.preprocess import to_model_pixels
-from bus.runtime import Stats, install_stop, setup_logging
+from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sockets import Context, Security, pull, push
 from bus.sockets import security as stage_security
 from classifier.model import EmotionModel, ModelError
@@ -52,6 +52,7 @@ def classify_images(model: EmotionModel, paths: tuple[str, ...]) -> list[dict[st
 
 def serve(cfg: Config, instance: int, model: EmotionModel, security: Security | None = None) -> None:
     log = setup_logging("classifier")
+    single_threaded_opencv()
     log.info("loaded %s", model.info)
     stop = threading.Event()
     install_stop(stop)

@@ -25,7 +25,7 @@ import zmq
 from bus import sockets
 from bus.config import Config, ConfigError, load
 from bus.preprocess import to_uint8_bgr
-from bus.runtime import Stats, install_stop, setup_logging
+from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sidecar import SidecarError, load_spec
 
 
@@ -112,6 +112,7 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
     if not 0 <= instance < len(cfg.detector.endpoints):
         _fail(f"--instance {instance}: [detector] endpoints has {len(cfg.detector.endpoints)} entries")
     log = setup_logging(f"detector[{instance}]")
+    single_threaded_opencv()
     from detector.faces import BackendError, FaceBackend
     from detector.worker import run
 

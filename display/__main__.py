@@ -23,7 +23,7 @@ import zmq
 
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
-from bus.runtime import Stats, install_stop, setup_logging
+from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sockets import Context, Security, pull
 from bus.sockets import security as stage_security
 from display.draw import annotate
@@ -100,6 +100,7 @@ def draw_file(image: str, faces_path: str, out: str) -> int:
 
 def serve(cfg: Config, security: Security | None = None) -> None:
     log = setup_logging("display")
+    single_threaded_opencv()
     stop = threading.Event()
     install_stop(stop)
     try:
