@@ -49,6 +49,12 @@ def _setup(mixed: str) -> None:
     type=click.Path(path_type=Path, exists=True),
     help="Keras model to fine-tune from (CK+: a FER2013 model)",
 )
+@click.option(
+    "--keep-head",
+    is_flag=True,
+    help="with --init: keep its softmax layer and continue training on the same labels (no fresh head)",
+)
+@click.option("--lr", type=float, help="peak learning rate (default: 2e-3 from scratch, 1e-3 when fine-tuning CK+)")
 @click.option("--folds", type=int, default=10, show_default=True, help="CK+ cross-validation folds")
 @click.option("--limit", type=int, help="use only the first N training images (smoke runs)")
 @click.option(
@@ -71,6 +77,8 @@ def cli(
     models_dir: Path,
     name: str | None,
     init: Path | None,
+    keep_head: bool,
+    lr: float | None,
     folds: int,
     limit: int | None,
     mixed: str,
@@ -80,6 +88,10 @@ def cli(
         return
     if source is None:
         raise click.UsageError("--source is required (ck, fer or ferplus)")
+    if keep_head and init is None:
+        raise click.UsageError("--keep-head needs --init")
+    if lr is not None and not 0 < lr < 1:
+        raise click.UsageError(f"--lr must be in (0, 1), got {lr}")
     _setup(mixed)
     from training.pipelines import run_ck, run_fer
 
@@ -87,10 +99,24 @@ def cli(
     out = out or Path("runs") / f"{source}-{model_name}"
     try:
         if source == "ck":
-            summary = run_ck(data, model_name, epochs or 60, batch, retrain, out, models_dir, name, init, folds, limit)
+            summary = run_ck(
+                data, model_name, epochs or 60, batch, retrain, out, models_dir, name, init, folds, limit, lr, keep_head
+            )
         else:
             summary = run_fer(
-                data, source == "ferplus", model_name, epochs or 40, batch, retrain, out, models_dir, name, init, limit
+                data,
+                source == "ferplus",
+                model_name,
+                epochs or 40,
+                batch,
+                retrain,
+                out,
+                models_dir,
+                name,
+                init,
+                limit,
+                lr,
+                keep_head,
             )
     except Exception as e:
         from training.data import DatasetError

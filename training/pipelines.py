@@ -42,7 +42,14 @@ def _weights(out: Path) -> Path | None:
 
 
 def _load_or_train(
-    model_name: str, train: Dataset, val: Dataset | None, out: Path, cfg: TrainConfig, retrain: bool, init: Path | None
+    model_name: str,
+    train: Dataset,
+    val: Dataset | None,
+    out: Path,
+    cfg: TrainConfig,
+    retrain: bool,
+    init: Path | None,
+    keep_head: bool = False,
 ):
     import keras
 
@@ -53,8 +60,15 @@ def _load_or_train(
         return keras.models.load_model(existing), False
     if init is not None:
         base = keras.models.load_model(init)
-        model = replace_head(base, len(train.classes))
-        log.info("fine-tuning from %s", init)
+        if keep_head:
+            n_out = base.output_shape[-1]
+            if n_out != len(train.classes):
+                raise ValueError(f"--keep-head: {init} has {n_out} outputs, the dataset {len(train.classes)} classes")
+            model = base
+            log.info("continuing training of %s (same head, peak lr %g)", init, cfg.lr)
+        else:
+            model = replace_head(base, len(train.classes))
+            log.info("fine-tuning from %s (fresh head, peak lr %g)", init, cfg.lr)
     else:
         model = build(model_name, len(train.classes))
     fit(model, train, val, out, cfg, info.size, info.colour)  # type: ignore[arg-type]
@@ -73,6 +87,8 @@ def run_fer(
     name: str | None,
     init: Path | None,
     limit: int | None,
+    lr: float | None = None,
+    keep_head: bool = False,
 ) -> str:
     source = "ferplus" if ferplus else "fer"
     splits = load_source(source, data)
@@ -82,8 +98,8 @@ def run_fer(
     log.info(
         "train %d  val %d  test %d  classes %s", len(train), len(splits["val"]), len(splits["test"]), train.classes
     )
-    cfg = TrainConfig(epochs=epochs, batch=batch)
-    model, _ = _load_or_train(model_name, train, splits["val"], out, cfg, retrain, init)
+    cfg = TrainConfig(epochs=epochs, batch=batch, lr=lr or TrainConfig.lr)
+    model, _ = _load_or_train(model_name, train, splits["val"], out, cfg, retrain, init, keep_head)
     from training.evaluate import evaluate_model, plot_history
     from training.export import export_and_check
 
@@ -107,6 +123,8 @@ def run_ck(
     init: Path | None,
     folds: int,
     limit: int | None,
+    lr: float | None = None,
+    keep_head: bool = False,
 ) -> str:
     """Subject-independent k-fold CV (per-fold JSON), then a model on all subjects, exported."""
     from training.data.ck import subject_folds
@@ -118,13 +136,13 @@ def run_ck(
         ck = ck.subset(np.arange(min(limit, len(ck))))
     assert ck.groups is not None
     info = MODELS[model_name]
-    cfg = TrainConfig(epochs=epochs, batch=min(batch, 64), lr=1e-3 if init else 2e-3, warmup_epochs=3)
+    cfg = TrainConfig(epochs=epochs, batch=min(batch, 64), lr=lr or (1e-3 if init else 2e-3), warmup_epochs=3)
     results = []
     for k, test_idx in enumerate(subject_folds(ck.groups, folds)):
         train_idx = np.setdiff1d(np.arange(len(ck)), test_idx)
         assert not set(ck.groups[train_idx]) & set(ck.groups[test_idx]), "subject in train and test"
         fold_out = out / f"fold{k}"
-        model, _ = _load_or_train(model_name, ck.subset(train_idx), None, fold_out, cfg, retrain, init)
+        model, _ = _load_or_train(model_name, ck.subset(train_idx), None, fold_out, cfg, retrain, init, keep_head)
         rep = evaluate_model(model, ck.subset(test_idx), info, fold_out / "eval", "float")
         results.append(
             {
@@ -153,7 +171,7 @@ def run_ck(
     out.mkdir(parents=True, exist_ok=True)
     (out / "cv.json").write_text(json.dumps(cv, indent=2))
     log.info("CK+ %d-fold: mean %.4f  std %.4f", folds, cv["mean_accuracy"], cv["std_accuracy"])
-    model, _ = _load_or_train(model_name, ck, None, out / "all", cfg, retrain, init)
+    model, _ = _load_or_train(model_name, ck, None, out / "all", cfg, retrain, init, keep_head)
     name = name or f"ck_{model_name}"
     # The shipped model is trained on every subject: its float-vs-int8 check runs on those images,
     # and its accuracy estimate is the cross-validation mean above.

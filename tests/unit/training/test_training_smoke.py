@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.unit.training.test_training_ck import make_ck
+from tests.unit.training.test_training_fer import rows, write
 
 ROOT = Path(__file__).resolve().parents[3]
 pytest.importorskip("tensorflow")
@@ -99,3 +100,134 @@ def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
 def test_help(sub: list[str]) -> None:
     result = run_cli(*sub, "--help", timeout=60)
     assert result.returncode == 0 and "Usage" in result.stdout
+
+
+# --keep-head / --lr: option checks in-process (CliRunner), the pipelines with training stubbed out, and
+# one real 1-epoch fit of a narrow emonet.
+
+
+def invoke(*args: str):
+    from click.testing import CliRunner
+
+    from training.__main__ import cli
+
+    return CliRunner().invoke(cli, [*args, "--mixed", "off"])
+
+
+@pytest.fixture(scope="module")
+def init_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Narrow emonets (width 4) saved as .keras, by number of outputs."""
+    import keras
+
+    from training.models import emonet
+
+    keras.mixed_precision.set_global_policy("float32")
+    root = tmp_path_factory.mktemp("init")
+    paths = {}
+    for n in (7, 8):
+        paths[n] = root / f"emonet{n}.keras"
+        emonet(n, width=4).save(paths[n])
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--keep-head"], "--keep-head needs --init"),
+        (["--lr", "0"], "--lr must be in (0, 1)"),
+        (["--lr", "5"], "--lr must be in (0, 1)"),
+        (["--lr", "-1e-3"], "--lr must be in (0, 1)"),
+    ],
+)
+def test_keep_head_and_lr_usage_errors(args: list[str], message: str) -> None:
+    result = invoke("--source", "ck", "--data", "/nonexistent", *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "extra", "lr"),
+    [
+        ("fer", [], 2e-3),
+        ("fer", ["--lr", "5e-4"], 5e-4),
+        ("ck", [], 2e-3),
+        ("ck", ["--init", "INIT"], 1e-3),
+        ("ck", ["--init", "INIT", "--keep-head", "--lr", "3e-4"], 3e-4),
+    ],
+)
+def test_lr_and_keep_head_reach_every_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, extra: list[str], lr: float
+) -> None:
+    import training.evaluate
+    import training.export
+    import training.pipelines
+
+    calls: list[tuple[float, Path | None, bool]] = []
+
+    def fake_train(model_name, train, val, out, cfg, retrain, init, keep_head=False):
+        calls.append((cfg.lr, init, keep_head))
+        return object(), True
+
+    monkeypatch.setattr(training.pipelines, "_load_or_train", fake_train)
+    monkeypatch.setattr(training.evaluate, "evaluate_model", lambda *a, **k: {"accuracy": 0.5, "accuracy_no_tta": 0.5})
+    monkeypatch.setattr(training.evaluate, "plot_history", lambda *a, **k: None)
+    monkeypatch.setattr(training.export, "export_and_check", lambda *a, **k: {"summary": "exported"})
+    data = make_ck(tmp_path / "ck") if source == "ck" else write(tmp_path / "fer2013.csv", rows(3))
+    init = tmp_path / "init.keras"
+    init.write_bytes(b"")  # never loaded: training is stubbed
+    extra = [str(init) if a == "INIT" else a for a in extra]
+    result = invoke("--source", source, "--data", str(data), "--folds", "2", "--out", str(tmp_path / "run"), *extra)
+    assert result.exit_code == 0, result.output
+    keep = "--keep-head" in extra
+    # CK+: two folds and the model on all subjects, all with the same learning rate and head choice
+    assert calls == [(lr, init if "--init" in extra else None, keep)] * (3 if source == "ck" else 1)
+
+
+def test_keep_head_continues_from_the_init_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, init_models: dict[int, Path]
+) -> None:
+    import keras
+
+    import training.pipelines
+    from training.data import Dataset
+    from training.data.ck import CK_LABELS
+    from training.train import TrainConfig, fit
+
+    init_kernel = keras.models.load_model(init_models[7]).get_layer("probs").get_weights()[0]
+    at_start: dict[bool, np.ndarray] = {}
+
+    def fit_spy(model, train, val, out, cfg, size, colour):
+        at_start[keep] = model.get_layer("probs").get_weights()[0].copy()
+        if keep:  # one real epoch on the kept head; the fresh-head case needs only its start
+            fit(model, train, val, out, cfg, size, colour)
+
+    monkeypatch.setattr(training.pipelines, "fit", fit_spy)
+    rng = np.random.default_rng(0)
+    train = Dataset(rng.integers(0, 255, (14, 48, 48), dtype=np.uint8), np.arange(14) % 7, CK_LABELS)
+    cfg = TrainConfig(epochs=1, batch=14, lr=1e-3, verbose=0)
+    for keep in (True, False):
+        model, trained = training.pipelines._load_or_train(
+            "emonet", train, None, tmp_path / f"keep{keep}", cfg, False, init_models[7], keep
+        )
+        assert trained and model.output_shape[-1] == 7
+    assert (tmp_path / "keepTrue" / "final.keras").is_file()
+    np.testing.assert_array_equal(at_start[True], init_kernel)  # the init's head, not a fresh one
+    assert not np.allclose(at_start[False], init_kernel)  # without --keep-head: a new softmax layer
+
+
+def test_keep_head_class_count_mismatch(tmp_path: Path, init_models: dict[int, Path]) -> None:
+    from training.data import Dataset
+    from training.data.ck import CK_LABELS
+    from training.pipelines import _load_or_train
+    from training.train import TrainConfig
+
+    train = Dataset(np.zeros((7, 48, 48), np.uint8), np.arange(7), CK_LABELS)
+    with pytest.raises(ValueError, match="--keep-head: .* has 8 outputs, the dataset 7 classes"):
+        _load_or_train("emonet", train, None, tmp_path / "run", TrainConfig(), False, init_models[8], True)
+    assert not (tmp_path / "run").exists()
+    # Through the CLI: a one-line error, exit code 1.
+    data = make_ck(tmp_path / "ck")
+    result = invoke(
+        "--source", "ck", "--data", str(data), "--folds", "2", "--out", str(tmp_path / "cli"),
+        "--init", str(init_models[8]), "--keep-head",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "Error: --keep-head:" in result.output and "8 outputs" in result.output
