@@ -30,6 +30,7 @@ from bench import figures
 from bench.procs import BenchError, Procs, cpu_seconds, free_port, peak_rss_mb
 from bus import sockets
 from bus.codec import CodecError, decode
+from bus.shm import Rings
 
 log = logging.getLogger("bench")
 
@@ -182,6 +183,7 @@ def _sink(
     keeps draining so the profiled stages keep working); figures cover the frames after the cut."""
     warm = figures.warmup(setup.frames)
     tally = Tally()
+    rings = Rings()
     seen = 0
     t_warm = t_end = 0.0
     cpu_warm: dict[str, float | None] = {}
@@ -202,6 +204,8 @@ def _sink(
             msg = decode(parts)
         except CodecError as e:
             raise BenchError(f"the sink got an undecodable message: {e}") from None
+        if msg.shm is not None:  # the journey ends here, as in the display
+            rings.release(msg.shm)
         if msg.kind == "eos" or seen >= setup.frames:
             continue
         seen += 1

@@ -16,7 +16,10 @@ Frames (parts)
   ``ts``    capture time, float seconds since the epoch (``time.time()``).
   ``live``  bool: a live source (camera, stream) whose stale frames may be dropped.
   ``image`` absent, or ``{"shape": [h, w, c], "fmt": "bgr8" | "jpeg"}``: the next
-            buffer holds the pixels (raw row-major uint8 BGR, or a JPEG file).
+            buffer holds the pixels (raw row-major uint8 BGR, or a JPEG file); or
+            ``{"shape", "fmt": "shm", "ring": str, "slot": int, "gen": int}``: no buffer,
+            the pixels are in slot ``slot`` of the shared-memory ring ``ring`` while its
+            generation is ``gen`` (:mod:`bus.shm`; same host only).
   ``crops`` absent, or ``{"n": n, "size": s, "ch": c}``: the next buffer holds ``n``
             uint8 face crops ``s x s x c``, in ``faces`` order, made by
             ``bus.preprocess.crop_face`` for the classifier's model.
@@ -55,6 +58,16 @@ class CodecError(ValueError):
     """A message that is not a valid protocol-1 message."""
 
 
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a frame's pixels are in shared memory (:mod:`bus.shm`)."""
+
+    ring: str
+    slot: int
+    gen: int
+    shape: tuple[int, int, int]
+
+
 @dataclass
 class Face:
     box: tuple[float, float, float, float]
@@ -85,6 +98,7 @@ class Message:
     live: bool = False
     image: np.ndarray | None = None
     jpeg: bytes | None = None  # the image as JPEG when it travels compressed
+    shm: ShmRef | None = None  # the image is in shared memory (then it travels as this reference only)
     faces: list[Face] = field(default_factory=list)
     crops: np.ndarray | None = None
     labels: list[str] | None = None
@@ -113,7 +127,10 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         "live": bool(msg.live),
     }
     parts: list[bytes | memoryview] = []
-    if msg.image is not None or msg.jpeg is not None:
+    if msg.shm is not None:
+        ref = msg.shm
+        header["image"] = {"shape": list(ref.shape), "fmt": "shm", "ring": ref.ring, "slot": ref.slot, "gen": ref.gen}
+    elif msg.image is not None or msg.jpeg is not None:
         if msg.image is not None:
             img = msg.image if msg.image.ndim == 3 else msg.image[:, :, None]
             shape = list(img.shape)
@@ -221,7 +238,9 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
         raise CodecError("seq: expected an int >= 0")
     msg = Message(src=src, seq=seq, ts=_num(h.get("ts"), "ts"), kind=kind, live=bool(h.get("live", False)))
     buffers = list(parts[1:])
-    if "image" in h:
+    if isinstance(h.get("image"), dict) and h["image"].get("fmt") == "shm":
+        msg.shm = _shm(h["image"])
+    elif "image" in h:
         msg.image, msg.jpeg = _image(h["image"], buffers, copy_image)
     if "crops" in h:
         msg.crops = _crops(h["crops"], buffers)
@@ -248,6 +267,32 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     return msg
 
 
+def _shape(shape: Any) -> tuple[int, int, int]:
+    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) for v in shape):
+        raise CodecError("image.shape: expected [h, w, c]")
+    hgt, wid, ch = shape
+    if not (0 < hgt <= MAX_SIDE and 0 < wid <= MAX_SIDE and ch in (1, 3)):
+        raise CodecError(f"image.shape {shape} out of range")
+    return hgt, wid, ch
+
+
+def _shm(spec: dict[str, Any]) -> ShmRef:
+    ring, slot, gen = spec.get("ring"), spec.get("slot"), spec.get("gen")
+    if not isinstance(ring, str) or not 0 < len(ring) <= 64:
+        raise CodecError("image.ring: expected a ring name")
+    if not (_is_int(slot) and _is_int(gen)) or not (0 <= slot < 4096 and 0 <= gen < 1 << 63):  # type: ignore[operator]
+        raise CodecError("image.slot/gen: expected ints in range")
+    return ShmRef(ring, slot, gen, _shape(spec.get("shape")))  # type: ignore[arg-type]
+
+
+def drop_marker(msg: Message, reason: str) -> Message:
+    """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
+    so that the stage where the journey ends can release the slot)."""
+    return Message(
+        src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t), shm=msg.shm
+    )
+
+
 def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None, bytes | None]:
     if not isinstance(spec, dict) or not buffers:
         raise CodecError("image: expected a map and a pixel frame")
@@ -267,15 +312,7 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
         return img, raw
     if fmt != "bgr8":
         raise CodecError(f"image: unknown format {fmt!r}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
-    ):
-        raise CodecError("image.shape: expected [h, w, c]")
-    hgt, wid, ch = shape
-    if not (0 < hgt <= MAX_SIDE and 0 < wid <= MAX_SIDE and ch in (1, 3)):
-        raise CodecError(f"image.shape {shape} out of range")
+    hgt, wid, ch = _shape(shape)
     buf = memoryview(data)
     if buf.nbytes != hgt * wid * ch:
         raise CodecError(f"image: {buf.nbytes} bytes for shape {shape}")

@@ -45,6 +45,7 @@ class BusConfig:
     max_age_ms: int = 500  # live frames older than this are dropped (0 = never)
     stats_interval_s: float = 5.0
     jpeg_quality: int = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
+    shm_slots: int = 16  # frames per source in a shared-memory ring (bus.shm); 0 = pixels in the messages
     allow_remote: bool = False  # must be true to bind anything but loopback
     curve: bool = False  # CURVE encryption + authentication on every socket (see bus.sockets)
     keys_dir: str = "keys"  # curve: <stage>.key_secret, peers' <stage>.key, allowed/*.key (python -m bus.keys)
@@ -208,6 +209,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("[bus] keys_dir: needed when curve = true")
     if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
         raise ConfigError("[bus] hwm and send_timeout_ms must be >= 1")
+    if not (cfg.bus.shm_slots == 0 or 2 <= cfg.bus.shm_slots <= 1024):
+        raise ConfigError(f"[bus] shm_slots: 0 (off) or 2..1024, got {cfg.bus.shm_slots}")
     return cfg
 
 

@@ -9,8 +9,15 @@ Backpressure policy (written down, and counted):
 - receivers poll with a timeout, so every loop notices its stop event;
 - live frames older than ``[bus] max_age_ms`` are dropped by the stage that finds them stale;
 - ``linger`` is short so a stopped stage never hangs on unsent messages;
-- ZMTP heartbeats drop a connection whose peer stopped answering (a hung or vanished stage) after
-  :data:`HEARTBEAT_TIMEOUT_MS`, so PUSH deals frames only to stages that are alive;
+- a receiver (PULL) drops a sender that stopped answering ZMTP heartbeats (a hung or vanished
+  stage) after :data:`HEARTBEAT_TIMEOUT_MS`. Senders (PUSH) use no heartbeat timeout: a busy
+  receiver whose queue is full stops reading its socket, so it would miss the pings and be cut off
+  although alive -- and libzmq 4.3.5 aborts such a receiver (``Assertion failed: !_io_error
+  (src/stream_engine_base.cpp:310)``) when its sender drops it then: 3 crashes in 3 runs of
+  tests/integration/test_faults.py with shared-memory frames (tiny messages queue up fast). A hung
+  receiver is skipped by PUSH once its queue is full (round-robin goes to the peers that take
+  frames); a dead process closes its TCP connections, and TCP keepalive
+  (:data:`KEEPALIVE_IDLE_S`) catches a vanished host;
 - a PULL socket refuses frames larger than :data:`MAX_FRAME_BYTES` (the largest image the codec
   accepts): a peer declaring a huge frame is disconnected instead of making us allocate it.
 
@@ -42,6 +49,7 @@ from bus.config import BusConfig, ConfigError
 LINGER_MS = 200
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 5000
+KEEPALIVE_IDLE_S = 5  # TCP keepalive on senders: a host that vanished is dropped after ~5 + 3 x 1 s
 MAX_FRAME_BYTES = 8192 * 8192 * 3  # bus.codec.MAX_SIDE squared, 3 channels
 ALLOWED = "allowed"  # keys_dir/allowed/*.key: client public keys a CURVE server accepts
 ZAP_DOMAIN = "emostream"
@@ -164,7 +172,10 @@ def push(
     s.setsockopt(zmq.LINGER, LINGER_MS)
     s.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
     s.setsockopt(zmq.IMMEDIATE, 1)  # queue only to connected peers: no frames for a dead worker
-    _heartbeat(s)
+    s.setsockopt(zmq.TCP_KEEPALIVE, 1)  # no ZMTP heartbeat timeout here: see the module docstring
+    s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+    s.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    s.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
     if security is not None:
         security.client(s)
     for ep in endpoints:

@@ -70,7 +70,7 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
         stats = Stats(log, cfg.bus.stats_interval_s)
         if print_only:
             lock = threading.Lock()
-            run(cfg, opened, [printer(sys.stdout, lock) for _ in opened], stop, stats, linger_s=0)
+            run(cfg, opened, [printer(sys.stdout, lock) for _ in opened], stop, stats, linger_s=0, shm=False)
             return
         ctx = sockets.Context()
         stack.callback(ctx.term)

@@ -28,6 +28,7 @@ from bus import sockets
 from bus.codec import CodecError, Message, encode
 from bus.config import Config
 from bus.runtime import RateLimited, Stats
+from bus.shm import Ring, sweep
 from capture.sources import Source, Unreadable
 
 log = logging.getLogger("capture")
@@ -86,6 +87,43 @@ def printer(out: TextIO, lock: threading.Lock) -> Send:
     return send
 
 
+class Pixels:
+    """Where one source's pixels travel: a shared-memory :class:`~bus.shm.Ring` of ``slots`` frames
+    (made at the first frame, sized for it), or in the message (``slots = 0``, a frame that does not
+    fit, or no free slot in time). A file source waits up to ``wait_s`` for a free slot; after one
+    such wait ran out it stops waiting until a slot is free again (a downstream that never releases
+    slots -- a stage on another host -- costs one wait, not one per frame)."""
+
+    def __init__(self, slots: int, wait_s: float):
+        self.slots, self.wait_s, self.patient = slots, wait_s, True
+        self.ring: Ring | None = None
+        self.inline = 0
+
+    def attach(self, msg: Message, live: bool, stop: threading.Event) -> None:
+        image = msg.image
+        if self.slots == 0 or image is None:
+            return
+        if self.ring is None:
+            self.ring = Ring(self.slots, image.nbytes)
+        wait = 0.0 if live or not self.patient else self.wait_s
+        ref = self.ring.put(image, wait, stop)
+        self.patient = ref is not None or live
+        if ref is None:
+            self.inline += 1
+            if self.inline in (1, 100) or self.inline % 10000 == 0:
+                log.info(
+                    "source %s: %d frame(s) sent with their pixels (shared-memory ring of %d busy)",
+                    msg.src,
+                    self.inline,
+                    self.slots,
+                )
+        msg.shm = ref
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+
+
 class _Shared:
     """Stats and warnings shared by the source threads (guarded by one lock)."""
 
@@ -108,10 +146,17 @@ def _send_patiently(send: Send, msg: Message, stop: threading.Event, wait_s: flo
 
 
 def pump(
-    source: Source, send: Send, stop: threading.Event, shared: _Shared, realtime: bool, peer_wait_s: float = PEER_WAIT_S
+    source: Source,
+    send: Send,
+    stop: threading.Event,
+    shared: _Shared,
+    realtime: bool,
+    peer_wait_s: float = PEER_WAIT_S,
+    pixels: Pixels | None = None,
 ) -> tuple[int, int]:
     """Read ``source`` until it ends or ``stop``; send every frame, then eos. Returns (frames, dropped)."""
     frames = dropped = 0
+    pixels = pixels or Pixels(0, 0.0)
     period = 1.0 / source.fps
     pace = realtime and not source.live
     due: float | None = None
@@ -133,6 +178,7 @@ def pump(
             continue
         image, ts = got
         msg = frame_message(source, frames, image, ts)
+        pixels.attach(msg, source.live, stop)
         frames += 1
         if source.live:
             sent = send(msg, False)
@@ -160,18 +206,23 @@ def run(
     stats: Stats,
     linger_s: float | None = None,
     peer_wait_s: float = PEER_WAIT_S,
+    shm: bool = True,
 ) -> None:
     """Pump every source in its own thread; when all have ended, linger (``eof_linger_s``) unless stopped."""
     shared = _Shared(stats)
     realtime = {s.id: s.realtime for s in cfg.capture.sources}
+    slots = cfg.bus.shm_slots if cfg.bus.jpeg_quality == 0 and shm else 0
+    if slots and (n := sweep()):
+        log.info("removed %d shared-memory ring(s) left by a capture that died", n)
+    pixels = [Pixels(slots, cfg.bus.send_timeout_ms / 1000.0) for _ in sources]
     threads = [
         threading.Thread(
             target=pump,
             name=f"source-{src.id}",
             daemon=True,
-            args=(src, send, stop, shared, realtime.get(src.id, True), peer_wait_s),
+            args=(src, send, stop, shared, realtime.get(src.id, True), peer_wait_s, px),
         )
-        for src, send in zip(sources, senders, strict=True)
+        for src, send, px in zip(sources, senders, pixels, strict=True)
     ]
     for t in threads:
         t.start()
@@ -184,4 +235,6 @@ def run(
     if not stop.is_set() and linger > 0:
         log.info("all sources ended; staying up %.0f s so downstream can drain", linger)
         stop.wait(linger)
+    for px in pixels:  # after the linger: frames still in flight keep their pixels until then
+        px.close()
     log.info("final stats: %s", stats.line())

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import zmq
 
-from bus.codec import CodecError, Message, decode, encode
+from bus.codec import CodecError, Message, decode, drop_marker, encode
 from bus.config import Config
 from bus.runtime import RateLimited, Stats
 from bus.sockets import recv, send, send_patiently
@@ -30,11 +30,6 @@ class Classifier(Protocol):
     channels: int
 
     def classify(self, crops: np.ndarray) -> np.ndarray: ...
-
-
-def drop_marker(msg: Message, reason: str) -> Message:
-    """The ``drop`` marker that stands for ``msg`` downstream."""
-    return Message(src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t))
 
 
 def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:

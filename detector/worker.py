@@ -1,7 +1,7 @@
 """Detector worker: frames in, frames with faces and face crops out.
 
 Consumes ``frame`` messages from capture; produces the same frame (image forwarded: the display
-draws on it) with ``faces`` (left to right) and ``crops`` (one ``size x size x C`` uint8 crop per
+draws on it; a frame in shared memory (:mod:`bus.shm`) is read in place and forwarded as its reference) with ``faces`` (left to right) and ``crops`` (one ``size x size x C`` uint8 crop per
 face, made by :func:`bus.preprocess.crop_face` for the classifier model's sidecar spec), stamped
 ``t["detector"]`` when sent. Stale live frames and frames that cannot be processed become ``drop``
 markers with a ``reason``; ``drop`` and ``eos`` messages are passed on unchanged.
@@ -18,10 +18,11 @@ import numpy as np
 import zmq
 
 from bus import sockets
-from bus.codec import CodecError, Face, Message, decode, encode
+from bus.codec import CodecError, Face, Message, decode, drop_marker, encode
 from bus.config import Config
 from bus.preprocess import crop_face, to_uint8_bgr
 from bus.runtime import RateLimited, Stats
+from bus.shm import Rings, ShmError
 from bus.sidecar import ModelSpec
 
 log = logging.getLogger("detector")
@@ -37,7 +38,7 @@ class Backend(Protocol):
 
 def drop(msg: Message, reason: str) -> Message:
     """The drop marker that stands for ``msg`` downstream."""
-    return Message(src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t))
+    return drop_marker(msg, reason)
 
 
 def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: float) -> Message:
@@ -70,6 +71,7 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: 
         live=msg.live,
         image=image,
         jpeg=msg.jpeg,
+        shm=msg.shm,
         faces=faces,
         crops=crops,
         t=dict(msg.t),
@@ -88,6 +90,7 @@ def run(
     """Move messages until ``stop``: receive, decode, :func:`step`, encode, send; count every drop."""
     limited = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
+    rings = Rings()
     while not stop.is_set():
         parts = sockets.recv(in_sock, POLL_MS)
         stats.maybe_log()
@@ -100,7 +103,9 @@ def run(
             limited.warning("decode", "undecodable message dropped: %s", e)
             continue
         excess = backend.excess
-        out = step(msg, backend, spec, cfg.bus.max_age_ms, time.time())
+        out = _step_shared(msg, rings, limited) or step(msg, backend, spec, cfg.bus.max_age_ms, time.time())
+        if msg.shm is not None and out.kind == "frame" and not rings.valid(msg.shm):
+            out = drop(msg, "overwritten")  # capture reused the slot while we read it (RECLAIM_S)
         if backend.excess > excess:
             stats.drop("excess_faces", backend.excess - excess)
         if out.kind == "drop" and msg.kind == "frame":
@@ -110,6 +115,18 @@ def run(
             stats.frame(msg.ts)
         _forward(out, out_sock, jpeg, stats, limited, stop)
     log.info("final stats: %s", stats.line())
+
+
+def _step_shared(msg: Message, rings: Rings, limited: RateLimited) -> Message | None:
+    """Point a shared-memory frame's ``image`` at its pixels; a drop marker when they are not there."""
+    if msg.shm is None or msg.kind != "frame":
+        return None
+    try:
+        msg.image = rings.view(msg.shm)
+    except ShmError as e:
+        limited.warning("shm", "src %s seq %d: %s", msg.src, msg.seq, e)
+        return drop(msg, "shm_missing")
+    return None
 
 
 def _forward(

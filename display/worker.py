@@ -24,9 +24,10 @@ import cv2
 import numpy as np
 import zmq
 
-from bus.codec import CodecError, Message, decode
+from bus.codec import CodecError, Message, decode, drop_marker
 from bus.config import Config, DisplayConfig
 from bus.runtime import RateLimited, Stall, Stats
+from bus.shm import Rings, ShmError
 from bus.sockets import recv
 from display.draw import annotate
 from display.smooth import Smoother
@@ -205,6 +206,25 @@ class Display:
         self.draw = any(s.wants_image for s in self.sinks)
         self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
         self.follow: dict[str, Follow] = {}
+        self.rings = Rings()
+
+    def _pixels(self, msg: Message) -> str | None:
+        """A frame in shared memory: copy its pixels out (what the sinks and the tracker see) and
+        release the slot -- the frame's journey ends here. Returns a drop reason when they are gone."""
+        ref = msg.shm
+        if ref is None:
+            return None
+        try:
+            if msg.kind != "frame":
+                return None
+            try:
+                msg.image = np.array(self.rings.view(ref))
+            except ShmError as e:
+                self.warn.warning("shm", "%s#%d: %s", msg.src, msg.seq, e)
+                return "shm_missing"
+            return None if self.rings.valid(ref) else "overwritten"
+        finally:
+            self.rings.release(ref)
 
     def handle(self, parts: list[Any], now: float) -> None:
         try:
@@ -213,6 +233,9 @@ class Display:
             self.stats.drop("garbage")
             self.warn.warning("garbage", "undecodable message ignored: %s", e)
             return
+        lost = self._pixels(msg)
+        if lost is not None:
+            msg = drop_marker(msg, lost)
         if msg.src not in self.ledger.sources:
             self.warn.warning("unknown_src", "messages from %r, a source not in the config", msg.src)
         if msg.kind == "eos":

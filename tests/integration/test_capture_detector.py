@@ -20,6 +20,7 @@ import pytest
 import zmq
 
 from bus.codec import Message, decode
+from bus.shm import Rings
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(90)
@@ -112,11 +113,18 @@ def test_every_frame_of_a_file_arrives_with_its_face_then_eos(
         capture, cap_log = start(tmp_path, "capture", "--config", str(cfg))
         procs.append(capture)
         frames: list[Message] = []
+        rings = Rings()
+        in_shm = 0
         while True:
             msg = receive(sink)
             if msg.kind == "eos":
                 break
+            if msg.shm is not None:  # pixels in capture's shared-memory ring: read, then release as the display does
+                in_shm += 1
+                msg.image = rings.view(msg.shm).copy()
+                assert rings.valid(msg.shm) and rings.release(msg.shm)
             frames.append(msg)
+        assert in_shm == len(frames), "every frame's pixels travel in shared memory when the sink releases them"
         assert [m.kind for m in frames] == ["frame"] * len(frames), [m.reason for m in frames if m.reason]
         assert [m.seq for m in frames] == list(range(len(frames)))
         assert msg.frames == len(frames) == 109 and msg.dropped == 0 and msg.src == "book"

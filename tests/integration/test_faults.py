@@ -1,7 +1,7 @@
 """Faults in a running pipeline of real processes: a detector killed with SIGKILL under the
 supervisor (restarted, the others untouched, the gap dropped and counted), a detector that hangs
-(SIGSTOP: reported by the display with the silence's age, nothing grows, SIGCONT resumes), and the
-ZMTP heartbeat that drops the connection to a hung peer."""
+(SIGSTOP: reported by the display with the silence's age, nothing grows, SIGCONT resumes), the
+ZMTP heartbeat with which a receiver drops a hung sender, and a sender dealing past a hung receiver."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     before = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
     os.kill(detector.pid, signal.SIGSTOP)
     try:
-        time.sleep(7.0)  # beyond the ZMTP heartbeat timeout (5 s)
+        time.sleep(7.0)  # beyond the receivers' ZMTP heartbeat timeout (5 s)
         after = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
         ages = [float(a) for a in re.findall(r"source book: nothing has arrived for ([\d.]+) s", log())]
         assert ages and max(ages) >= 5.0, log()[-3000:]
@@ -181,30 +181,70 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     print(f"\nwarned at ages up to {max(ages)} s; capture send drops {sent_drops[-1]}; RSS growth MiB {growth}")
 
 
-def test_heartbeats_drop_the_connection_to_a_hung_peer(zctx: zmq.Context, ports: dict[str, int]) -> None:
-    ep = f"tcp://127.0.0.1:{ports['detector']}"
+def _hung_pull(ep: str) -> subprocess.Popen:
     code = "import sys, time, zmq; s = zmq.Context().socket(zmq.PULL); s.bind(sys.argv[1]); time.sleep(60)"
+    return subprocess.Popen([sys.executable, "-c", code, ep])
+
+
+def _next_event(monitor: zmq.Socket, timeout_s: float) -> int:
+    if not monitor.poll(int(timeout_s * 1000)):
+        pytest.fail(f"no socket event within {timeout_s} s")
+    return int(recv_monitor_message(monitor)["event"])
+
+
+def test_a_receiver_drops_a_hung_sender_after_the_heartbeat_timeout(zctx: zmq.Context, ports: dict[str, int]) -> None:
+    ep = f"tcp://127.0.0.1:{ports['detector']}"
+    pull = sockets.pull(zctx, ep, 4)
+    monitor = pull.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    code = "import sys, time, zmq; s = zmq.Context().socket(zmq.PUSH); s.connect(sys.argv[1]); time.sleep(60)"
     peer = subprocess.Popen([sys.executable, "-c", code, ep])
-    push = sockets.push(zctx, [ep], 4, 100)
-    monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     try:
-
-        def next_event(timeout_s: float) -> int:
-            if not monitor.poll(int(timeout_s * 1000)):
-                pytest.fail(f"no socket event within {timeout_s} s")
-            return int(recv_monitor_message(monitor)["event"])
-
-        assert next_event(30) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        assert _next_event(monitor, 30) == zmq.EVENT_HANDSHAKE_SUCCEEDED
         os.kill(peer.pid, signal.SIGSTOP)
         t0 = time.monotonic()
-        assert next_event(sockets.HEARTBEAT_TIMEOUT_MS / 1000 + 5) == zmq.EVENT_DISCONNECTED
+        assert _next_event(monitor, sockets.HEARTBEAT_TIMEOUT_MS / 1000 + 5) == zmq.EVENT_DISCONNECTED
         assert time.monotonic() - t0 >= sockets.HEARTBEAT_TIMEOUT_MS / 1000 - 1.5
-        time.sleep(0.5)  # the pipe is torn down asynchronously after the event
-        assert not any(sockets.send(push, [b"x"], block=False) for _ in range(3))  # nothing queues for it now
     finally:
         os.kill(peer.pid, signal.SIGCONT)
         peer.kill()
         peer.wait(5)
+        pull.disable_monitor()
+        monitor.close(0)
+        pull.close(0)
+
+
+def test_a_sender_deals_past_a_hung_receiver_without_blocking(zctx: zmq.Context, ports: dict[str, int]) -> None:
+    """PUSH keeps the connection to a SIGSTOPped receiver (busy is not dead: no heartbeat timeout on
+    senders, see bus.sockets) but, once that one's queue is full, deals every frame to the live one."""
+    hung_ep, live_ep = f"tcp://127.0.0.1:{ports['detector']}", f"tcp://127.0.0.1:{ports['classifier']}"
+    hung = _hung_pull(hung_ep)
+    live = sockets.pull(zctx, live_ep, 4)
+    push = sockets.push(zctx, [hung_ep, live_ep], 4, 100)
+    monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    received = 0
+    try:
+        assert _next_event(monitor, 30) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        assert _next_event(monitor, 30) == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        os.kill(hung.pid, signal.SIGSTOP)
+        payload = b"x" * 100_000
+        sent = 0
+        for _ in range(300):
+            sent += sockets.send(push, [payload], block=True)
+            while live.poll(0):
+                live.recv()
+                received += 1
+        deadline = time.monotonic() + 5
+        while received < sent - 150 and time.monotonic() < deadline:
+            if live.poll(100):
+                live.recv()
+                received += 1
+        assert sent == 300, "a send blocked past its timeout on the hung receiver"
+        assert received >= 150, f"only {received} of 300 frames reached the live receiver"
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+        hung.kill()
+        hung.wait(5)
         push.disable_monitor()
         monitor.close(0)
         push.close(0)
+        live.close(0)
