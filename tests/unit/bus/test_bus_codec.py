@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.codec import VERSION, CodecError, Face, Message, decode, encode
+from bus.codec import VERSION, CodecError, Face, Message, ShmRef, decode, drop_marker, encode
 
 
 def roundtrip(msg: Message, **kw) -> Message:
@@ -104,4 +104,66 @@ def test_garbage_raises_codec_error(parts: list[bytes]) -> None:
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
 def test_random_bytes_never_raise_anything_else(parts: list[bytes]) -> None:
     with contextlib.suppress(CodecError):  # any other exception type fails the test
+        decode(parts)
+
+
+REF = ShmRef("emostream-123-1-0123abcd", 3, 7, (480, 640, 3))
+
+
+def test_shared_memory_reference_travels_without_pixels() -> None:
+    img = np.zeros((480, 640, 3), np.uint8)  # the detector's in-place view: the reference wins
+    parts = encode(Message("s", 5, 1.0, image=img, shm=REF))
+    assert len(parts) == 1, "no pixel frame for a frame in shared memory"
+    assert msgpack.unpackb(parts[0])["image"] == {
+        "shape": [480, 640, 3],
+        "fmt": "shm",
+        "ring": REF.ring,
+        "slot": 3,
+        "gen": 7,
+    }
+    out = decode([bytes(p) for p in parts])
+    assert out.shm == REF and out.image is None and out.jpeg is None
+    crops = np.zeros((1, 48, 48, 1), np.uint8)
+    faces = [Face((1, 2, 3, 4), 0.9)]
+    parts = encode(Message("s", 5, 1.0, shm=REF, faces=faces, crops=crops))
+    assert len(parts) == 2 and decode(parts).crops.shape == (1, 48, 48, 1)
+
+
+def test_drop_marker_keeps_the_shared_memory_reference() -> None:
+    msg = Message("s", 5, 1.0, live=True, shm=REF, image=np.zeros((2, 2, 3), np.uint8), t={"capture": 1.0})
+    marker = drop_marker(msg, "stale")
+    assert (marker.kind, marker.reason, marker.shm, marker.image, marker.live) == ("drop", "stale", REF, None, True)
+    marker.t["x"] = 2.0
+    assert msg.t == {"capture": 1.0}, "the marker's stamps are a copy"
+    out = roundtrip(marker)
+    assert (out.kind, out.reason, out.shm) == ("drop", "stale", REF)
+
+
+def shm_image(**kw) -> dict:
+    spec = {"shape": [4, 4, 3], "fmt": "shm", "ring": REF.ring, "slot": 0, "gen": 1}
+    spec.update(kw)
+    return spec
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [header(image=shm_image(slot=-1))],
+        [header(image=shm_image(slot=5000))],
+        [header(image=shm_image(slot=True))],
+        [header(image=shm_image(gen="1"))],
+        [header(image=shm_image(gen=-1))],
+        [header(image=shm_image(gen=None))],
+        [header(image=shm_image(ring=""))],
+        [header(image=shm_image(ring="r" * 100))],
+        [header(image=shm_image(ring=5))],
+        [header(image=shm_image(shape=[4, 4]))],
+        [header(image=shm_image(shape=[0, 4, 3]))],
+        [header(image=shm_image(shape=[4, 4, 2]))],
+        [header(image=shm_image(shape="4x4"))],
+        [header(image=shm_image()), b"\x00" * 48],  # a pixel frame besides the reference
+    ],
+)
+def test_garbage_shared_memory_references_raise_codec_error(parts: list[bytes]) -> None:
+    with pytest.raises(CodecError):
         decode(parts)

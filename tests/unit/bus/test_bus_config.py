@@ -33,6 +33,8 @@ def test_defaults_without_file_bind_loopback(tmp_path: Path, monkeypatch: pytest
         ({"detector": {"model": "huge"}}, r"\[detector\] model"),
         ({"bus": {"hwm": True}}, r"\[bus\] hwm: expected an integer"),
         ({"bus": {"hwm": 0}}, r"\[bus\] hwm"),
+        ({"bus": {"shm_slots": 1}}, r"\[bus\] shm_slots: 0 \(off\) or 2..1024, got 1"),
+        ({"bus": {"shm_slots": 2000}}, r"\[bus\] shm_slots: .* got 2000"),
         ({"display": {"endpoint": "tcp://127.0.0.1:5601"}}, r"also bound by \[detector\]"),
         ({"display": {"endpoint": "udp://127.0.0.1:1"}}, r"\[display\] endpoint: .* is not a tcp"),
         ({"display": {"endpoint": "tcp://127.0.0.1"}}, r"\[display\] endpoint: .* needs tcp://host:port"),
@@ -87,3 +89,8 @@ def test_missing_file() -> None:
 
 def test_camera_index_may_be_an_integer() -> None:
     assert parse({"capture": {"sources": [{"uri": 0}]}}).capture.sources[0].uri == "0"
+
+
+@pytest.mark.parametrize("slots", [0, 2, 16, 1024])
+def test_shm_slots_zero_or_a_ring_size(slots: int) -> None:
+    assert parse({"bus": {"shm_slots": slots}}).bus.shm_slots == slots

@@ -7,7 +7,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +18,10 @@ import pytest
 from bus.codec import Message
 from bus.config import CaptureConfig, Config, SourceConfig
 from bus.runtime import Stats
+from bus.shm import Ring, Rings
+from capture import worker
 from capture.sources import Unreadable
-from capture.worker import _Shared, printer, pump, run
+from capture.worker import Pixels, _Shared, frame_message, printer, pump, run
 
 log = logging.getLogger("test")
 
@@ -143,3 +148,72 @@ def test_run_lingers_after_the_end_until_stopped() -> None:
     t0 = time.monotonic()
     run(cfg, [Scripted([1])], [Recorder()], stop, Stats(log, 60.0))
     assert 0.15 < time.monotonic() - t0 < 2.0
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pixels makes its rings here (Ring's directory default is bound at import)."""
+    monkeypatch.setattr(worker, "Ring", partial(Ring, directory=tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def closing() -> Iterator[list[Pixels]]:
+    made: list[Pixels] = []
+    yield made
+    for px in made:
+        if px.ring is not None and hasattr(px.ring, "_map"):  # not closed by the test
+            px.close()
+
+
+def attach(px: Pixels, seq: int, live: bool = False) -> tuple[Message, float]:
+    msg = frame_message(Scripted([], live=live), seq, np.full((4, 5, 3), seq, np.uint8), time.time())
+    t0 = time.monotonic()
+    px.attach(msg, live, threading.Event())
+    return msg, time.monotonic() - t0
+
+
+def test_pixels_with_zero_slots_leaves_frames_inline(shm_dir: Path) -> None:
+    px = Pixels(0, 1.0)
+    msg, _ = attach(px, 0)
+    assert msg.shm is None and msg.image is not None and px.ring is None
+    assert list(shm_dir.iterdir()) == []
+
+
+def test_pixels_puts_frames_in_a_ring_made_at_the_first_frame(shm_dir: Path, closing: list[Pixels]) -> None:
+    px = Pixels(4, 1.0)
+    closing.append(px)
+    assert px.ring is None
+    msg, _ = attach(px, 3)
+    assert px.ring is not None and px.ring.slot_bytes == 4 * 5 * 3 and px.ring.slots == 4
+    assert msg.shm is not None and msg.shm.ring == px.ring.name and msg.shm.shape == (4, 5, 3)
+    assert np.array_equal(Rings(directory=shm_dir).view(msg.shm), msg.image)
+    px.close()
+    assert list(shm_dir.iterdir()) == []
+
+
+def test_a_live_source_never_waits_for_a_full_ring(shm_dir: Path, closing: list[Pixels]) -> None:
+    px = Pixels(2, 1.0)
+    closing.append(px)
+    assert all(attach(px, i, live=True)[0].shm is not None for i in range(2))
+    for seq in (2, 3):
+        msg, took = attach(px, seq, live=True)
+        assert msg.shm is None and msg.image is not None and took < 0.2
+    assert px.inline == 2
+
+
+def test_a_file_source_waits_once_for_a_full_ring_until_a_slot_frees(shm_dir: Path, closing: list[Pixels]) -> None:
+    px = Pixels(2, 0.3)
+    closing.append(px)
+    refs = [attach(px, i)[0].shm for i in range(2)]
+    assert refs[0] is not None and refs[1] is not None
+    msg, took = attach(px, 2)
+    assert msg.shm is None and 0.28 <= took < 2.0, "the first frame that finds the ring full waits wait_s"
+    msg, took = attach(px, 3)
+    assert msg.shm is None and took < 0.2, "after one wait ran out, no more waiting"
+    assert Rings(directory=shm_dir).release(refs[0])
+    msg, took = attach(px, 4)
+    assert msg.shm is not None and took < 0.2
+    msg, took = attach(px, 5)
+    assert msg.shm is None and 0.28 <= took < 2.0, "a put that succeeded makes it patient again"
+    assert px.inline == 3
