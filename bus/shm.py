@@ -57,6 +57,14 @@ _counter_lock = threading.Lock()
 class ShmError(ValueError):
     """A reference to a ring or slot that is not there (another host, a restarted capture, garbage)."""
 
+    reason = "shm_missing"  # the drop reason a stage counts
+
+
+class Overwritten(ShmError):
+    """The slot holds a newer frame: capture took it back (:data:`RECLAIM_S`) before we read it."""
+
+    reason = "overwritten"
+
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
@@ -158,7 +166,7 @@ class Ring:
     def close(self) -> None:
         """Remove the ring's name (stages that mapped it keep their view until they drop it)."""
         self.path.unlink(missing_ok=True)
-        del self.meta, self.pixels, self._map
+        self.__dict__.pop("_map", None)  # idempotent: a second close is a no-op
 
 
 class Rings:
@@ -178,8 +186,13 @@ class Rings:
         path = self.directory / name
         try:
             size = path.stat().st_size
-            if size < HEAD:
-                raise ShmError(f"ring {name}: {size} bytes")
+        except OSError as e:
+            raise ShmError(
+                f"ring {name} is not on this host ({type(e).__name__}); stages on other hosts need [bus] shm_slots = 0"
+            ) from None
+        if size < HEAD:
+            raise ShmError(f"ring {name}: truncated ({size} bytes)")
+        try:
             mm = np.memmap(path, np.uint8, "r+", 0, (size,))
         except (OSError, ValueError) as e:
             raise ShmError(
@@ -204,7 +217,7 @@ class Rings:
         if not 0 <= ref.slot < len(meta) or h * w * c > slot_bytes:
             raise ShmError(f"ring {ref.ring}: slot {ref.slot} / shape {ref.shape} out of range")
         if int(meta[ref.slot, 0]) != ref.gen:
-            raise ShmError(f"ring {ref.ring} slot {ref.slot}: frame overwritten")
+            raise Overwritten(f"ring {ref.ring} slot {ref.slot}: frame overwritten")
         return pixels[ref.slot, : h * w * c].reshape(h, w, c)
 
     def valid(self, ref: ShmRef) -> bool:

@@ -124,8 +124,8 @@ def _step_shared(msg: Message, rings: Rings, limited: RateLimited) -> Message | 
     try:
         msg.image = rings.view(msg.shm)
     except ShmError as e:
-        limited.warning("shm", "src %s seq %d: %s", msg.src, msg.seq, e)
-        return drop(msg, "shm_missing")
+        limited.warning(e.reason, "src %s seq %d: %s", msg.src, msg.seq, e)
+        return drop(msg, e.reason)
     return None
 
 

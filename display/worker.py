@@ -220,8 +220,8 @@ class Display:
             try:
                 msg.image = np.array(self.rings.view(ref))
             except ShmError as e:
-                self.warn.warning("shm", "%s#%d: %s", msg.src, msg.seq, e)
-                return "shm_missing"
+                self.warn.warning(e.reason, "%s#%d: %s", msg.src, msg.seq, e)
+                return e.reason
             return None if self.rings.valid(ref) else "overwritten"
         finally:
             self.rings.release(ref)

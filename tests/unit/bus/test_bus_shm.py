@@ -166,12 +166,6 @@ def test_a_file_of_the_wrong_size_is_refused(tmp_path: Path, rings: list[Ring]) 
         Rings(directory=tmp_path).view(ShmRef(grown.name, 0, 0, (1, 1, 3)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus/shm.py Rings._ring raises ShmError('ring ...: N bytes') inside a try whose "
-    "'except (OSError, ValueError)' catches it (ShmError is a ValueError): a truncated ring is "
-    "reported as 'not on this host ... shm_slots = 0'",
-)
 def test_a_truncated_file_is_reported_as_truncated(tmp_path: Path) -> None:
     (tmp_path / "emostream-1-3-deadbeef").write_bytes(b"\x00" * 10)
     with pytest.raises(ShmError, match="10 bytes"):

@@ -212,11 +212,6 @@ def test_step_shared_reads_the_pixels_in_place_or_drops_a_missing_ring(tmp_path:
         ring.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="detector/worker.py _step_shared: Rings.view raises ShmError for a slot reused before the "
-    "read, so it becomes 'shm_missing', not the documented 'overwritten'",
-)
 def test_step_shared_counts_a_reused_slot_as_overwritten(tmp_path: Path) -> None:
     rings = Rings(directory=tmp_path)
     ring = Ring(1, 120 * 160 * 3, directory=tmp_path)

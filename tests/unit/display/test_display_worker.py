@@ -219,12 +219,6 @@ def test_a_frame_whose_slot_was_reused_is_dropped_not_shown(tmp_path: Path, ring
     assert ring.busy() == 1, "the stale reference must not release the new frame's slot"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="display/worker.py Display._pixels: Rings.view raises ShmError for a reused slot (gen "
-    "changed before the read), so the drop is counted 'shm_missing'; only a reuse between view and "
-    "valid gives 'overwritten' (bus/shm.py docs and the commit promise 'overwritten')",
-)
 def test_a_frame_whose_slot_was_reused_is_counted_overwritten(tmp_path: Path, ring: Ring) -> None:
     d, stats = shm_display(tmp_path, RecordingSink())
     old = shm_frame(ring, 0, 9)
