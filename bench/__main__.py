@@ -12,6 +12,8 @@ Sections (``--only`` picks some; all by default):
 - ``classifier``: EmotionModel alone, ms per face at batch 1 and 8;
 - ``hop``: CPU per message of one hop (encode, send, receive, decode), with and without the image,
   over loopback TCP and ipc://;
+- ``stall``: the real display (writing events) SIGSTOPped for 2 s in a 30 fps run: every stage's
+  memory before/during/after, and how soon after SIGCONT latency is back under 25 ms;
 - ``profile``: py-spy on the detector and classifier for ``--profile-s`` seconds, where time goes.
 
 Prints Markdown tables, then ONE JSON object as the last line of stdout (``--json-out`` also writes
@@ -47,7 +49,7 @@ DEFAULT_DATA = ROOT / "../shared/data/media"
 ONE_FACE = "asl_signer_concat10.mp4"
 CROWD = "face-demographics-walking-and-pause.gif"
 MODELS = ("full_range", "short_range")
-SECTIONS = ("sequential", "pipeline", "latency", "scaling", "classifier", "hop", "profile")
+SECTIONS = ("sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile")
 LATENCY_FPS = 30.0
 
 log = logging.getLogger("bench")
@@ -169,6 +171,14 @@ def measure(
                 f"one_face/{models[0]} paced {LATENCY_FPS:.0f} fps", (one,), latency_frames, models[0], fps=LATENCY_FPS
             )
         )
+    if "stall" in sections:
+        from bench.stall import run as stall
+
+        runner.count += 1
+        workdir = runner.logs / f"{runner.count:02d}-stall"
+        workdir.mkdir(parents=True, exist_ok=True)
+        log.info("stall: display SIGSTOPped for 2 s at 30 fps (logs in %s)", workdir)
+        out["stall"] = runner.guarded("stall", partial(stall, one, models[0], workdir))
     if "scaling" in sections:
         if base is None or "error" in base:
             base = runner.pipeline(Setup(f"one_face/{models[0]}", (one,), frames, models[0]))

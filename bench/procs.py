@@ -57,6 +57,21 @@ def parse_vm_hwm_mb(status: str) -> float | None:
     return None
 
 
+def parse_vm_rss_mb(status: str) -> float | None:
+    """Resident set size now (VmRSS) in MiB from the text of ``/proc/<pid>/status``."""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        return parse_vm_rss_mb(Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return None
+
+
 def peak_rss_mb(pid: int) -> float | None:
     try:
         return parse_vm_hwm_mb(Path(f"/proc/{pid}/status").read_text())

@@ -83,6 +83,25 @@ def tables(res: dict[str, Any]) -> str:
         ]
         header = ["payload", "transport", "bytes", "CPU ms/msg (both ends)", "wall ms/msg"]
         parts.append(figures.table("One hop: encode, send, receive, decode", header, rows))
+    st = res.get("stall")
+    if st and "error" not in st:
+        rows = [
+            [
+                st["name"],
+                st["before_ms"]["p50"],
+                st["before_ms"]["p99"],
+                st["after_max_ms"],
+                st["recovery_s"],
+                st["settled_ms"]["p50"],
+                st["settled_ms"]["p99"],
+            ]
+        ]
+        header = ["run", "before p50 ms", "before p99 ms", "max after resume ms", "back under bar after s"]
+        header += ["from +1 s p50 ms", "from +1 s p99 ms"]
+        parts.append(figures.table("Stall: display SIGSTOPped, then resumed (30 fps)", header, rows))
+        rows = [[n, m["before_mb"], m["peak_mb"], m["end_mb"], m["growth_mb"]] for n, m in st["memory"].items()]
+        header = ["stage", "RSS before MiB", "peak (stall .. +2 s) MiB", "end MiB", "growth MiB"]
+        parts.append(figures.table("Stall: resident memory", header, rows))
     prof = (res.get("profile") or {}).get("profile")
     if prof:
         rows = [[stage, k, v] for stage, p in prof.items() if p for k, v in p["categories"].items()]

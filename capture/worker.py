@@ -89,35 +89,26 @@ def printer(out: TextIO, lock: threading.Lock) -> Send:
 
 class Pixels:
     """Where one source's pixels travel: a shared-memory :class:`~bus.shm.Ring` of ``slots`` frames
-    (made at the first frame, sized for it), or in the message (``slots = 0``, a frame that does not
-    fit, or no free slot in time). A file source waits up to ``wait_s`` for a free slot; after one
-    such wait ran out it stops waiting until a slot is free again (a downstream that never releases
-    slots -- a stage on another host -- costs one wait, not one per frame)."""
+    (made at the first frame, sized for it), or in the message (``slots = 0``, or a frame larger
+    than the first). The ring is the bound on frames in flight: when every slot is busy, a live
+    source drops the frame at once and a file source waits up to ``wait_s`` for a slot, then drops
+    it -- the same policy as a full socket, and no queue anywhere grows meanwhile."""
 
     def __init__(self, slots: int, wait_s: float):
-        self.slots, self.wait_s, self.patient = slots, wait_s, True
+        self.slots, self.wait_s = slots, wait_s
         self.ring: Ring | None = None
-        self.inline = 0
 
-    def attach(self, msg: Message, live: bool, stop: threading.Event) -> None:
+    def attach(self, msg: Message, live: bool, stop: threading.Event) -> bool:
+        """Put ``msg``'s pixels in the ring (``msg.shm``); False: no free slot in time (a drop)."""
         image = msg.image
         if self.slots == 0 or image is None:
-            return
+            return True
         if self.ring is None:
             self.ring = Ring(self.slots, image.nbytes)
-        wait = 0.0 if live or not self.patient else self.wait_s
-        ref = self.ring.put(image, wait, stop)
-        self.patient = ref is not None or live
-        if ref is None:
-            self.inline += 1
-            if self.inline in (1, 100) or self.inline % 10000 == 0:
-                log.info(
-                    "source %s: %d frame(s) sent with their pixels (shared-memory ring of %d busy)",
-                    msg.src,
-                    self.inline,
-                    self.slots,
-                )
-        msg.shm = ref
+        if image.nbytes > self.ring.slot_bytes or image.dtype != np.uint8 or not image.flags.c_contiguous:
+            return True  # travels in the message
+        msg.shm = self.ring.put(image, 0.0 if live else self.wait_s, stop)
+        return msg.shm is not None
 
     def close(self) -> None:
         if self.ring is not None:
@@ -178,8 +169,11 @@ def pump(
             continue
         image, ts = got
         msg = frame_message(source, frames, image, ts)
-        pixels.attach(msg, source.live, stop)
         frames += 1
+        if not pixels.attach(msg, source.live, stop):
+            dropped += 1
+            shared.drop("ring_full", "source %s: frame %d dropped: every shared-memory slot busy", source.id, msg.seq)
+            continue
         if source.live:
             sent = send(msg, False)
         elif frames == 1:

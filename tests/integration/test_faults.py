@@ -164,7 +164,8 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
         after = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
         ages = [float(a) for a in re.findall(r"source book: nothing has arrived for ([\d.]+) s", log())]
         assert ages and max(ages) >= 5.0, log()[-3000:]
-        assert "not sent (downstream full or absent)" in stages.log(capture)
+        cap = stages.log(capture)  # capture drops (counted) what cannot go: a full ring or socket
+        assert "every shared-memory slot busy" in cap or "not sent (downstream full or absent)" in cap, cap[-2000:]
         for s in before:  # no queue grows while the detector hangs
             assert after[s] - before[s] < 20.0, (s, before[s], after[s])
         assert all(p.poll() is None for p in procs.values())
@@ -175,10 +176,11 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     wait_for("new frames", lambda: shown(log()) > frozen, log, 30)
     for s in ("capture", "detector", "classifier", "display"):
         assert stages.stop(procs[s], timeout=5) == 0, stages.log(procs[s])[-2000:]
-    sent_drops = re.findall(r"final stats: .* drops .*send=(\d+)", stages.log(capture))
-    assert sent_drops and int(sent_drops[-1]) > 0  # the frames of the hang were dropped and counted
+    final = re.findall(r"final stats: .* drops (.*)", stages.log(capture))
+    drops = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", final[-1])} if final else {}
+    assert drops.get("ring_full", 0) + drops.get("send", 0) > 0, final  # the frames of the hang: dropped, counted
     growth = {s: round(after[s] - before[s], 1) for s in before}
-    print(f"\nwarned at ages up to {max(ages)} s; capture send drops {sent_drops[-1]}; RSS growth MiB {growth}")
+    print(f"\nwarned at ages up to {max(ages)} s; capture drops {drops}; RSS growth MiB {growth}")
 
 
 def _hung_pull(ep: str) -> subprocess.Popen:
@@ -219,8 +221,10 @@ def test_a_sender_deals_past_a_hung_receiver_without_blocking(zctx: zmq.Context,
     hung_ep, live_ep = f"tcp://127.0.0.1:{ports['detector']}", f"tcp://127.0.0.1:{ports['classifier']}"
     hung = _hung_pull(hung_ep)
     live = sockets.pull(zctx, live_ep, 4)
-    push = sockets.push(zctx, [hung_ep, live_ep], 4, 100)
-    monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    push = sockets.push(zctx, [], 4, 100)
+    monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)  # before connecting: no event missed
+    push.connect(hung_ep)
+    push.connect(live_ep)
     received = 0
     try:
         assert _next_event(monitor, 30) == zmq.EVENT_HANDSHAKE_SUCCEEDED

@@ -166,17 +166,17 @@ def closing() -> Iterator[list[Pixels]]:
             px.close()
 
 
-def attach(px: Pixels, seq: int, live: bool = False) -> tuple[Message, float]:
+def attach(px: Pixels, seq: int, live: bool = False) -> tuple[Message, float, bool]:
     msg = frame_message(Scripted([], live=live), seq, np.full((4, 5, 3), seq, np.uint8), time.time())
     t0 = time.monotonic()
-    px.attach(msg, live, threading.Event())
-    return msg, time.monotonic() - t0
+    ok = px.attach(msg, live, threading.Event())
+    return msg, time.monotonic() - t0, ok
 
 
 def test_pixels_with_zero_slots_leaves_frames_inline(shm_dir: Path) -> None:
     px = Pixels(0, 1.0)
-    msg, _ = attach(px, 0)
-    assert msg.shm is None and msg.image is not None and px.ring is None
+    msg, _, ok = attach(px, 0)
+    assert ok and msg.shm is None and msg.image is not None and px.ring is None
     assert list(shm_dir.iterdir()) == []
 
 
@@ -184,36 +184,38 @@ def test_pixels_puts_frames_in_a_ring_made_at_the_first_frame(shm_dir: Path, clo
     px = Pixels(4, 1.0)
     closing.append(px)
     assert px.ring is None
-    msg, _ = attach(px, 3)
-    assert px.ring is not None and px.ring.slot_bytes == 4 * 5 * 3 and px.ring.slots == 4
+    msg, _, ok = attach(px, 3)
+    assert ok and px.ring is not None and px.ring.slot_bytes == 4 * 5 * 3 and px.ring.slots == 4
     assert msg.shm is not None and msg.shm.ring == px.ring.name and msg.shm.shape == (4, 5, 3)
     assert np.array_equal(Rings(directory=shm_dir).view(msg.shm), msg.image)
     px.close()
     assert list(shm_dir.iterdir()) == []
 
 
-def test_a_live_source_never_waits_for_a_full_ring(shm_dir: Path, closing: list[Pixels]) -> None:
+def test_a_larger_frame_than_the_first_travels_in_the_message(shm_dir: Path, closing: list[Pixels]) -> None:
+    px = Pixels(4, 1.0)
+    closing.append(px)
+    assert attach(px, 0)[2]
+    msg = frame_message(Scripted([]), 1, np.zeros((8, 8, 3), np.uint8), time.time())
+    assert px.attach(msg, False, threading.Event()) and msg.shm is None and msg.image is not None
+
+
+def test_a_live_source_drops_at_once_when_the_ring_is_full(shm_dir: Path, closing: list[Pixels]) -> None:
     px = Pixels(2, 1.0)
     closing.append(px)
-    assert all(attach(px, i, live=True)[0].shm is not None for i in range(2))
+    assert all(attach(px, i, live=True)[2] for i in range(2))
     for seq in (2, 3):
-        msg, took = attach(px, seq, live=True)
-        assert msg.shm is None and msg.image is not None and took < 0.2
-    assert px.inline == 2
+        msg, took, ok = attach(px, seq, live=True)
+        assert not ok and msg.shm is None and took < 0.2
 
 
-def test_a_file_source_waits_once_for_a_full_ring_until_a_slot_frees(shm_dir: Path, closing: list[Pixels]) -> None:
+def test_a_file_source_waits_for_a_free_slot_then_drops(shm_dir: Path, closing: list[Pixels]) -> None:
     px = Pixels(2, 0.3)
     closing.append(px)
     refs = [attach(px, i)[0].shm for i in range(2)]
     assert refs[0] is not None and refs[1] is not None
-    msg, took = attach(px, 2)
-    assert msg.shm is None and 0.28 <= took < 2.0, "the first frame that finds the ring full waits wait_s"
-    msg, took = attach(px, 3)
-    assert msg.shm is None and took < 0.2, "after one wait ran out, no more waiting"
+    msg, took, ok = attach(px, 2)
+    assert not ok and msg.shm is None and 0.28 <= took < 2.0, "a full ring: wait wait_s, then drop"
     assert Rings(directory=shm_dir).release(refs[0])
-    msg, took = attach(px, 4)
-    assert msg.shm is not None and took < 0.2
-    msg, took = attach(px, 5)
-    assert msg.shm is None and 0.28 <= took < 2.0, "a put that succeeded makes it patient again"
-    assert px.inline == 3
+    msg, took, ok = attach(px, 3)
+    assert ok and msg.shm is not None and took < 0.2
