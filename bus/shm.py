@@ -115,8 +115,11 @@ class Ring:
         self.path = directory / self.name
         self.slots, self.slot_bytes = slots, slot_bytes
         pixels_at, self.stride, size = _layout(slots, slot_bytes)
-        with open(self.path, "xb") as f:
-            f.truncate(size)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # faces: owner only
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
         self._map = np.memmap(self.path, np.uint8, "r+", 0, (size,))
         self._map[:] = 0  # all pages now: the ring's memory is fixed from the first frame on, never grows
         self._map[:8] = np.frombuffer(MAGIC, np.uint8)

@@ -57,6 +57,11 @@ def test_put_view_release_round_trip(tmp_path: Path, rings: list[Ring]) -> None:
     assert reader.release(ref) and ring.busy() == 0
 
 
+def test_only_the_owner_can_read_a_ring(tmp_path: Path, rings: list[Ring]) -> None:
+    ring = make(rings, tmp_path)
+    assert ring.path.stat().st_mode & 0o777 == 0o600  # frames of faces: not for other local users
+
+
 def test_a_grey_2d_image_gets_one_channel(tmp_path: Path, rings: list[Ring]) -> None:
     ring = make(rings, tmp_path)
     a = img(2, (4, 5))
