@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"bench", "date", "command", "machine", "loadavg_start_end", "note", "frames"}
-SECTIONS = {"sequential", "pipeline", "latency", "scaling", "classifier", "hop", "profile"}
+SECTIONS = {"sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile"}
 RUN_KEYS = {"name", "fps", "ratio_to_sequential", "latency_ms", "hops_p50_ms", "drops_at_sink", "stages"}
 
 
@@ -29,6 +29,15 @@ def test_help() -> None:
     assert r.returncode == 0, r.stderr
     for option in ("--frames", "--quick", "--only", "--json-out"):
         assert option in r.stdout
+    for section in SECTIONS:  # the --only choices
+        assert section in r.stdout, section
+
+
+def test_sections() -> None:
+    from bench.__main__ import SECTIONS as sections
+
+    assert "stall" in sections
+    assert set(sections) == SECTIONS and len(sections) == len(SECTIONS)
 
 
 def test_missing_clips_exit_2(tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from bench import figures
 from bench.__main__ import ratio
 from bench.hop import hop
 from bench.pipeline import Setup, _by_stage, _hops, config, endpoints
-from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, unbound
+from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, parse_vm_rss_mb, rss_mb, unbound
 from bench.profile import OTHER, category, summarise
 from bench.report import tables
 from bus.config import parse
@@ -127,6 +130,41 @@ def test_parse_vm_hwm(status: str, mib: float | None) -> None:
     assert parse_vm_hwm_mb(status) == mib
 
 
+PROC_STATUS = (
+    "Name:\tpython\nUmask:\t0022\nState:\tS (sleeping)\nPid:\t42\nVmPeak:\t  999 kB\nVmSize:\t  900 kB\n"
+    "VmHWM:\t  4096 kB\nVmRSS:\t    3072 kB\nRssAnon:\t  1024 kB\nThreads:\t3\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "mib"),
+    [
+        (PROC_STATUS, 3.0),  # VmRSS, not VmHWM nor RssAnon
+        ("VmRSS:\t 1536 kB\n", 1.5),
+        ("Name:\tzombie\nState:\tZ (zombie)\n", None),  # a zombie has no Vm* lines
+        ("", None),
+    ],
+)
+def test_parse_vm_rss(status: str, mib: float | None) -> None:
+    assert parse_vm_rss_mb(status) == mib
+
+
+def test_rss_of_this_process_and_of_dead_ones() -> None:
+    mine = rss_mb(os.getpid())
+    assert mine is not None and mine > 1
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 3
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.005)
+        assert rss_mb(child.pid) is None  # exited, not reaped: /proc/<pid>/status has no VmRSS
+    finally:
+        child.wait(5)
+    assert rss_mb(child.pid) is None  # reaped: no /proc/<pid> at all
+    assert rss_mb(2**22 + 12345) is None  # above pid_max: never a process
+
+
 NET_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:15E1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
    1: 0100007F:15E2 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
@@ -220,3 +258,33 @@ def test_report_tables(res: dict[str, object], expected: list[str]) -> None:
     text = tables(res)
     assert all(e in text for e in expected)
     assert bool(text) == bool(expected)
+
+
+STALL = {
+    "name": "stall 2 s",
+    "bar_ms": 25.0,
+    "before_ms": {"p50": 9.0, "p99": 14.2},
+    "after_max_ms": 2000.0,
+    "recovery_s": 0.19,
+    "late_after_resume": 20,
+    "settled_ms": {"p50": 9.5, "p99": 12.0},
+    "events": {"before": 120, "after": 180},
+    "memory": {
+        "display": {"before_mb": 100.3, "peak_mb": 105.3, "end_mb": 100.3, "growth_mb": 5.0},
+        "gone": {"before_mb": None, "peak_mb": None, "end_mb": None, "growth_mb": None},
+    },
+}
+
+
+def test_report_stall_tables() -> None:
+    text = tables({"stall": STALL})
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert titles == ["### Stall: display SIGSTOPped, then resumed (30 fps)", "### Stall: resident memory"]
+    lines = text.splitlines()
+    (run,) = [line for line in lines if line.startswith("| stall 2 s |")]
+    assert run == "| stall 2 s | 9.00 | 14.2 | 2000.0 | 0.190 | 9.50 | 12.0 |"
+    assert "| display | 100.3 | 105.3 | 100.3 | 5.00 |" in lines
+    assert "| gone | - | - | - | - |" in lines
+    base = {"hop": {"error": "x"}}
+    for res in (base, {**base, "stall": None}, {**base, "stall": {"name": "stall 2 s", "error": "boom"}}):
+        assert "Stall:" not in tables(res)
