@@ -7,8 +7,8 @@ Sections (``--only`` picks some; all by default):
   pipeline takes them; throughput and its ratio to the sequential reference, per-stage CPU ms per
   frame, peak RSS, drops (one-face clip and a three-face clip, both detector models);
 - ``latency``: capture timestamp -> result at the sink, with the source paced at 30 fps;
-- ``scaling``: 2 detectors, 2 detectors + 2 classifiers, 2 sources at once, and ``ipc://``
-  endpoints instead of loopback TCP, against 1 x 1;
+- ``scaling``: 2 detectors, 2 detectors + 2 classifiers, 2 sources at once, ``ipc://``
+  endpoints instead of loopback TCP, and the MediaPipe Tasks detector backend, against 1 x 1;
 - ``classifier``: EmotionModel alone, ms per face at batch 1 and 8;
 - ``hop``: CPU per message of one hop (encode, send, receive, decode), with and without the image,
   over loopback TCP and ipc://;
@@ -190,6 +190,9 @@ def measure(
             ),
             runner.pipeline(Setup(f"one_face/{models[0]} 2 sources", (one, one), frames, models[0])),
             runner.pipeline(Setup(f"one_face/{models[0]} ipc://", (one,), frames, models[0], transport="ipc")),
+            runner.pipeline(
+                Setup(f"one_face/{models[0]} mediapipe backend", (one,), frames, models[0], backend="mediapipe")
+            ),
         ]
         for row in rows:
             row["ratio_to_1x1"] = ratio(row.get("fps"), base.get("fps"))

@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import cv2
 import numpy as np
 
 from bus.preprocess import to_uint8_bgr
-from detector.faces import FaceBackend
+from detector.backend import BACKENDS, open_backend
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/media"
 MODELS = ("full_range", "short_range")
@@ -51,7 +52,7 @@ def still(path: Path) -> Iterator[np.ndarray]:
     yield to_uint8_bgr(raw)
 
 
-def counts(backend: FaceBackend, images: Iterator[np.ndarray], times: list[float]) -> list[int]:
+def counts(backend: Any, images: Iterator[np.ndarray], times: list[float]) -> list[int]:
     out = []
     for img in images:
         t0 = time.perf_counter()
@@ -65,10 +66,10 @@ def pct(flags: list[bool]) -> str:
     return f"{100.0 * sum(flags) / max(1, len(flags)):.1f}%"
 
 
-def measure(media: Path, model: str, conf: float) -> dict[str, str]:
+def measure(media: Path, model: str, conf: float, backend_name: str = "litert") -> dict[str, str]:
     times: list[float] = []
-    row: dict[str, str] = {"model": model, "conf": f"{conf:.1f}"}
-    with FaceBackend(model, conf, max_faces=256) as backend:
+    row: dict[str, str] = {"model": f"{model} ({backend_name})", "conf": f"{conf:.1f}"}
+    with open_backend(backend_name, model, conf, 256) as backend:
         for name in ONE_FACE_VIDEOS:
             n = counts(backend, frames(media / "videos" / name), times)
             row[f"{name}: =1 / 0 / >=2 ({len(n)} frames)"] = " / ".join(
@@ -100,12 +101,14 @@ def measure(media: Path, model: str, conf: float) -> dict[str, str]:
     show_default=True,
     help="The shared media folder (videos/, images/faces/, images/no_faces/).",
 )
-def main(data: Path) -> None:
-    """Print the detector-model comparison table (Markdown, one column per model and confidence)."""
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS), help="Backends (default: both).")
+@click.option("--conf", "confs", multiple=True, type=float, help="Confidences (default: 0.5 and 0.6).")
+def main(data: Path, backends: tuple[str, ...], confs: tuple[float, ...]) -> None:
+    """Print the detector-model comparison table (Markdown, one column per model, backend and confidence)."""
     if not (data / "videos").is_dir():
         click.echo(f"bench.detector_models: shared media not found at {data}", err=True)
         sys.exit(2)
-    rows = [measure(data, m, c) for m in MODELS for c in CONFIDENCES]
+    rows = [measure(data, m, c, b) for m in MODELS for b in backends or BACKENDS for c in confs or CONFIDENCES]
     click.echo("| measure | " + " | ".join(f"{r['model']} @ {r['conf']}" for r in rows) + " |")
     click.echo("|---|" + "---|" * len(rows))
     for key in list(rows[0])[2:]:

@@ -52,6 +52,7 @@ class Setup:
     fps: float = 0.0  # > 0: sources paced at this rate (realtime); 0: as fast as the pipeline takes them
     profile_s: float = 0.0  # > 0: py-spy the first detector and classifier this long after the warm-up
     transport: str = "tcp"  # "tcp" (loopback, as bus.toml ships) or "ipc" (Unix domain sockets)
+    backend: str = "litert"  # [detector] backend
 
 
 def endpoints(setup: Setup, sockdir: Path) -> dict[str, list[str]]:
@@ -78,6 +79,7 @@ def config(setup: Setup, eps: dict[str, list[str]]) -> dict[str, dict[str, Any]]
         "detector": {
             "endpoints": eps["detector"],
             "model": setup.model,
+            "backend": setup.backend,
             "min_confidence": 0.6,
             "max_faces": 32,
         },

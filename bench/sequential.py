@@ -1,7 +1,7 @@
 """The sequential reference and the classifier alone: the stages' own cores in this one process.
 
 Reference: for each frame, cv2 decodes it (as capture does), :func:`detector.worker.step` finds the
-faces with the detector's :class:`~detector.faces.FaceBackend` and cuts the crops, and
+faces with the detector's backend (``[detector] backend``, :func:`detector.backend.open_backend`) and cuts the crops, and
 :func:`classifier.worker.step` labels them with :class:`~classifier.model.EmotionModel` -- the same
 calls the stage processes make, without the bus (no encode, no sockets, no decode). Each repeat runs
 the same frames: the first ``frames`` of the clip, looped when the clip is shorter.
@@ -20,13 +20,14 @@ import numpy as np
 from bench.pipeline import CLASSIFIER_MODEL
 from bench.procs import ROOT, BenchError
 from bus.codec import Message
+from bus.config import DetectorConfig
 from bus.preprocess import to_uint8_bgr
 from bus.runtime import single_threaded_opencv
 from bus.sidecar import load_spec
 from capture.sources import open_video
 from classifier.model import EmotionModel
 from classifier.worker import step as classify_step
-from detector.faces import FaceBackend
+from detector.backend import open_backend
 from detector.worker import step as detect_step
 
 
@@ -56,7 +57,7 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
     spec = load_spec(classifier_path)
     emotions = EmotionModel(classifier_path, threads=1)
     fps, cpu_ms, faces = [], [], 0
-    with FaceBackend(model, 0.6, 32) as backend:
+    with open_backend(DetectorConfig.backend, model, 0.6, 32) as backend:
         for _ in range(repeats):
             faces = 0
             t0, c0 = time.perf_counter(), time.process_time()

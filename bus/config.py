@@ -62,6 +62,7 @@ class DetectorConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5601",)  # one per detector copy (--instance)
     model: str = "full_range"  # "full_range" | "short_range" | path to a .tflite
     min_confidence: float = 0.6
+    backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
     max_faces: int = 32
 
 
@@ -190,6 +191,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"[detector] model: 'full_range', 'short_range' or a .tflite path, got {cfg.detector.model!r}"
         )
+    if cfg.detector.backend not in ("litert", "mediapipe"):
+        raise ConfigError(f"[detector] backend: litert or mediapipe, got {cfg.detector.backend!r}")
     if not 0.0 < cfg.detector.min_confidence < 1.0:
         raise ConfigError("[detector] min_confidence: must be between 0 and 1")
     d = cfg.display

@@ -60,7 +60,8 @@ def _video_frames(path: str, stop: threading.Event) -> Iterator[np.ndarray]:
 
 def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) -> None:
     """Detect faces in one image or video and print one JSON line per frame."""
-    from detector.faces import BackendError, FaceBackend
+    from detector.backend import open_backend
+    from detector.faces import BackendError
 
     if not Path(path).is_file():
         _fail(f"no such file: {path}")
@@ -69,7 +70,9 @@ def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) ->
     if first is None:
         _fail(f"no frames could be read from {path}")
     try:
-        backend = FaceBackend(cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces)
+        backend = open_backend(
+            cfg.detector.backend, cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces
+        )
     except BackendError as e:
         _fail(str(e))
     with backend:
@@ -113,13 +116,16 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
         _fail(f"--instance {instance}: [detector] endpoints has {len(cfg.detector.endpoints)} entries")
     log = setup_logging(f"detector[{instance}]")
     single_threaded_opencv()
-    from detector.faces import BackendError, FaceBackend
+    from detector.backend import open_backend
+    from detector.faces import BackendError
     from detector.worker import run
 
     try:
         spec = load_spec(cfg.classifier.model)
         security = sockets.security(cfg.bus, "detector", peer="classifier")
-        backend = FaceBackend(cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces)
+        backend = open_backend(
+            cfg.detector.backend, cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces
+        )
     except (SidecarError, BackendError, ConfigError) as e:
         _fail(str(e))
     endpoint = cfg.detector.endpoints[instance]
@@ -135,13 +141,14 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
         out_sock = sockets.push(ctx, cfg.classifier.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
         stack.callback(out_sock.close)
         log.info(
-            "%s on %s -> %s (crops %dx%d %s)",
+            "%s on %s -> %s (crops %dx%d %s; %s backend)",
             backend.model,
             endpoint,
             ", ".join(cfg.classifier.endpoints),
             spec.size,
             spec.size,
             spec.colour,
+            cfg.detector.backend,
         )
         run(cfg, in_sock, out_sock, backend, stop, Stats(log, cfg.bus.stats_interval_s), spec)
 

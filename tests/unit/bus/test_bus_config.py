@@ -35,6 +35,7 @@ def test_defaults_without_file_bind_loopback(tmp_path: Path, monkeypatch: pytest
         ({"bus": {"hwm": 0}}, r"\[bus\] hwm"),
         ({"bus": {"shm_slots": 1}}, r"\[bus\] shm_slots: 0 \(off\) or 2..1024, got 1"),
         ({"bus": {"shm_slots": 2000}}, r"\[bus\] shm_slots: .* got 2000"),
+        ({"detector": {"backend": "opencv"}}, r"\[detector\] backend: litert or mediapipe, got .opencv."),
         ({"display": {"endpoint": "tcp://127.0.0.1:5601"}}, r"also bound by \[detector\]"),
         ({"display": {"endpoint": "udp://127.0.0.1:1"}}, r"\[display\] endpoint: .* is not a tcp"),
         ({"display": {"endpoint": "tcp://127.0.0.1"}}, r"\[display\] endpoint: .* needs tcp://host:port"),
