@@ -193,7 +193,12 @@ def send(sock: zmq.Socket, parts: list, block: bool) -> bool:
 
 
 def recv(sock: zmq.Socket, timeout_ms: int) -> list[zmq.Frame] | None:
-    """One multipart message, or None when nothing arrived within ``timeout_ms``."""
+    """One multipart message, or None when nothing arrived within ``timeout_ms``. A message already
+    queued is taken without polling (pyzmq's ``poll`` builds a Poller per call: measurable per frame)."""
+    try:
+        return sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        pass
     if sock.poll(timeout_ms, zmq.POLLIN):
         try:
             return sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
