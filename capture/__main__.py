@@ -15,6 +15,7 @@ from typing import NoReturn
 import click
 
 from bus import sockets
+from bus.cli import config_option, fail
 from bus.config import ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from capture.sources import Source, SourceError, open_source
@@ -22,18 +23,11 @@ from capture.worker import printer, run, socket_sender
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"capture: {message}", err=True)
-    sys.exit(2)
+    fail("capture", message)
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="bus.toml to read (default: $BUS_CONFIG, else ./bus.toml, else built-in defaults).",
-)
+@config_option
 @click.option("--source", default=None, help="Camera index, video file, image, folder or URL (replaces the sources).")
 @click.option(
     "--print",

@@ -8,7 +8,6 @@ Stage: binds a PULL socket on ``[classifier] endpoints[--instance]``, connects a
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from typing import NoReturn
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import zmq
 
+from bus.cli import config_option, fail, instance_option
 from bus.config import Config, ConfigError, load
 from bus.preprocess import to_model_pixels
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -27,8 +27,7 @@ from classifier.worker import run
 
 
 def _fail(msg: str) -> NoReturn:
-    click.echo(f"classifier: {msg}", err=True)
-    sys.exit(2)
+    fail("classifier", msg)
 
 
 def classify_images(model: EmotionModel, paths: tuple[str, ...]) -> list[dict[str, object]]:
@@ -75,16 +74,8 @@ def serve(cfg: Config, instance: int, model: EmotionModel, security: Security | 
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="bus.toml to read (overrides BUS_CONFIG).",
-)
-@click.option(
-    "--instance", type=int, default=0, show_default=True, help="Which [classifier] endpoints entry this copy binds."
-)
+@config_option
+@instance_option("classifier")
 @click.option(
     "--model",
     "model_path",

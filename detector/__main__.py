@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -23,6 +22,7 @@ import numpy as np
 import zmq
 
 from bus import sockets
+from bus.cli import config_option, fail, instance_option
 from bus.config import Config, ConfigError, load
 from bus.preprocess import to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -30,8 +30,7 @@ from bus.sidecar import SidecarError, load_spec
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"detector: {message}", err=True)
-    sys.exit(2)
+    fail("detector", message)
 
 
 def _image_frames(path: str) -> Iterator[np.ndarray]:
@@ -82,23 +81,15 @@ def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) ->
 
 
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="bus.toml to read (default: $BUS_CONFIG, else ./bus.toml, else built-in defaults).",
-)
-@click.option(
-    "--instance", type=int, default=0, show_default=True, help="Which [detector] endpoints entry this copy binds."
-)
+@config_option
+@instance_option("detector")
 @click.option("--image", type=str, default=None, help="Run alone on one image: print its faces as JSON and exit.")
 @click.option("--video", type=str, default=None, help="Run alone on a video: one JSON line per frame, then exit.")
 @click.option(
     "--model", type=click.Choice(["full_range", "short_range"]), default=None, help="Override [detector] model."
 )
 def main(config_path: str | None, instance: int, image: str | None, video: str | None, model: str | None) -> None:
-    """Detect faces (MediaPipe BlazeFace) in frames from capture; push frames, faces and crops on."""
+    """Detect faces (MediaPipe's BlazeFace models) in frames from capture; push frames, faces and crops on."""
     stop = threading.Event()
     install_stop(stop)
     try:

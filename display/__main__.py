@@ -21,6 +21,7 @@ import click
 import cv2
 import zmq
 
+from bus.cli import config_option, fail
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -32,8 +33,7 @@ from display.worker import run
 
 
 def _fail(msg: str) -> NoReturn:
-    click.echo(f"display: {msg}", err=True)
-    sys.exit(2)
+    fail("display", msg)
 
 
 def _objects(text: str) -> list[Any]:
@@ -125,13 +125,7 @@ def serve(cfg: Config, security: Security | None = None) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="bus.toml to read (overrides BUS_CONFIG).",
-)
+@config_option
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="Draw onto this image (no sockets).")
 @click.option(
     "--faces",
@@ -179,13 +173,7 @@ def main(
     help="Folder for the reports (default: <video name>-analysis in the current folder).",
 )
 @click.option("--video", "annotated", is_flag=True, help="Also write the annotated video (annotated.mp4).")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="bus.toml whose models, tracking and smoothing to use (default: $BUS_CONFIG, else ./bus.toml).",
-)
+@config_option
 @click.option("--no-plot", is_flag=True, help="Skip timeline.png (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
