@@ -147,12 +147,18 @@ def evaluate(model_path: Path, source: str, data: Path | None, out: Path | None,
 @click.option("--data", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="file stem of the .tflite and .json")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
-def export(model_path: Path, source: str, data: Path | None, name: str, models_dir: Path) -> None:
+@click.option(
+    "--recalibrate-bn",
+    is_flag=True,
+    help="first set the batch-norm statistics to their averages over the training split (what training "
+    "now does after its last epoch); the result is also saved as <model>.recalibrated.keras",
+)
+def export(model_path: Path, source: str, data: Path | None, name: str, models_dir: Path, recalibrate_bn: bool) -> None:
     """Export a .keras model to full-integer int8 TFLite + JSON sidecar, and evaluate both."""
     _setup("off")
     from training.pipelines import export_file
 
-    click.echo(export_file(model_path, source, data or Path(DEFAULT_DATA[source]), name, models_dir))
+    click.echo(export_file(model_path, source, data or Path(DEFAULT_DATA[source]), name, models_dir, recalibrate_bn))
 
 
 if __name__ == "__main__":

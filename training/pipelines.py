@@ -197,7 +197,7 @@ def evaluate_file(path: Path, source: str, data: Path, out: Path | None) -> str:
     return f"{path}: accuracy {report['accuracy']:.4f} on {len(test)} images; report in {out}"
 
 
-def export_file(path: Path, source: str, data: Path, name: str, models_dir: Path) -> str:
+def export_file(path: Path, source: str, data: Path, name: str, models_dir: Path, recalibrate: bool = False) -> str:
     import keras
 
     from training.evaluate import evaluate_model
@@ -208,6 +208,12 @@ def export_file(path: Path, source: str, data: Path, name: str, models_dir: Path
         splits = {"train": splits["all"], "test": splits["all"]}
     model = keras.models.load_model(path)
     info = MODELS[model.name]
+    if recalibrate:
+        from training.train import model_pixels, recalibrate_bn
+
+        n = recalibrate_bn(model, model_pixels(splits["train"], info.size, info.colour))  # type: ignore[arg-type]
+        log.info("batch-norm statistics of %d layers recalibrated on %d training images", n, len(splits["train"]))
+        model.save(path.with_name(path.stem + ".recalibrated.keras"))
     report = evaluate_model(model, splits["test"], info, path.parent / "eval-float", "float")
     dataset = {"fer": "fer2013", "ferplus": "ferplus", "ck": "ck+"}[source]
     # A CK+ run keeps its cross-validation results in the run folder (runs/ck-<model>/cv.json).

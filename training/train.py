@@ -151,7 +151,8 @@ def fit(
     colour: Colour,
     lr: float | None = None,
 ) -> keras.callbacks.History:
-    """Train ``model``; keeps the weights with the best validation accuracy (or the last without val)."""
+    """Train ``model``; keeps the weights with the best validation accuracy (or the last without val),
+    then recalibrates its batch-norm statistics on the training images (:func:`recalibrate_bn`)."""
     out.mkdir(parents=True, exist_ok=True)
     tf.keras.utils.set_random_seed(cfg.seed)
     x = model_pixels(train, size, colour)
@@ -176,8 +177,38 @@ def fit(
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
     if val_ds is not None and (out / "best.keras").exists():
         model.set_weights(keras.models.load_model(out / "best.keras").get_weights())
+    n = recalibrate_bn(model, x)
+    log.info("batch-norm statistics of %d layers recalibrated on the %d training images", n, len(x))
     model.save(out / "final.keras")
     return history
+
+
+def recalibrate_bn(model: keras.Model, pixels: np.ndarray, batch: int = 256) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to their exact averages over
+    ``pixels`` (uint8 model input, no augmentation), one pass ("precise BN"). During training they
+    are running averages over augmented batches of a moving network; measured on FER2013 this alone
+    took PublicTest from 66.79 % to 67.65 % and PrivateTest from 67.12 % to 67.93 % (docs in
+    models/README.md). Only the moving statistics change. Returns how many layers were recalibrated."""
+    layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization)]
+    if not layers or not len(pixels):
+        return 0
+    saved = [la.momentum for la in layers]
+    try:
+        for i, start in enumerate(range(0, len(pixels), batch)):
+            for la in layers:
+                la.momentum = i / (i + 1)  # moving = mean of the batch statistics so far
+            model(pixels[start : start + batch].astype(np.float32) / 255.0, training=True)
+    finally:
+        for la, m in zip(layers, saved, strict=True):
+            la.momentum = m
+    return len(layers)
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    out = []
+    for la in model.layers:
+        out.extend(_all_layers(la) if isinstance(la, keras.Model) else [la])
+    return out
 
 
 def predict(model: keras.Model, pixels: np.ndarray, tta: bool = True, batch: int = 256) -> np.ndarray:
