@@ -88,7 +88,7 @@ class DisplayConfig:
     smoothing: str = "ema"  # per-track probabilities: "ema" | "window" | "off" (always off for one image)
     smoothing_alpha: float = 0.1  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
     smoothing_window: int = 20  # window: mean over this many frames
-    smoothing_hold: int = 5  # a new smoothed label must lead this many frames in a row to replace the old one
+    smoothing_hold: int = 8  # a new smoothed label must lead this many frames in a row to replace the old one
     stall_warn_s: float = 5.0  # warn when a started source has sent nothing for this long (0 = off)
 
 

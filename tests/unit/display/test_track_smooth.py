@@ -286,4 +286,4 @@ def test_display_config_keys(table, error):
 
 def test_display_config_defaults_smooth_with_ema():
     d = Config().display
-    assert (d.smoothing, d.smoothing_alpha, d.smoothing_hold, d.track_iou) == ("ema", 0.1, 5, 0.3)
+    assert (d.smoothing, d.smoothing_alpha, d.smoothing_hold, d.track_iou) == ("ema", 0.1, 8, 0.3)
