@@ -1,8 +1,8 @@
 """The sequential reference and the classifier alone: the stages' own cores in this one process.
 
 Reference: for each frame, cv2 decodes it (as capture does), :func:`detector.worker.step` finds the
-faces with the detector's backend (``[detector] backend``, :func:`detector.backend.open_backend`) and cuts the crops, and
-:func:`classifier.worker.step` labels them with :class:`~classifier.model.EmotionModel` -- the same
+faces with the detector's backend (``[detector] backend``, :func:`detector.backend.open_backend`) and
+cuts the crops, and :func:`classifier.worker.step` labels them with :class:`~classifier.model.EmotionModel` -- the same
 calls the stage processes make, without the bus (no encode, no sockets, no decode). Each repeat runs
 the same frames: the first ``frames`` of the clip, looped when the clip is shorter.
 """

@@ -13,8 +13,9 @@ How it works
   frame becomes a ``drop`` (reason ``overwritten``), never a wrong picture.
 - The stage where a frame's journey ends (the display, for frames and drop markers alike; a stage
   printing instead of sending) calls :meth:`Rings.release`; the slot is free again.
-- Nothing is lost when the ring is full: capture waits for a slot (file sources, at most the send
-  timeout) and otherwise sends that frame's pixels in the message, as with ``shm_slots = 0``.
+- The ring bounds the frames in flight: when every slot is busy, capture waits for one (file
+  sources, at most the send timeout) and otherwise drops the frame, counted (``ring_full``); a frame
+  that does not fit a slot (:meth:`Ring.fits`) travels in the message, as with ``shm_slots = 0``.
   A slot that stays busy for :data:`RECLAIM_S` (a stage died holding it) is taken back, counted.
 
 Only capture writes pixels; the only other write is a reader's release (the slot's ``state``
@@ -142,10 +143,14 @@ class Ring:
             return oldest
         return None
 
+    def fits(self, image: np.ndarray) -> bool:
+        """A slot can hold ``image`` (contiguous uint8, at most ``slot_bytes``)."""
+        return image.dtype == np.uint8 and image.nbytes <= self.slot_bytes and image.flags.c_contiguous
+
     def put(self, image: np.ndarray, wait_s: float = 0.0, stop: threading.Event | None = None) -> ShmRef | None:
-        """Copy ``image`` into a free slot (waiting up to ``wait_s`` for one). None: it does not fit,
-        or no slot freed up in time -- send the pixels in the message instead."""
-        if image.dtype != np.uint8 or image.nbytes > self.slot_bytes or not image.flags.c_contiguous:
+        """Copy ``image`` into a free slot (waiting up to ``wait_s`` for one). None: it does not fit
+        (:meth:`fits`), or no slot freed up in time."""
+        if not self.fits(image):
             return None
         deadline = time.monotonic() + wait_s
         i = self._free_slot()
@@ -189,22 +194,17 @@ class Rings:
         path = self.directory / name
         try:
             size = path.stat().st_size
-        except OSError as e:
-            raise ShmError(
-                f"ring {name} is not on this host ({type(e).__name__}); stages on other hosts need [bus] shm_slots = 0"
-            ) from None
-        if size < HEAD:
-            raise ShmError(f"ring {name}: truncated ({size} bytes)")
-        try:
-            mm = np.memmap(path, np.uint8, "r+", 0, (size,))
+            mm = np.memmap(path, np.uint8, "r+", 0, (size,)) if size >= HEAD else None
         except (OSError, ValueError) as e:
             raise ShmError(
                 f"ring {name} is not on this host ({type(e).__name__}); stages on other hosts need [bus] shm_slots = 0"
             ) from None
+        if mm is None:
+            raise ShmError(f"ring {name}: truncated ({size} bytes)")
         slots, slot_bytes = (int(v) for v in mm[8:24].view(np.uint64))
-        if bytes(mm[:8]) != MAGIC or not 1 <= slots <= MAX_SLOTS or _layout(slots, slot_bytes)[2] != size:
+        pixels_at, stride, expected = _layout(slots, slot_bytes)
+        if bytes(mm[:8]) != MAGIC or not 1 <= slots <= MAX_SLOTS or expected != size:
             raise ShmError(f"ring {name}: bad header")
-        pixels_at, stride, _ = _layout(slots, slot_bytes)
         meta = mm[HEAD : HEAD + slots * META * 8].view(np.uint64).reshape(slots, META)
         pixels = mm[pixels_at:].reshape(slots, stride)
         int(mm[::4096].sum())  # map every page now (memory fixed from the start, as in the writer)
@@ -223,22 +223,23 @@ class Rings:
             raise Overwritten(f"ring {ref.ring} slot {ref.slot}: frame overwritten")
         return pixels[ref.slot, : h * w * c].reshape(h, w, c)
 
-    def valid(self, ref: ShmRef) -> bool:
-        """The slot still holds this frame (call after reading the pixels)."""
+    def _current(self, ref: ShmRef) -> np.ndarray | None:
+        """The ring's slot table when the slot still holds this frame, else None."""
         try:
             meta = self._ring(ref.ring)[0]
         except ShmError:
-            return False
-        return 0 <= ref.slot < len(meta) and int(meta[ref.slot, 0]) == ref.gen
+            return None
+        return meta if 0 <= ref.slot < len(meta) and int(meta[ref.slot, 0]) == ref.gen else None
+
+    def valid(self, ref: ShmRef) -> bool:
+        """The slot still holds this frame (call after reading the pixels)."""
+        return self._current(ref) is not None
 
     def release(self, ref: ShmRef) -> bool:
         """The frame's journey ended here: its slot is free for capture. False when it was not ours
         to release any more (reused, or the ring is gone)."""
-        try:
-            meta = self._ring(ref.ring)[0]
-        except ShmError:
-            return False
-        if not 0 <= ref.slot < len(meta) or int(meta[ref.slot, 0]) != ref.gen:
+        meta = self._current(ref)
+        if meta is None:
             return False
         meta[ref.slot, 1] = 0
         return True

@@ -105,7 +105,7 @@ class Pixels:
             return True
         if self.ring is None:
             self.ring = Ring(self.slots, image.nbytes)
-        if image.nbytes > self.ring.slot_bytes or image.dtype != np.uint8 or not image.flags.c_contiguous:
+        if not self.ring.fits(image):
             return True  # travels in the message
         msg.shm = self.ring.put(image, 0.0 if live else self.wait_s, stop)
         return msg.shm is not None

@@ -1,7 +1,8 @@
 """Detector worker: frames in, frames with faces and face crops out.
 
 Consumes ``frame`` messages from capture; produces the same frame (image forwarded: the display
-draws on it; a frame in shared memory (:mod:`bus.shm`) is read in place and forwarded as its reference) with ``faces`` (left to right) and ``crops`` (one ``size x size x C`` uint8 crop per
+draws on it; a frame in shared memory, :mod:`bus.shm`, is read in place and forwarded as its
+reference) with ``faces`` (left to right) and ``crops`` (one ``size x size x C`` uint8 crop per
 face, made by :func:`bus.preprocess.crop_face` for the classifier model's sidecar spec), stamped
 ``t["detector"]`` when sent. Stale live frames and frames that cannot be processed become ``drop``
 markers with a ``reason``; ``drop`` and ``eos`` messages are passed on unchanged.
@@ -36,34 +37,29 @@ class Backend(Protocol):
     def detect(self, bgr: np.ndarray) -> list[Face]: ...
 
 
-def drop(msg: Message, reason: str) -> Message:
-    """The drop marker that stands for ``msg`` downstream."""
-    return drop_marker(msg, reason)
-
-
 def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: float) -> Message:
     """One message in, one out (pure: no sockets, no clock; ``now`` is the wall time it arrived)."""
     if msg.kind != "frame":
         return msg
     if msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms:
-        return drop(msg, "stale")
+        return drop_marker(msg, "stale")
     if msg.image is None:
-        return drop(msg, "no_image")
+        return drop_marker(msg, "no_image")
     try:
         image = to_uint8_bgr(msg.image)
     except ValueError:
-        return drop(msg, "bad_image")
+        return drop_marker(msg, "bad_image")
     try:
         faces = backend.detect(image)
     except (ValueError, RuntimeError):
-        return drop(msg, "detect_error")
+        return drop_marker(msg, "detect_error")
     crops = None  # no faces, no crops part (bus.codec cannot encode an empty crops array)
     try:
         if faces:
             colour = spec.colour
             crops = np.stack([crop_face(image, f.box, spec.size, colour, spec.crop_margin) for f in faces])  # type: ignore[arg-type]
     except ValueError:  # a box that is not a number
-        return drop(msg, "crop_error")
+        return drop_marker(msg, "crop_error")
     return Message(
         src=msg.src,
         seq=msg.seq,
@@ -105,7 +101,7 @@ def run(
         excess = backend.excess
         out = _step_shared(msg, rings, limited) or step(msg, backend, spec, cfg.bus.max_age_ms, time.time())
         if msg.shm is not None and out.kind == "frame" and not rings.valid(msg.shm):
-            out = drop(msg, "overwritten")  # capture reused the slot while we read it (RECLAIM_S)
+            out = drop_marker(msg, "overwritten")  # capture reused the slot while we read it (RECLAIM_S)
         if backend.excess > excess:
             stats.drop("excess_faces", backend.excess - excess)
         if out.kind == "drop" and msg.kind == "frame":
@@ -125,7 +121,7 @@ def _step_shared(msg: Message, rings: Rings, limited: RateLimited) -> Message | 
         msg.image = rings.view(msg.shm)
     except ShmError as e:
         limited.warning(e.reason, "src %s seq %d: %s", msg.src, msg.seq, e)
-        return drop(msg, e.reason)
+        return drop_marker(msg, e.reason)
     return None
 
 
@@ -149,4 +145,4 @@ def _forward(
     stats.drop("send")
     limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
     if out.kind == "frame":
-        sockets.send(sock, encode(drop(out, "send")), block=not out.live)
+        sockets.send(sock, encode(drop_marker(out, "send")), block=not out.live)
