@@ -24,9 +24,13 @@ Frames (parts)
             uint8 face crops ``s x s x c``, in ``faces`` order, made by
             ``bus.preprocess.crop_face`` for the classifier's model.
   ``faces`` list of maps: ``box`` [x, y, w, h] pixels, ``score`` float, ``kp`` list of
-            [x, y] keypoints; after the classifier also ``label`` str and ``probs``
-            list of float (in ``labels`` order).
+            [x, y] keypoints; after the classifier also ``label`` str, ``probs``
+            list of float (in ``labels`` order, calibrated: the model's temperature
+            applied) and ``uncertain`` bool (the top probability is below
+            ``uncertain_below``; the label is kept).
   ``labels``  the classifier model's labels, list of str (absent before it).
+  ``uncertain_below``  the classifier's threshold for ``uncertain``, float in [0, 1]
+            (absent before it), so the sink can apply it to smoothed probabilities.
   ``t``     map stage -> wall time the stage sent it (for latency), optional.
   ``reason``  why a ``drop`` was dropped (str); ``frames``/``dropped`` ints on ``eos``.
   ========  =========================================================================
@@ -75,6 +79,7 @@ class Face:
     kp: list[tuple[float, float]] = field(default_factory=list)
     label: str | None = None
     probs: list[float] | None = None
+    uncertain: bool | None = None
 
     def to_wire(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -86,6 +91,8 @@ class Face:
             d["label"] = self.label
         if self.probs is not None:
             d["probs"] = [float(p) for p in self.probs]
+        if self.uncertain is not None:
+            d["uncertain"] = bool(self.uncertain)
         return d
 
 
@@ -102,6 +109,7 @@ class Message:
     faces: list[Face] = field(default_factory=list)
     crops: np.ndarray | None = None
     labels: list[str] | None = None
+    uncertain_below: float | None = None
     t: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     frames: int | None = None
@@ -159,7 +167,7 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
     if msg.faces:
         header["faces"] = [f.to_wire() for f in msg.faces]
-    for key in ("labels", "reason", "frames", "dropped"):
+    for key in ("labels", "uncertain_below", "reason", "frames", "dropped"):
         value = getattr(msg, key)
         if value is not None:
             header[key] = value
@@ -193,6 +201,9 @@ def _faces(raw: Any) -> list[Face]:
         label = f.get("label")
         if label is not None and not isinstance(label, str):
             raise CodecError(f"faces[{i}].label: expected a string")
+        uncertain = f.get("uncertain")
+        if uncertain is not None and not isinstance(uncertain, bool):
+            raise CodecError(f"faces[{i}].uncertain: expected a bool")
         faces.append(
             Face(
                 tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
@@ -200,6 +211,7 @@ def _faces(raw: Any) -> list[Face]:
                 [(_num(x, "kp"), _num(y, "kp")) for x, y in kp],
                 label,
                 None if probs is None else [_num(p, f"faces[{i}].probs") for p in probs],
+                uncertain,
             )
         )
     return faces
@@ -253,6 +265,12 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise CodecError("labels: expected a list of strings")
     msg.labels = labels
+    below = h.get("uncertain_below")
+    if below is not None:
+        below = _num(below, "uncertain_below")
+        if not 0.0 <= below <= 1.0:
+            raise CodecError(f"uncertain_below: {below} is not in [0, 1]")
+    msg.uncertain_below = below
     t = h.get("t", {})
     if not isinstance(t, dict):
         raise CodecError("t: expected a map")
