@@ -64,6 +64,7 @@ class DetectorConfig:
     min_confidence: float = 0.6
     backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
     max_faces: int = 32
+    align: bool = True  # rotate each crop so the eyes are level (BlazeFace eye keypoints)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ClassifierConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5602",)
     model: str = "models/fer2013_emonet.tflite"
     threads: int = 1
+    uncertain_below: float = 0.45  # a face whose top (calibrated) probability is lower is flagged uncertain
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"[detector] backend: litert or mediapipe, got {cfg.detector.backend!r}")
     if not 0.0 < cfg.detector.min_confidence < 1.0:
         raise ConfigError("[detector] min_confidence: must be between 0 and 1")
+    if not 0.0 <= cfg.classifier.uncertain_below <= 1.0:
+        raise ConfigError("[classifier] uncertain_below: must be in [0, 1] (0 = never uncertain)")
     d = cfg.display
     if d.smoothing not in SMOOTHING:
         raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")

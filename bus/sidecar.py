@@ -5,7 +5,11 @@ never from constants, so any exported model (CK+ with *contempt*, FER2013 with *
 
     {"name": "fer2013_emonet", "labels": ["angry", ...], "dataset": "fer2013",
      "input": {"size": 48, "colour": "grey", "scaling": "x/255", "crop_margin": 0.2},
-     "quantization": "int8", "metrics": {...}}
+     "quantization": "int8", "metrics": {...},
+     "calibration": {"temperature": 1.3, "fitted_on": "...", ...}}
+
+``calibration.temperature`` (default 1: none) is applied to the model's probabilities at run time
+(:mod:`bus.calibration`); the rest of ``calibration`` records how it was fitted and what it changed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bus.calibration import T_RANGE
 from bus.preprocess import SCALING
 
 
@@ -32,6 +37,8 @@ class ModelSpec:
     crop_margin: float = 0.2
     dataset: str = ""
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +53,7 @@ class ModelSpec:
             },
             "quantization": "int8",
             "metrics": self.metrics,
+            "calibration": {**self.calibration, "temperature": self.temperature},
         }
 
 
@@ -74,6 +82,8 @@ def load_spec(model: str | Path) -> ModelSpec:
             crop_margin=float(inp.get("crop_margin", 0.2)),
             dataset=str(d.get("dataset", "")),
             metrics=dict(d.get("metrics", {})),
+            temperature=float(d.get("calibration", {}).get("temperature", 1.0)),
+            calibration=dict(d.get("calibration", {})),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SidecarError(f"{path}: missing or invalid field: {e}") from None
@@ -83,6 +93,9 @@ def load_spec(model: str | Path) -> ModelSpec:
         raise SidecarError(f"{path}: input.colour must be 'grey' or 'rgb', got {spec.colour!r}")
     if spec.scaling != SCALING:
         raise SidecarError(f"{path}: input.scaling {spec.scaling!r} is not supported (only {SCALING!r})")
+    lo, hi = T_RANGE
+    if not lo <= spec.temperature <= hi:
+        raise SidecarError(f"{path}: calibration.temperature {spec.temperature} is not in [{lo}, {hi}]")
     if not 8 <= spec.size <= 512:
         raise SidecarError(f"{path}: input.size {spec.size} out of range")
     return spec

@@ -1,7 +1,8 @@
 """``EmotionModel``: the int8 (or float) TFLite emotion classifier, run by LiteRT.
 
 Consumes a batch of uint8 face crops (N x S x S x C, ``bus.preprocess.crop_face`` with the sidecar's
-size and colour) and produces N x len(labels) probabilities in the sidecar's label order.
+size and colour) and produces N x len(labels) probabilities in the sidecar's label order, calibrated
+with the sidecar's temperature (``bus.calibration``; 1 = as the network outputs them).
 
 All faces of a frame run as ONE batch: the interpreter's input is resized to (N, S, S, C) only when
 N changes. Measured on this project's emonet (int8, 1 thread): resize + allocate costs ~5 us, while
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from bus.calibration import apply_temperature
 from bus.sidecar import ModelSpec, SidecarError, load_spec
 from classifier.preprocess import InputQuantizer, dequantize, normalise
 
@@ -148,4 +150,4 @@ class EmotionModel:
         self._it.set_tensor(self._in["index"], np.ascontiguousarray(self.quantize(crops)))
         self._it.invoke()
         raw = self._it.get_tensor(self._out["index"])
-        return normalise(dequantize(raw, self._out_scale, self._out_zero))
+        return apply_temperature(normalise(dequantize(raw, self._out_scale, self._out_zero)), self.spec.temperature)

@@ -1,7 +1,8 @@
 """Classifier worker: frames with faces and crops in, frames with labels and probabilities out.
 
 Consumes detector messages (``faces`` + ``crops``, image forwarded); produces the same frame with
-``face.label``/``face.probs`` (in ``labels`` order), ``msg.labels`` and no crops, and sends it to the
+``face.label``/``face.probs`` (in ``labels`` order, calibrated)/``face.uncertain``, ``msg.labels``,
+``msg.uncertain_below`` and no crops, and sends it to the
 display. ``drop`` and ``eos`` markers pass through untouched; a frame this stage cannot classify
 becomes a ``drop`` marker with the reason, so the display can account for it.
 """
@@ -37,11 +38,13 @@ def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
     return msg.kind == "frame" and msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms
 
 
-def step(msg: Message, model: Classifier) -> Message:
-    """Label every face of a frame in one batch. Pure: no sockets, no clock."""
+def step(msg: Message, model: Classifier, uncertain_below: float = 0.0) -> Message:
+    """Label every face of a frame in one batch; a face whose top probability is below
+    ``uncertain_below`` is flagged ``uncertain`` (its label is kept). Pure: no sockets, no clock."""
     if msg.kind != "frame":
         return msg
     msg.labels = list(model.labels)
+    msg.uncertain_below = uncertain_below
     if not msg.faces:
         msg.crops = None
         return msg
@@ -55,6 +58,7 @@ def step(msg: Message, model: Classifier) -> Message:
     for face, p in zip(msg.faces, probs, strict=True):
         face.probs = [float(v) for v in p]
         face.label = model.labels[int(np.argmax(p))]
+        face.uncertain = bool(np.max(p) < uncertain_below)
     msg.crops = None
     return msg
 
@@ -87,7 +91,7 @@ def run(
             out = drop_marker(msg, "stale")
         elif msg.kind == "frame":
             try:
-                out = step(msg, model)
+                out = step(msg, model, cfg.classifier.uncertain_below)
             except (ValueError, RuntimeError) as e:
                 warn.warning("classify", "%s#%d: classification failed: %s", msg.src, msg.seq, e)
                 out = drop_marker(msg, "classify_error")

@@ -160,6 +160,8 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
             "label": f.label,
             "probs": _probs(labels, f.probs),
         }
+        if f.uncertain is not None:
+            face["uncertain"] = f.uncertain
         if tracked is not None:
             t = tracked[i]
             face.update(track=t.track, smoothed=_probs(labels, t.smoothed), smoothed_label=t.smoothed_label)
