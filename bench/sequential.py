@@ -20,7 +20,7 @@ import numpy as np
 from bench.pipeline import CLASSIFIER_MODEL
 from bench.procs import ROOT, BenchError
 from bus.codec import Message
-from bus.config import DetectorConfig
+from bus.config import ClassifierConfig, DetectorConfig
 from bus.preprocess import to_uint8_bgr
 from bus.runtime import single_threaded_opencv
 from bus.sidecar import load_spec
@@ -64,7 +64,11 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
             for seq, image in enumerate(looped(clip, frames)):
                 now = time.time()
                 msg = Message(src="ref", seq=seq, ts=now, image=image, t={"capture": now})
-                out = classify_step(detect_step(msg, backend, spec, 0, now), emotions)
+                out = classify_step(
+                    detect_step(msg, backend, spec, 0, now, DetectorConfig.align),
+                    emotions,
+                    ClassifierConfig.uncertain_below,
+                )
                 if out.kind != "frame":
                     raise BenchError(f"the reference dropped frame {seq}: {out.reason}")
                 faces += len(out.faces)

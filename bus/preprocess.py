@@ -11,6 +11,7 @@ quantisation is scale 1/255, zero point -128 therefore takes ``uint8 - 128`` exa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import cv2
@@ -51,18 +52,40 @@ def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[i
     return x0, y0, x0 + s, y0 + s
 
 
+MAX_ALIGN_DEG = 45.0  # beyond this the eye keypoints are not trusted (profile faces, bad detections)
+
+
+def eye_angle(kp: Sequence[tuple[float, float]]) -> float:
+    """Roll of a face in degrees from BlazeFace's keypoints (0: the subject's right eye, 1: left eye):
+    the angle of the eye line against the horizontal, positive when the image-right eye is lower.
+    0 without two keypoints or beyond ``MAX_ALIGN_DEG``."""
+    if len(kp) < 2:
+        return 0.0
+    (xr, yr), (xl, yl) = kp[0], kp[1]
+    if not all(np.isfinite(v) for v in (xr, yr, xl, yl)) or (xr, yr) == (xl, yl):
+        return 0.0
+    deg = float(np.degrees(np.arctan2(yl - yr, xl - xr)))
+    return deg if abs(deg) <= MAX_ALIGN_DEG else 0.0
+
+
 def crop_face(
     frame: np.ndarray,
     box: tuple[float, float, float, float],
     size: int,
     colour: Colour,
     margin: float = 0.0,
+    angle: float = 0.0,
 ) -> np.ndarray:
     """Square crop around ``box`` resized to ``size``; parts outside the frame are edge-replicated.
 
-    The box may lie partly (or wholly) outside the frame; the crop is always ``size x size``.
+    The box may lie partly (or wholly) outside the frame; the crop is always ``size x size``. With
+    ``angle`` (degrees, :func:`eye_angle`) the crop is first rotated about the box centre by that
+    angle, so a tilted face comes out with its eyes level; it is rotated at the frame's resolution
+    and then resized exactly as an upright crop is.
     """
     bgr = to_uint8_bgr(frame)
+    if angle:
+        return to_model_pixels(_rotated_crop(bgr, box, margin, angle), size, colour)
     fh, fw = bgr.shape[:2]
     x0, y0, x1, y1 = square_box(box, margin)
     cx0, cy0 = max(0, min(fw - 1, x0)), max(0, min(fh - 1, y0))
@@ -72,6 +95,17 @@ def crop_face(
     if top or bottom or left or right:
         patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return to_model_pixels(patch, size, colour)
+
+
+def _rotated_crop(bgr: np.ndarray, box: tuple[float, float, float, float], margin: float, angle: float) -> np.ndarray:
+    x0, y0, x1, y1 = square_box(box, margin)
+    side = x1 - x0
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    # Rotate about the box centre, then move that centre to the middle of a side x side output.
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+    m[0, 2] += side / 2.0 - cx
+    m[1, 2] += side / 2.0 - cy
+    return cv2.warpAffine(bgr, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def to_model_pixels(image: np.ndarray, size: int, colour: Colour) -> np.ndarray:

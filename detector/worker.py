@@ -21,7 +21,7 @@ import zmq
 from bus import sockets
 from bus.codec import CodecError, Face, Message, decode, drop_marker, encode
 from bus.config import Config
-from bus.preprocess import crop_face, to_uint8_bgr
+from bus.preprocess import crop_face, eye_angle, to_uint8_bgr
 from bus.runtime import RateLimited, Stats
 from bus.shm import Rings, ShmError
 from bus.sidecar import ModelSpec
@@ -37,8 +37,9 @@ class Backend(Protocol):
     def detect(self, bgr: np.ndarray) -> list[Face]: ...
 
 
-def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: float) -> Message:
-    """One message in, one out (pure: no sockets, no clock; ``now`` is the wall time it arrived)."""
+def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: float, align: bool = False) -> Message:
+    """One message in, one out (pure: no sockets, no clock; ``now`` is the wall time it arrived).
+    With ``align`` each crop is rotated so the face's eyes are level (:func:`bus.preprocess.eye_angle`)."""
     if msg.kind != "frame":
         return msg
     if msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms:
@@ -57,7 +58,12 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: 
     try:
         if faces:
             colour = spec.colour
-            crops = np.stack([crop_face(image, f.box, spec.size, colour, spec.crop_margin) for f in faces])  # type: ignore[arg-type]
+            crops = np.stack(
+                [
+                    crop_face(image, f.box, spec.size, colour, spec.crop_margin, eye_angle(f.kp) if align else 0.0)  # type: ignore[arg-type]
+                    for f in faces
+                ]
+            )
     except ValueError:  # a box that is not a number
         return drop_marker(msg, "crop_error")
     return Message(
@@ -99,7 +105,9 @@ def run(
             limited.warning("decode", "undecodable message dropped: %s", e)
             continue
         excess = backend.excess
-        out = _step_shared(msg, rings, limited) or step(msg, backend, spec, cfg.bus.max_age_ms, time.time())
+        out = _step_shared(msg, rings, limited) or step(
+            msg, backend, spec, cfg.bus.max_age_ms, time.time(), cfg.detector.align
+        )
         if msg.shm is not None and out.kind == "frame" and not rings.valid(msg.shm):
             out = drop_marker(msg, "overwritten")  # capture reused the slot while we read it (RECLAIM_S)
         if backend.excess > excess:
