@@ -8,6 +8,7 @@ python -m training export runs/fer-emonet/best.keras --source fer --name fer2013
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import click
 
 DEFAULT_DATA = {"ck": "../shared/data/ck48", "fer": "../shared/data/fer2013", "ferplus": "../shared/data/fer2013"}
 SOURCES = click.Choice(["ck", "fer", "ferplus"])
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"  # written only with --ship
 
 
 def _setup(mixed: str) -> None:
@@ -38,10 +40,11 @@ def _setup(mixed: str) -> None:
 @click.option(
     "--models-dir",
     type=click.Path(path_type=Path),
-    default=Path("models"),
-    show_default=True,
-    help="where the int8 .tflite and its JSON sidecar are written",
+    help="where the int8 .tflite and its JSON sidecar are written (default: <out>/models; never the shipped "
+    "models/ unless --ship)",
 )
+@click.option("--ship", is_flag=True, help="export into the shipped models/ folder, replacing the model there")
+@click.option("--no-export", is_flag=True, help="train and evaluate only (teachers): no int8 model")
 @click.option("--name", help="exported model name (default: <dataset>_<model>)")
 @click.option(
     "--init",
@@ -64,6 +67,35 @@ def _setup(mixed: str) -> None:
     show_default=True,
     help="bfloat16 mixed precision (auto: where the CPU has avx512_bf16/AMX, or a GPU)",
 )
+@click.option("--seed", type=int, default=1, show_default=True, help="random seed (shuffling, augmentation, init)")
+@click.option(
+    "--mix",
+    type=click.Choice(["none", "mixup", "cutmix"]),
+    default="none",
+    show_default=True,
+    help="blend image pairs and their targets in each batch",
+)
+@click.option("--mix-alpha", type=float, default=0.3, show_default=True, help="Beta(alpha, alpha) of --mix")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option(
+    "--ferplus-blend",
+    type=float,
+    default=0.0,
+    help="FER2013: soften each training label with the FER+ votes of the same image (0..1, their weight)",
+)
+@click.option(
+    "--distill",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="teacher soft labels (.npz from `python -m training ensemble`): train a student on them",
+)
+@click.option("--distill-temperature", type=float, default=4.0, show_default=True, help="softmax temperature T")
+@click.option(
+    "--distill-alpha",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="weight of the teachers' term; 1 - alpha weights the hard labels",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -74,7 +106,9 @@ def cli(
     batch: int,
     retrain: bool,
     out: Path | None,
-    models_dir: Path,
+    models_dir: Path | None,
+    ship: bool,
+    no_export: bool,
     name: str | None,
     init: Path | None,
     keep_head: bool,
@@ -82,6 +116,14 @@ def cli(
     folds: int,
     limit: int | None,
     mixed: str,
+    seed: int,
+    mix: str,
+    mix_alpha: float,
+    label_smoothing: float,
+    ferplus_blend: float,
+    distill: Path | None,
+    distill_temperature: float,
+    distill_alpha: float,
 ) -> None:
     """Train a model on --source, evaluate it on the test protocol, export int8 TFLite."""
     if ctx.invoked_subcommand is not None:
@@ -92,32 +134,58 @@ def cli(
         raise click.UsageError("--keep-head needs --init")
     if lr is not None and not 0 < lr < 1:
         raise click.UsageError(f"--lr must be in (0, 1), got {lr}")
+    for opt, value, lo, hi in (
+        ("--ferplus-blend", ferplus_blend, 0.0, 1.0),
+        ("--distill-alpha", distill_alpha, 0.0, 1.0),
+        ("--label-smoothing", label_smoothing, 0.0, 0.5),
+    ):
+        if not lo <= value <= hi:
+            raise click.UsageError(f"{opt} must be in [{lo}, {hi}], got {value}")
+    if not 0 < mix_alpha <= 10 or not 0.5 <= distill_temperature <= 20:
+        raise click.UsageError("--mix-alpha must be in (0, 10] and --distill-temperature in [0.5, 20]")
+    if ship and (no_export or models_dir is not None):
+        raise click.UsageError("--ship exports into models/: leave out --models-dir and --no-export")
+    if distill is not None and source != "fer":
+        raise click.UsageError("--distill takes FER2013 teacher soft labels: use it with --source fer")
     _setup(mixed)
-    from training.pipelines import run_ck, run_fer
+    from training.pipelines import RunSpec, run_ck, run_fer
+    from training.train import TrainConfig
 
     data = data or Path(DEFAULT_DATA[source])
     out = out or Path("runs") / f"{source}-{model_name}"
+    if ship:
+        models_dir = SHIPPED_MODELS
+    elif models_dir is None and not no_export:
+        models_dir = out / "models"
+    run = RunSpec(
+        data=data,
+        out=out,
+        model_name=model_name,
+        models_dir=None if no_export else models_dir,
+        name=name,
+        init=init,
+        keep_head=keep_head,
+        retrain=retrain,
+        limit=limit,
+        folds=folds,
+        ferplus_blend=ferplus_blend,
+        distill=distill,
+    )
+    default_lr = (1e-3 if init else 2e-3) if source == "ck" else TrainConfig.lr
+    cfg = TrainConfig(
+        epochs=epochs or (60 if source == "ck" else 40),
+        batch=min(batch, 64) if source == "ck" else batch,
+        lr=lr or default_lr,
+        warmup_epochs=3 if source == "ck" else TrainConfig.warmup_epochs,
+        label_smoothing=label_smoothing,
+        seed=seed,
+        mix=mix,
+        mix_alpha=mix_alpha,
+        distill_temperature=distill_temperature,
+        distill_alpha=distill_alpha if distill is not None else 0.0,
+    )
     try:
-        if source == "ck":
-            summary = run_ck(
-                data, model_name, epochs or 60, batch, retrain, out, models_dir, name, init, folds, limit, lr, keep_head
-            )
-        else:
-            summary = run_fer(
-                data,
-                source == "ferplus",
-                model_name,
-                epochs or 40,
-                batch,
-                retrain,
-                out,
-                models_dir,
-                name,
-                init,
-                limit,
-                lr,
-                keep_head,
-            )
+        summary = run_ck(run, cfg) if source == "ck" else run_fer(run, cfg, ferplus=source == "ferplus")
     except Exception as e:
         from training.data import DatasetError
 
@@ -146,19 +214,76 @@ def evaluate(model_path: Path, source: str, data: Path | None, out: Path | None,
 @click.option("--source", type=SOURCES, required=True)
 @click.option("--data", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="file stem of the .tflite and .json")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
+@click.option("--models-dir", type=click.Path(path_type=Path), help="default: <model's folder>/models")
+@click.option("--ship", is_flag=True, help="export into the shipped models/ folder, replacing the model there")
 @click.option(
     "--recalibrate-bn",
     is_flag=True,
     help="first set the batch-norm statistics to their averages over the training split (what training "
     "now does after its last epoch); the result is also saved as <model>.recalibrated.keras",
 )
-def export(model_path: Path, source: str, data: Path | None, name: str, models_dir: Path, recalibrate_bn: bool) -> None:
+def export(
+    model_path: Path,
+    source: str,
+    data: Path | None,
+    name: str,
+    models_dir: Path | None,
+    ship: bool,
+    recalibrate_bn: bool,
+) -> None:
     """Export a .keras model to full-integer int8 TFLite + JSON sidecar, and evaluate both."""
+    if ship and models_dir is not None:
+        raise click.UsageError("--ship exports into models/: leave out --models-dir")
+    models_dir = SHIPPED_MODELS if ship else models_dir or model_path.parent / "models"
     _setup("off")
     from training.pipelines import export_file
 
     click.echo(export_file(model_path, source, data or Path(DEFAULT_DATA[source]), name, models_dir, recalibrate_bn))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data", type=click.Path(path_type=Path), help="FER2013 folder (default: ../shared/data/fer2013)")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("models/teachers/fer2013_soft.npz"),
+    show_default=True,
+    help="soft labels (.npz, float16); the figures go beside it as .json",
+)
+@click.option("--no-tta", is_flag=True, help="one pass per image instead of the mean with its mirror")
+def ensemble(models: tuple[Path, ...], data: Path | None, out: Path, no_tta: bool) -> None:
+    """Teachers -> each one's and their mean's FER2013 accuracy, and the mean's soft labels on Training."""
+    _setup("off")
+    from training.distill import ensemble as run_ensemble
+
+    report = run_ensemble(list(models), data or Path(DEFAULT_DATA["fer"]), out, tta=not no_tta)
+    click.echo(json.dumps(report, indent=2))
+
+
+@cli.command()
+@click.argument("model_path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data", type=click.Path(path_type=Path), help="FER2013 folder (default: ../shared/data/fer2013)")
+@click.option("--ck", type=click.Path(path_type=Path), help="also the cross-dataset check on this CK+48 folder")
+@click.option("--dry-run", is_flag=True, help="report only; leave the sidecar as it is")
+def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: bool) -> None:
+    """Fit an int8 FER2013 model's temperature on PublicTest, report ECE on PrivateTest before and after,
+    and write it into the sidecar (the classifier applies it). With --ck: the CK+48 cross-dataset figures."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from bus.sidecar import load_spec
+    from training.calibrate import calibrate as fit
+    from training.calibrate import cross_dataset
+    from training.pipelines import load_source
+
+    try:
+        source = "ferplus" if load_spec(model_path).dataset == "ferplus" else "fer"
+        splits = load_source(source, data or Path(DEFAULT_DATA["fer"]))
+        result: dict = {"calibration": fit(model_path, splits["val"], splits["test"], write=not dry_run)}
+        if ck is not None:
+            result["ck48_cross_dataset"] = cross_dataset(model_path, load_source("ck", ck)["all"])
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

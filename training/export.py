@@ -30,6 +30,8 @@ def float32_copy(model: Any) -> Any:
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
+    if all(la.compute_dtype == "float32" for la in model.layers):
+        return model  # trained without mixed precision (or loaded under float32): nothing to convert
     from training.models import build
 
     clone = build(model.name, int(model.output_shape[-1]))
@@ -77,6 +79,7 @@ def export_and_check(
     run: Path,
     cv: dict[str, Any] | None = None,
     tta: bool = False,
+    distill: Path | None = None,
 ) -> dict[str, Any]:
     """Write ``<models_dir>/<name>.tflite`` + ``.json``, evaluate the int8 model with LiteRT on the test
     split, and put both accuracies (float and int8), size and latency in the sidecar."""
@@ -121,14 +124,24 @@ def export_and_check(
         metrics_["cv_std_accuracy"] = round(cv["std_accuracy"], 4)
         metrics_["cv_protocol"] = cv["protocol"]
         path.with_suffix(".cv.json").write_text(json.dumps(cv, indent=2))
+    if distill is not None:
+        metrics_["distilled_from"] = str(distill)
     spec = ModelSpec(**{**spec.__dict__, "metrics": metrics_})
     sidecar_path(path).write_text(json.dumps(spec.to_json(), indent=2))
     load_spec(path)  # the sidecar we wrote must be one the runtime accepts
+    if "val" in splits and len(splits["val"]):
+        # Temperature fitted on the validation split (FER: PublicTest), written into the sidecar.
+        from training.calibrate import calibrate
+
+        cal = calibrate(path, splits["val"], test)
+        metrics_["ece_test_before"], metrics_["ece_test_after"] = cal["ece_test_before"], cal["ece_test_after"]
     summary = (
         f"{name}: float {metrics_['float_accuracy']:.2%} (flip TTA {metrics_['float_accuracy_flip_tta']:.2%}), "
         f"int8 {metrics_['int8_accuracy']:.2%} on {len(test)} {metrics_['test_split']} images; "
         f"{metrics_['tflite_bytes'] / 1e6:.2f} MB; {lat['median_ms']:.3f} ms/face (1 thread) -> {path}"
     )
+    if "ece_test_after" in metrics_:
+        summary += f"; ECE {metrics_['ece_test_before']:.4f} -> {metrics_['ece_test_after']:.4f} (temperature)"
     if cv is not None:
         summary += f"\nCK+ {cv['protocol']}: mean {cv['mean_accuracy']:.2%} +- {cv['std_accuracy']:.2%}"
     log.info(summary)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from training.data import Dataset
 from training.models import MODELS, build, replace_head
-from training.train import TrainConfig, fit
+from training.train import TrainConfig, fit, read_progress
 
 log = logging.getLogger("training")
 
@@ -34,6 +35,24 @@ def load_source(source: str, data: Path) -> dict[str, Dataset]:
     return {"train": splits["Training"], "val": splits["PublicTest"], "test": splits["PrivateTest"]}
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What one ``python -m training`` run does besides the recipe (:class:`TrainConfig`)."""
+
+    data: Path
+    out: Path
+    model_name: str = "emonet"
+    models_dir: Path | None = None  # where the int8 model goes; None: no export (teachers)
+    name: str | None = None
+    init: Path | None = None
+    keep_head: bool = False
+    retrain: bool = False
+    limit: int | None = None
+    folds: int = 10
+    ferplus_blend: float = 0.0  # FER2013 targets softened by the FER+ votes (teachers)
+    distill: Path | None = None  # teacher soft labels (.npz from ``python -m training ensemble``)
+
+
 def _weights(out: Path) -> Path | None:
     for name in ("best.keras", "final.keras"):
         if (out / name).is_file():
@@ -55,7 +74,11 @@ def _load_or_train(
 
     info = MODELS[model_name]
     existing = _weights(out)
-    if existing is not None and not retrain:
+    interrupted = read_progress(out)[0] > 0 and not (out / "final.keras").is_file()
+    if retrain:
+        for stale in ("last.keras", "progress.json"):
+            (out / stale).unlink(missing_ok=True)
+    elif existing is not None and not interrupted:
         log.info("reusing weights %s (pass --retrain to train again)", existing)
         return keras.models.load_model(existing), False
     if init is not None:
@@ -75,74 +98,62 @@ def _load_or_train(
     return model, True
 
 
-def run_fer(
-    data: Path,
-    ferplus: bool,
-    model_name: str,
-    epochs: int,
-    batch: int,
-    retrain: bool,
-    out: Path,
-    models_dir: Path,
-    name: str | None,
-    init: Path | None,
-    limit: int | None,
-    lr: float | None = None,
-    keep_head: bool = False,
-) -> str:
+def run_fer(run: RunSpec, cfg: TrainConfig, ferplus: bool = False) -> str:
     source = "ferplus" if ferplus else "fer"
-    splits = load_source(source, data)
+    splits = load_source(source, run.data)
     train = splits["train"]
-    if limit:
-        train = train.subset(np.arange(min(limit, len(train))))
+    if run.limit:
+        train = train.subset(np.arange(min(run.limit, len(train))))
+    if run.ferplus_blend:
+        if ferplus:
+            raise ValueError("--ferplus-blend softens FER2013 labels; --source ferplus trains on the votes already")
+        from training.data.fer import ferplus_blend, load_ferplus_votes
+
+        csv_dir = run.data if run.data.is_dir() else run.data.parent
+        train = ferplus_blend(train, load_ferplus_votes(csv_dir / "fer2013new.csv"), run.ferplus_blend)
+        log.info("targets: FER2013 labels blended with the FER+ votes (weight %.2f)", run.ferplus_blend)
+    if run.distill is not None:
+        from training.distill import attach_teacher
+
+        train = attach_teacher(train, run.distill)
     log.info(
         "train %d  val %d  test %d  classes %s", len(train), len(splits["val"]), len(splits["test"]), train.classes
     )
-    cfg = TrainConfig(epochs=epochs, batch=batch, lr=lr or TrainConfig.lr)
-    model, _ = _load_or_train(model_name, train, splits["val"], out, cfg, retrain, init, keep_head)
+    model, _ = _load_or_train(run.model_name, train, splits["val"], run.out, cfg, run.retrain, run.init, run.keep_head)
     from training.evaluate import evaluate_model, plot_history
+
+    plot_history(run.out)
+    dataset = "ferplus" if ferplus else "fer2013"
+    report = evaluate_model(model, splits["test"], MODELS[run.model_name], run.out / "eval-float", "float")
+    if run.models_dir is None:
+        return f"{run.out}: float {report['accuracy_no_tta']:.2%} (flip TTA {report['accuracy']:.2%}) on PrivateTest"
     from training.export import export_and_check
 
-    plot_history(out)
-    dataset = "ferplus" if ferplus else "fer2013"
-    report = evaluate_model(model, splits["test"], MODELS[model_name], out / "eval-float", "float")
-    name = name or f"{dataset}_{model_name}"
-    exported = export_and_check(model, splits, MODELS[model_name], models_dir, name, dataset, report, out)
+    name = run.name or f"{dataset}_{run.model_name}"
+    exported = export_and_check(
+        model, splits, MODELS[run.model_name], run.models_dir, name, dataset, report, run.out, distill=run.distill
+    )
     return exported["summary"]
 
 
-def run_ck(
-    data: Path,
-    model_name: str,
-    epochs: int,
-    batch: int,
-    retrain: bool,
-    out: Path,
-    models_dir: Path,
-    name: str | None,
-    init: Path | None,
-    folds: int,
-    limit: int | None,
-    lr: float | None = None,
-    keep_head: bool = False,
-) -> str:
+def run_ck(run: RunSpec, cfg: TrainConfig) -> str:
     """Subject-independent k-fold CV (per-fold JSON), then a model on all subjects, exported."""
     from training.data.ck import subject_folds
     from training.evaluate import evaluate_model
     from training.export import export_and_check
 
-    ck = load_source("ck", data)["all"]
-    if limit:
-        ck = ck.subset(np.arange(min(limit, len(ck))))
+    ck = load_source("ck", run.data)["all"]
+    if run.limit:
+        ck = ck.subset(np.arange(min(run.limit, len(ck))))
     assert ck.groups is not None
-    info = MODELS[model_name]
-    cfg = TrainConfig(epochs=epochs, batch=min(batch, 64), lr=lr or (1e-3 if init else 2e-3), warmup_epochs=3)
+    info = MODELS[run.model_name]
+    folds, init, keep_head, retrain = run.folds, run.init, run.keep_head, run.retrain
     results = []
     for k, test_idx in enumerate(subject_folds(ck.groups, folds)):
         train_idx = np.setdiff1d(np.arange(len(ck)), test_idx)
         assert not set(ck.groups[train_idx]) & set(ck.groups[test_idx]), "subject in train and test"
-        fold_out = out / f"fold{k}"
-        model, _ = _load_or_train(model_name, ck.subset(train_idx), None, fold_out, cfg, retrain, init, keep_head)
+        fold_out = run.out / f"fold{k}"
+        model, _ = _load_or_train(run.model_name, ck.subset(train_idx), None, fold_out, cfg, retrain, init, keep_head)
         rep = evaluate_model(model, ck.subset(test_idx), info, fold_out / "eval", "float")
         results.append(
             {
@@ -165,18 +176,22 @@ def run_ck(
         "std_accuracy_flip_tta": float(tta.std()),
         "protocol": f"{folds}-fold subject-independent cross-validation on CK+48",
         "init": str(init) if init else None,
-        "epochs": epochs,
-        "model": model_name,
+        "epochs": cfg.epochs,
+        "model": run.model_name,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cv.json").write_text(json.dumps(cv, indent=2))
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "cv.json").write_text(json.dumps(cv, indent=2))
     log.info("CK+ %d-fold: mean %.4f  std %.4f", folds, cv["mean_accuracy"], cv["std_accuracy"])
-    model, _ = _load_or_train(model_name, ck, None, out / "all", cfg, retrain, init, keep_head)
-    name = name or f"ck_{model_name}"
+    model, _ = _load_or_train(run.model_name, ck, None, run.out / "all", cfg, retrain, init, keep_head)
+    name = run.name or f"ck_{run.model_name}"
     # The shipped model is trained on every subject: its float-vs-int8 check runs on those images,
     # and its accuracy estimate is the cross-validation mean above.
-    report = evaluate_model(model, ck, info, out / "all" / "eval-float", "float (training images)")
-    exported = export_and_check(model, {"train": ck, "test": ck}, info, models_dir, name, "ck+", report, out, cv=cv)
+    report = evaluate_model(model, ck, info, run.out / "all" / "eval-float", "float (training images)")
+    if run.models_dir is None:
+        return f"CK+ {cv['protocol']}: mean {cv['mean_accuracy']:.2%} +- {cv['std_accuracy']:.2%} (not exported)"
+    exported = export_and_check(
+        model, {"train": ck, "test": ck}, info, run.models_dir, name, "ck+", report, run.out, cv=cv
+    )
     return exported["summary"]
 
 

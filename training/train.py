@@ -7,11 +7,13 @@ plus ``history.csv`` / ``best.keras`` in the run folder. Batches use ``drop_rema
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,6 +21,7 @@ import tensorflow as tf
 
 from bus.preprocess import SCALING, Colour, grey_to_model_pixels
 from training.data import Dataset
+from training.distill import DistillLoss, hard_accuracy  # also registers them for load_model
 
 log = logging.getLogger("training.train")
 assert SCALING == "x/255"  # the dataset map below implements this rule
@@ -35,6 +38,10 @@ class TrainConfig:
     erase_prob: float = 0.5
     seed: int = 1
     verbose: int = 1
+    mix: str = "none"  # "none" | "mixup" | "cutmix": blend image pairs and their targets (teachers)
+    mix_alpha: float = 0.3  # Beta(alpha, alpha) for the blend weight
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term
+    distill_alpha: float = 0.0  # weight of the teachers' term (0: plain training on the labels)
 
 
 def model_pixels(data: Dataset, size: int, colour: Colour) -> np.ndarray:
@@ -44,10 +51,19 @@ def model_pixels(data: Dataset, size: int, colour: Colour) -> np.ndarray:
     return grey_to_model_pixels(data.images, size, colour)
 
 
-def _targets(data: Dataset) -> np.ndarray:
-    if data.soft is not None:
-        return data.soft.astype(np.float32)
-    return np.eye(len(data.classes), dtype=np.float32)[data.labels]
+def _targets(data: Dataset, distill: bool = False) -> np.ndarray:
+    """Training targets: soft ones where the dataset has them, else one-hot; for distillation the
+    teachers' probabilities follow in the same row (``training.distill``; one-hot again where a split,
+    e.g. validation, has no teacher labels)."""
+    base = (
+        data.soft.astype(np.float32)
+        if data.soft is not None
+        else np.eye(len(data.classes), dtype=np.float32)[data.labels]
+    )
+    if not distill:
+        return base
+    teacher = data.teacher if data.teacher is not None else base
+    return np.concatenate([base, teacher.astype(np.float32)], axis=1)
 
 
 def augmenter(size: int, seed: int) -> keras.Sequential:
@@ -87,6 +103,44 @@ def _photometric(x: tf.Tensor, erase_prob: float) -> tf.Tensor:
     return x * (1.0 - mask) + noise * mask
 
 
+def _beta(n: tf.Tensor, alpha: float) -> tf.Tensor:
+    a = tf.random.gamma((n,), alpha)
+    b = tf.random.gamma((n,), alpha)
+    return a / (a + b + 1e-12)
+
+
+def mix_batch(x: tf.Tensor, y: tf.Tensor, mode: str, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) inside one batch: each image is blended with
+    a random partner, and its target with the same weight (for CutMix, the pasted box's area share)."""
+    if mode == "none":
+        return x, y
+    n = tf.shape(x)[0]
+    partner = tf.random.shuffle(tf.range(n))
+    lam = _beta(n, alpha)
+    if mode == "mixup":
+        w = lam[:, None, None, None]
+        return x * w + tf.gather(x, partner) * (1.0 - w), y * lam[:, None] + tf.gather(y, partner) * (
+            1.0 - lam[:, None]
+        )
+    if mode != "cutmix":
+        raise ValueError(f"unknown mix mode {mode!r}")
+    size = tf.shape(x)[1]
+    s = tf.cast(size, tf.float32)
+    cut = tf.sqrt(1.0 - lam)  # side share of the pasted box: area share 1 - lam
+    h = tf.cast(cut * s, tf.int32)
+    cy = tf.cast(tf.random.uniform((n,)) * s, tf.int32)
+    cx = tf.cast(tf.random.uniform((n,)) * s, tf.int32)
+    y0, y1 = tf.clip_by_value(cy - h // 2, 0, size), tf.clip_by_value(cy + h // 2, 0, size)
+    x0, x1 = tf.clip_by_value(cx - h // 2, 0, size), tf.clip_by_value(cx + h // 2, 0, size)
+    r = tf.range(size)[None, :]
+    rows = (r >= y0[:, None]) & (r < y1[:, None])
+    cols = (r >= x0[:, None]) & (r < x1[:, None])
+    box = tf.cast(tf.logical_and(rows[:, :, None], cols[:, None, :]), tf.float32)[..., None]
+    area = tf.reduce_mean(box, axis=[1, 2, 3])  # the exact share pasted, after clipping at the border
+    x = x * (1.0 - box) + tf.gather(x, partner) * box
+    return x, y * (1.0 - area[:, None]) + tf.gather(y, partner) * area[:, None]
+
+
 def pipeline(pixels: np.ndarray, targets: np.ndarray, batch: int, train: bool, cfg: TrainConfig) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((pixels, targets))
     if train:
@@ -99,6 +153,8 @@ def pipeline(pixels: np.ndarray, targets: np.ndarray, batch: int, train: bool, c
             lambda x, y: (_photometric(aug(x, training=True), cfg.erase_prob), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+        if cfg.mix != "none":
+            ds = ds.map(lambda x, y: mix_batch(x, y, cfg.mix, cfg.mix_alpha), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -112,11 +168,63 @@ def compile_model(model: keras.Model, steps: int, cfg: TrainConfig, lr: float | 
         warmup_target=lr if warm else None,
         warmup_steps=warm,
     )
+    loss: keras.losses.Loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    metric: Any = "accuracy"
+    if cfg.distill_alpha > 0:
+        k = int(model.output_shape[-1])
+        loss = DistillLoss(k, cfg.distill_temperature, cfg.distill_alpha, cfg.label_smoothing)
+        metric = keras.metrics.MeanMetricWrapper(hard_accuracy, name="accuracy")
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
+        loss=loss,
+        metrics=[metric],
     )
+
+
+class Progress(keras.callbacks.Callback):
+    """After every epoch: ``last.keras`` (weights and optimizer state) and ``progress.json`` (epochs done,
+    best validation accuracy), so that a run stopped at any point continues where it was (:func:`fit`)."""
+
+    def __init__(self, out: Path, best: float) -> None:
+        super().__init__()
+        self.out, self.best = out, best
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        val = (logs or {}).get("val_accuracy")
+        if val is not None and val > self.best:
+            self.best = float(val)
+        tmp = self.out / "last.tmp.keras"
+        self.model.save(tmp)
+        tmp.replace(self.out / "last.keras")
+        write_progress(self.out, epoch + 1, self.best)
+
+
+def resume(model: keras.Model, last: Path) -> None:
+    """Load an interrupted run's weights and optimizer state (moments, step count: the learning-rate
+    schedule carries on from its step) into ``model``, compiled with the same recipe."""
+    saved = keras.models.load_model(last)
+    model.set_weights(saved.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    mine, theirs = model.optimizer.variables, saved.optimizer.variables
+    if len(mine) != len(theirs):
+        raise ValueError(f"{last}: optimizer state of {len(theirs)} variables, this recipe has {len(mine)}")
+    for a, b in zip(mine, theirs, strict=True):
+        a.assign(b)
+
+
+def write_progress(out: Path, epochs_done: int, best: float) -> None:
+    (out / "progress.json").write_text(json.dumps({"epochs_done": epochs_done, "best_val_accuracy": best}))
+
+
+def read_progress(out: Path) -> tuple[int, float]:
+    """(epochs done, best validation accuracy) of an interrupted run in ``out``; (0, -inf) for none."""
+    try:
+        p = json.loads((out / "progress.json").read_text())
+    except (OSError, ValueError):
+        return 0, -math.inf
+    if not (out / "last.keras").is_file():
+        return 0, -math.inf
+    return int(p["epochs_done"]), float(p["best_val_accuracy"])
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -160,21 +268,45 @@ def fit(
     steps = len(x) // batch
     if steps == 0:
         raise ValueError(f"{len(x)} training images: fewer than one batch")
-    train_ds = pipeline(x, _targets(train), batch, True, cfg)
+    distill = cfg.distill_alpha > 0
+    if distill and train.teacher is None:
+        raise ValueError("distillation (distill_alpha > 0) needs teacher soft labels on the training set")
+    train_ds = pipeline(x, _targets(train, distill), batch, True, cfg)
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(str(out / "history.csv")),
         EpochLog(cfg.epochs),
     ]
     val_ds = None
     if val is not None and len(val):
-        val_ds = pipeline(model_pixels(val, size, colour), _targets(val), 256, False, cfg)
+        val_ds = pipeline(model_pixels(val, size, colour), _targets(val, distill), 256, False, cfg)
         callbacks.append(
             keras.callbacks.ModelCheckpoint(
                 str(out / "best.keras"), monitor="val_accuracy", mode="max", save_best_only=True
             )
         )
     compile_model(model, steps, cfg, lr)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose)
+    done, best = read_progress(out)
+    if done:
+        resume(model, out / "last.keras")
+        log.info("resuming %s after epoch %d of %d (best validation accuracy %.4f)", out, done, cfg.epochs, best)
+        callbacks[0] = keras.callbacks.CSVLogger(str(out / "history.csv"), append=True)
+        if val_ds is not None and math.isfinite(best):
+            callbacks[-1] = keras.callbacks.ModelCheckpoint(
+                str(out / "best.keras"),
+                monitor="val_accuracy",
+                mode="max",
+                save_best_only=True,
+                initial_value_threshold=best,
+            )
+    callbacks.append(Progress(out, best))
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        initial_epoch=done,
+        callbacks=callbacks,
+        verbose=cfg.verbose,
+    )
     if val_ds is not None and (out / "best.keras").exists():
         model.set_weights(keras.models.load_model(out / "best.keras").get_weights())
     n = recalibrate_bn(model, x)

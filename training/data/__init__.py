@@ -23,6 +23,8 @@ class Dataset:
     classes: list[str]
     soft: np.ndarray | None = None
     groups: np.ndarray | None = None
+    rows: np.ndarray | None = None  # each image's row in the source file (FER2013: CSV data row, from 0)
+    teacher: np.ndarray | None = None  # teachers' probabilities (distillation), N x classes
     skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -39,6 +41,8 @@ class Dataset:
             self.classes,
             None if self.soft is None else self.soft[index],
             None if self.groups is None else self.groups[index],
+            None if self.rows is None else self.rows[index],
+            teacher=None if self.teacher is None else self.teacher[index],
         )
 
     def counts(self) -> dict[str, int]:

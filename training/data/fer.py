@@ -97,6 +97,7 @@ def load_fer(path: Path, ferplus: Path | None = None) -> dict[str, Dataset]:
             np.stack(images[s]) if images[s] else np.zeros((0, 48, 48), np.uint8),
             np.array(labels[s], np.int64),
             FER_CLASSES,
+            rows=np.array(rows_of[s], np.int64),
             skipped=skipped,
         )
         for s in SPLITS
@@ -145,4 +146,21 @@ def _relabel_ferplus(data: Dataset, votes: np.ndarray, rows: np.ndarray, split: 
         from training.data import log
 
         log.info("FER+ %s: %d images without a clear majority or not a face skipped", split, dropped)
-    return Dataset(data.images[keep], top[keep].astype(np.int64), FERPLUS_CLASSES, soft[keep])
+    return Dataset(data.images[keep], top[keep].astype(np.int64), FERPLUS_CLASSES, soft[keep], rows=rows[keep])
+
+
+def ferplus_blend(data: Dataset, votes: np.ndarray, weight: float) -> Dataset:
+    """FER2013 labels softened by the FER+ crowd votes of the same images: target = (1 - weight) * one-hot
+    + weight * the vote share of the seven FER2013 emotions (contempt, unknown and not-a-face votes left
+    out). Images with none of those votes keep their one-hot label. Labels (and so the test protocol) stay
+    FER2013's."""
+    if data.rows is None:
+        raise ValueError("ferplus_blend needs FER2013 rows (load_fer sets them)")
+    v = votes[data.rows]
+    order = [FERPLUS_CLASSES.index(c) for c in FER_CLASSES]
+    emo = v[:, order].astype(np.float32)
+    total = emo.sum(axis=1, keepdims=True)
+    onehot = np.eye(len(FER_CLASSES), dtype=np.float32)[data.labels]
+    share = np.where(total > 0, emo / np.maximum(total, 1), onehot)
+    soft = (1.0 - weight) * onehot + weight * share
+    return Dataset(data.images, data.labels, data.classes, soft, data.groups, data.rows, skipped=data.skipped)

@@ -231,3 +231,54 @@ def test_keep_head_class_count_mismatch(tmp_path: Path, init_models: dict[int, P
         "--init", str(init_models[8]), "--keep-head",
     )  # fmt: skip
     assert result.exit_code == 1 and "Error: --keep-head:" in result.output and "8 outputs" in result.output
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_ensemble_then_distilled_student_leaves_shipped_models_alone(
+    tmp_path: Path, init_models: dict[int, Path]
+) -> None:
+    """Teachers' soft labels (`ensemble`) -> a distilled student (`--distill`) with default options: the
+    export lands in the run folder with a fitted temperature, and models/ stays byte-for-byte the same."""
+    shipped = ROOT / "models"
+    before = _tree_digest(shipped)
+    csv = write(tmp_path / "fer2013.csv", rows(6))
+    npz = tmp_path / "teachers" / "soft.npz"
+    ens = run_cli("ensemble", str(init_models[7]), str(init_models[7]), "--data", str(csv), "--out", str(npz))
+    assert ens.returncode == 0, ens.stderr[-3000:]
+    report = json.loads(npz.with_suffix(".json").read_text())
+    assert len(report["teachers"]) == 2 and 0 <= report["ensemble_PrivateTest"] <= 1
+    with np.load(npz) as z:
+        assert z["soft"].dtype == np.float16 and z["soft"].shape == (6, 7) and z["rows"].tolist() == list(range(6))
+    out = tmp_path / "student"
+    args = ["--source", "fer", "--data", str(csv), "--init", str(init_models[7]), "--keep-head", "--epochs", "1"]
+    student = run_cli(*args, "--distill", str(npz), "--out", str(out), "--mixed", "off")
+    assert student.returncode == 0, student.stderr[-3000:]
+    assert "argmax agrees with the label" in student.stderr
+    side = json.loads((out / "models" / "fer2013_emonet.json").read_text())
+    assert side["metrics"]["distilled_from"] == str(npz)
+    assert 0.05 <= side["calibration"]["temperature"] <= 20 and "ece_test_after" in side["calibration"]
+    assert _tree_digest(shipped) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "fer", "--ship", "--no-export"], "--ship exports into models/"),
+        (["--source", "fer", "--ferplus-blend", "2"], "--ferplus-blend must be in"),
+        (["--source", "ck", "--distill", "pyproject.toml"], "--distill takes FER2013 teacher soft labels"),
+        (["--source", "fer", "--mix-alpha", "0"], "--mix-alpha must be in"),
+    ],
+)
+def test_recipe_option_errors(args: list[str], message: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2 and message in result.output

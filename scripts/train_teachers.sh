@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Train the FER2013 teachers of the distilled model, then write their averaged soft labels.
+# Every run resumes where it stopped (runs/teachers/<name>/last.keras + progress.json), so the script can
+# be started again after an interruption and picks up the unfinished teacher. A finished teacher
+# (final.keras) is reused. Teachers are selected on PublicTest only; PrivateTest is only reported.
+#   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${1:-../shared/data/fer2013}"
+py=.venv/bin/python
+common=(--source fer --data "$data" --model emonet --init models/fer2013_emonet.keras --keep-head
+  --lr 5e-4 --epochs "${TEACHER_EPOCHS:-6}" --no-export)
+teacher() {
+  local name=$1
+  shift
+  if [[ -f runs/teachers/$name/final.keras ]]; then
+    echo "teacher $name: done ($(cat runs/teachers/"$name"/progress.json))" >&2
+    return
+  fi
+  "$py" -m training "${common[@]}" --out "runs/teachers/$name" "$@"
+}
+teacher t1-mixup --seed 11 --mix mixup --mix-alpha 0.3
+teacher t2-cutmix --seed 22 --mix cutmix --mix-alpha 1.0
+teacher t3-ferplus --seed 33 --ferplus-blend 0.5
+"$py" -m training ensemble runs/teachers/t1-mixup/final.keras runs/teachers/t2-cutmix/final.keras \
+  runs/teachers/t3-ferplus/final.keras --data "$data" --out models/teachers/fer2013_soft.npz

@@ -1,0 +1,111 @@
+"""Calibration and cross-dataset checks of an exported int8 model, run through the runtime's own code.
+
+- :func:`calibrate`: fit the temperature on FER2013 PublicTest (the int8 model's dequantised outputs,
+  exactly what the classifier sees), report the top-class ECE (15 bins) on PrivateTest before and after,
+  and write it into the sidecar's ``calibration`` (the classifier applies it, ``bus.calibration``).
+- :func:`cross_dataset`: a FER2013 model on all CK+48 images of the six classes both datasets share
+  (contempt left out), as they are, no CK+ training: accuracy (argmax over all the model's classes, so
+  a *neutral* answer is wrong), per-class recall and ECE.
+
+No TensorFlow: the int8 model runs on LiteRT through ``classifier.model.EmotionModel``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bus.calibration import apply_temperature, ece, fit_temperature
+from bus.preprocess import grey_to_model_pixels
+from bus.sidecar import ModelSpec, load_spec, sidecar_path
+from training.data import Dataset
+from training.evaluate import metrics, tflite_predict
+
+log = logging.getLogger("training.calibrate")
+UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+
+
+def _raw_probs(path: Path, data: Dataset, spec: ModelSpec) -> np.ndarray:
+    """The model's probabilities before its sidecar temperature (undo it: T is applied at load)."""
+    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))  # type: ignore[arg-type]
+    return apply_temperature(p, 1.0 / spec.temperature) if spec.temperature != 1.0 else p
+
+
+def uncertain_table(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+    """For thresholds on the top probability: share of faces flagged uncertain, accuracy of the
+    flagged and of the rest (what picking ``[classifier] uncertain_below`` trades)."""
+    top, right = probs.max(1), probs.argmax(1) == labels
+    rows = []
+    for t in UNCERTAIN_GRID:
+        low = top < t
+        rows.append(
+            {
+                "below": t,
+                "share_uncertain": round(float(low.mean()), 4),
+                "accuracy_uncertain": round(float(right[low].mean()), 4) if low.any() else float("nan"),
+                "accuracy_confident": round(float(right[~low].mean()), 4) if (~low).any() else float("nan"),
+            }
+        )
+    return rows
+
+
+def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> dict[str, Any]:
+    spec = load_spec(path)
+    if list(spec.labels) != val.classes:
+        raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
+    pv, pt = _raw_probs(path, val, spec), _raw_probs(path, test, spec)
+    t = fit_temperature(pv, val.labels)
+    cal = apply_temperature(pt, t)
+    result = {
+        "temperature": round(t, 4),
+        "fitted_on": "FER2013 PublicTest (NLL, int8 outputs)",
+        "ece_bins": 15,
+        "ece_test_before": round(ece(pt, test.labels), 4),
+        "ece_test_after": round(ece(cal, test.labels), 4),
+        "ece_val_before": round(ece(pv, val.labels), 4),
+        "ece_val_after": round(ece(apply_temperature(pv, t), val.labels), 4),
+        "test_split": "PrivateTest",
+        "uncertain_on_test": uncertain_table(cal, test.labels),
+    }
+    log.info(
+        "%s: T = %.3f; ECE on PrivateTest %.4f -> %.4f",
+        path,
+        t,
+        result["ece_test_before"],
+        result["ece_test_after"],
+    )
+    if write:
+        d = json.loads(sidecar_path(path).read_text())
+        d["calibration"] = {**d.get("calibration", {}), **result}
+        sidecar_path(path).write_text(json.dumps(d, indent=2))
+        load_spec(path)  # still a sidecar the runtime accepts
+    return result
+
+
+def cross_dataset(path: Path, ck: Dataset) -> dict[str, Any]:
+    """FER-trained ``path`` on CK+48: the images of the classes the model knows (contempt left out)."""
+    spec = load_spec(path)
+    names = list(spec.labels)
+    shared = [c for c in ck.classes if c in names]
+    keep = np.isin(np.array(ck.classes)[ck.labels], shared)
+    data = ck.subset(np.flatnonzero(keep))
+    y = np.array([names.index(ck.classes[i]) for i in data.labels], np.int64)
+    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))  # type: ignore[arg-type]
+    m = metrics(y, p.argmax(1), names)
+    result = {
+        "images": int(len(y)),
+        "classes": shared,
+        "accuracy": round(m["accuracy"], 4),
+        "recall": {c: m["per_class"][c]["recall"] for c in shared},
+        "ece": round(ece(p, y), 4),
+        "temperature": spec.temperature,
+        "protocol": "all CK+48 images of the classes FER2013 shares, as they are; argmax over all model classes",
+    }
+    log.info(
+        "%s on CK+48 (%d images, no CK+ training): accuracy %.4f, ECE %.4f", path, len(y), m["accuracy"], result["ece"]
+    )
+    return result
