@@ -53,19 +53,21 @@ def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[i
 
 
 MAX_ALIGN_DEG = 45.0  # beyond this the eye keypoints are not trusted (profile faces, bad detections)
+MIN_ALIGN_DEG = 8.0  # below this a face counts as upright and is not resampled (CK+48: any less cost accuracy)
 
 
 def eye_angle(kp: Sequence[tuple[float, float]]) -> float:
     """Roll of a face in degrees from BlazeFace's keypoints (0: the subject's right eye, 1: left eye):
     the angle of the eye line against the horizontal, positive when the image-right eye is lower.
-    0 without two keypoints or beyond ``MAX_ALIGN_DEG``."""
+    0 without two keypoints, beyond ``MAX_ALIGN_DEG`` or within ``MIN_ALIGN_DEG`` (upright enough:
+    rotating would only resample the pixels; measured in models/README.md)."""
     if len(kp) < 2:
         return 0.0
     (xr, yr), (xl, yl) = kp[0], kp[1]
     if not all(np.isfinite(v) for v in (xr, yr, xl, yl)) or (xr, yr) == (xl, yl):
         return 0.0
     deg = float(np.degrees(np.arctan2(yl - yr, xl - xr)))
-    return deg if abs(deg) <= MAX_ALIGN_DEG else 0.0
+    return deg if MIN_ALIGN_DEG <= abs(deg) <= MAX_ALIGN_DEG else 0.0
 
 
 def crop_face(

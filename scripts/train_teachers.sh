@@ -3,9 +3,28 @@
 # Every run resumes where it stopped (runs/teachers/<name>/last.keras + progress.json), so the script can
 # be started again after an interruption and picks up the unfinished teacher. A finished teacher
 # (final.keras) is reused. Teachers are selected on PublicTest only; PrivateTest is only reported.
+# runs/ is not committed: `--checkpoint` copies each teacher's resume point (last.keras with the optimizer
+# state, best.keras, progress.json, history.csv; a finished one's final.keras) to models/teachers/ckpt/<name>/,
+# which is committed, and a
+# later run on a fresh clone starts from there.
 #   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
+#   scripts/train_teachers.sh --checkpoint  (save the resume points for a commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ckpt=models/teachers/ckpt
+files=(final.keras last.keras best.keras progress.json history.csv)
+if [[ ${1:-} == --checkpoint ]]; then
+  for run in runs/teachers/*/; do
+    name=$(basename "$run")
+    [[ -f $run/progress.json ]] || continue
+    rm -rf "$ckpt/$name" && mkdir -p "$ckpt/$name"
+    keep=("${files[@]}")
+    [[ -f $run/final.keras ]] && keep=(final.keras progress.json history.csv)  # finished: the weights suffice
+    for f in "${keep[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
+    echo "checkpoint $name: $(cat "$run/progress.json")" >&2
+  done
+  exit 0
+fi
 data="${1:-../shared/data/fer2013}"
 py=.venv/bin/python
 common=(--source fer --data "$data" --model emonet --init models/fer2013_emonet.keras --keep-head
@@ -13,6 +32,11 @@ common=(--source fer --data "$data" --model emonet --init models/fer2013_emonet.
 teacher() {
   local name=$1
   shift
+  if [[ ! -f runs/teachers/$name/progress.json && -f $ckpt/$name/progress.json ]]; then
+    mkdir -p "runs/teachers/$name"
+    for f in "${files[@]}"; do [[ -f $ckpt/$name/$f ]] && cp "$ckpt/$name/$f" "runs/teachers/$name/"; done
+    echo "teacher $name: resuming from the committed checkpoint ($(cat "$ckpt/$name/progress.json"))" >&2
+  fi
   if [[ -f runs/teachers/$name/final.keras ]]; then
     echo "teacher $name: done ($(cat runs/teachers/"$name"/progress.json))" >&2
     return

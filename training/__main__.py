@@ -286,5 +286,37 @@ def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: boo
     click.echo(json.dumps(result, indent=2))
 
 
+@cli.command("align-check")
+@click.option(
+    "--video",
+    "videos",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="videos for label stability (default: the two head-pose clips in ../shared/data/media/videos)",
+)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=SHIPPED_MODELS / "fer2013_emonet.tflite",
+    show_default=True,
+)
+@click.option("--fer", type=click.Path(path_type=Path), help="FER2013 folder: accuracy on PrivateTest as is / aligned")
+@click.option("--ck", type=click.Path(path_type=Path), help="CK+48 folder: accuracy as is / aligned")
+@click.option("--out", type=click.Path(path_type=Path), help="also write the figures to this JSON file")
+def align_check(videos: tuple[Path, ...], model: Path, fer: Path | None, ck: Path | None, out: Path | None) -> None:
+    """Label stability on videos and accuracy on upright faces, with and without [detector] align."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from training.alignment import check
+
+    media = Path("../shared/data/media/videos")
+    chosen = list(videos) or [media / f"head-pose-face-detection-{s}.mp4" for s in ("male", "female")]
+    report = check(chosen, model, fer, ck)
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    click.echo(text)
+
+
 if __name__ == "__main__":
     cli()

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bus.preprocess import MAX_ALIGN_DEG, crop_face, eye_angle
+from bus.preprocess import MAX_ALIGN_DEG, MIN_ALIGN_DEG, crop_face, eye_angle
 
 
 def tilted_face(angle_deg: float, size: int = 400) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -36,13 +36,19 @@ def blob_rows(crop: np.ndarray) -> tuple[float, float]:
     return rows[0], rows[1]
 
 
-@pytest.mark.parametrize("angle", [-30.0, -12.0, 0.0, 8.0, 25.0])
+@pytest.mark.parametrize("angle", [-30.0, -12.0, 10.0, 25.0])
 def test_eye_angle_measures_the_tilt(angle: float) -> None:
     _, kp = tilted_face(angle)
     assert eye_angle(kp) == pytest.approx(angle, abs=0.5)
 
 
-@pytest.mark.parametrize("angle", [-30.0, -12.0, 8.0, 25.0])
+@pytest.mark.parametrize("angle", [0.0, 3.0, -5.0, MIN_ALIGN_DEG - 0.5])
+def test_upright_enough_faces_are_not_rotated(angle: float) -> None:
+    _, kp = tilted_face(angle)
+    assert eye_angle(kp) == 0.0
+
+
+@pytest.mark.parametrize("angle", [-30.0, -12.0, 10.0, 25.0])
 def test_a_rotated_face_comes_out_level(angle: float) -> None:
     img, kp = tilted_face(angle)
     box = (100.0, 100.0, 200.0, 200.0)
