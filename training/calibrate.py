@@ -54,6 +54,7 @@ def uncertain_table(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, flo
 
 
 def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> dict[str, Any]:
+    """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+)."""
     spec = load_spec(path)
     if list(spec.labels) != val.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
@@ -62,7 +63,7 @@ def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> di
     cal = apply_temperature(pt, t)
     result = {
         "temperature": round(t, 4),
-        "fitted_on": "FER2013 PublicTest (NLL, int8 outputs)",
+        "fitted_on": f"{'FER+' if spec.dataset == 'ferplus' else 'FER2013'} PublicTest (NLL, int8 outputs)",
         "ece_bins": 15,
         "ece_test_before": round(ece(pt, test.labels), 4),
         "ece_test_after": round(ece(cal, test.labels), 4),
