@@ -114,6 +114,12 @@ class VideoSink:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         writer.write(image)
 
+    def forget(self, src: str) -> None:
+        """The display evicted ``src``: close its video (a later frame opens it again)."""
+        entry = self.writers.pop(src, None)
+        if entry is not None:
+            entry[0].release()
+
     def close(self) -> None:
         for writer, _ in self.writers.values():
             writer.release()
