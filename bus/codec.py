@@ -33,6 +33,9 @@ Frames (parts)
             (absent before it), so the sink can apply it to smoothed probabilities.
   ``t``     map stage -> wall time the stage sent it (for latency), optional.
   ``reason``  why a ``drop`` was dropped (str); ``frames``/``dropped`` ints on ``eos``.
+            ``dropped`` also on capture's frames (and the markers that stand for them): the
+            frames of this source capture itself dropped before this one, so that a source
+            without an eos (camera, looped file) is accounted for too.
   ========  =========================================================================
 
 - buffers: ``image`` pixels first (when present), then ``crops`` (when present). Sizes are
@@ -348,7 +351,15 @@ def drop_marker(msg: Message, reason: str) -> Message:
     """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
     so that the stage where the journey ends can release the slot)."""
     return Message(
-        src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t), shm=msg.shm
+        src=msg.src,
+        seq=msg.seq,
+        ts=msg.ts,
+        kind="drop",
+        live=msg.live,
+        reason=reason,
+        t=dict(msg.t),
+        shm=msg.shm,
+        dropped=msg.dropped if msg.kind == "frame" else None,
     )
 
 
