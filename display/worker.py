@@ -77,6 +77,7 @@ def waiting_sources(cfg: Config) -> list[str]:
     return files or cfg.source_ids()
 
 
+MAX_REASONS = 32  # distinct drop reasons counted by name; further ones count as "other"
 SEQ_AHEAD = 3000  # frames a source's seq may jump forward (capture drops make gaps: ~100 s at 30 fps)
 SEQ_BEHIND = 10_000  # frames a message may arrive behind the newest (parallel detectors, drop markers owed)
 SEQ_REANCHOR = 30  # rejected messages in a row, within SEQ_AHEAD of each other, that become the new numbering
@@ -394,6 +395,8 @@ class Display:
             )
         elif msg.kind == "drop":
             reason = msg.reason or "unknown"
+            if reason not in self.stats.drops and len(self.stats.drops) >= MAX_REASONS:
+                reason = "other"  # distinct reasons are bounded: each one is a key in every stats line
             self.ledger.drop(msg.src, reason, now, msg.seq, capture_dropped)
             self.stats.drop(reason)
         elif is_stale(msg, self.wall(), self.cfg.bus.max_age_ms):

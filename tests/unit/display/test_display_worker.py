@@ -15,7 +15,7 @@ from bus.codec import Face, Message, ShmRef, drop_marker, encode
 from bus.config import Config, SourceConfig, validate
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
-from display.worker import SEQ_REANCHOR, Display, is_file_uri, run, waiting_sources
+from display.worker import MAX_REASONS, SEQ_REANCHOR, Display, is_file_uri, run, waiting_sources
 
 LOG = logging.getLogger("test.display")
 
@@ -356,3 +356,13 @@ def test_sources_not_in_the_config_are_bounded_and_evicted_least_recently_used()
     assert stats.drops["evicted_source"] == 297 and len(sink.forgotten) == 297 and "forged0" not in sink.forgotten
     assert d.ledger.evicted_sources == 297 and d.ledger.evicted.received == 297
     assert d.ledger.sources["s0"].received == 300
+
+
+def test_distinct_drop_reasons_are_bounded():
+    """Issue 11 case 13: every distinct reason became a key in every later stats line."""
+    stats = Stats(LOG, 60.0)
+    d = Display(config("a.mp4"), [], stats, LOG)
+    for seq in range(1000):
+        d.handle(encode(Message(src="s0", seq=seq, ts=1.0, kind="drop", reason=f"r{seq:04d}" + "x" * 50)), 0.0)
+    assert len(stats.drops) <= MAX_REASONS + 1 and stats.drops["other"] == 1000 - MAX_REASONS
+    assert sum(d.ledger.sources["s0"].drops.values()) == 1000 and len(stats.line()) < 3000
