@@ -1,2 +1,2 @@
 """Benchmarks that print figures: `python -m bench` (the pipeline), `python -m bench.detector_models`,
-`python -m bench.fuzz_codec`, `python -m bench.soak`."""
+`python -m bench.fuzz`, `python -m bench.soak`."""

@@ -33,10 +33,27 @@ Frames (parts)
             (absent before it), so the sink can apply it to smoothed probabilities.
   ``t``     map stage -> wall time the stage sent it (for latency), optional.
   ``reason``  why a ``drop`` was dropped (str); ``frames``/``dropped`` ints on ``eos``.
+            ``dropped`` also on capture's frames (and the markers that stand for them): the
+            frames of this source capture itself dropped before this one, so that a source
+            without an eos (camera, looped file) is accounted for too.
   ========  =========================================================================
 
 - buffers: ``image`` pixels first (when present), then ``crops`` (when present). Sizes are
   checked against the header; anything else raises :class:`CodecError`.
+
+Limits (decode refuses anything outside them with :class:`CodecError`, so no stage or sink ever
+sees a number it cannot draw or a string that forges a log line):
+
+- numbers are finite (no NaN, no infinity); ``box`` and ``kp`` coordinates within
+  +-``MAX_COORD`` pixels, at most ``MAX_KP`` keypoints per face; ``score`` and ``probs`` in
+  [0, 1] (``probs`` to ``PROB_SLACK``, float32 rounding), at most ``MAX_LABELS`` of them;
+  ``ts`` and the ``t`` values in [0, ``MAX_TIME``] seconds, at most ``MAX_STAGES`` ``t`` entries;
+  ``seq``, ``frames``, ``dropped`` ints in [0, 2**63).
+- strings (``src`` up to ``MAX_SRC``, ``reason``, ``label``, ``labels`` items and ``t`` keys up
+  to ``MAX_NAME`` characters) are non-empty and printable (``str.isprintable``: no newline,
+  carriage return, escape, tab or other control or separator character); they are refused, not
+  escaped, so what a stage logs or writes is what was sent. A refused value is quoted in the
+  error at most ``QUOTE`` characters long.
 
 Readers ignore header keys they do not know, so a newer writer can add keys without breaking
 older readers; a change of meaning bumps ``v``.
@@ -55,6 +72,16 @@ VERSION = 1
 MAX_HEADER = 1 << 20
 MAX_SIDE = 8192
 MAX_FACES = 256
+MAX_COORD = 1e5  # px: a box may lie partly outside an 8192-pixel frame, not a universe away
+MAX_KP = 64
+MAX_LABELS = 64
+PROB_SLACK = 1e-3
+MAX_TIME = 1e10  # s since the epoch: the year 2286
+MAX_STAGES = 16
+MAX_SRC = 128
+MAX_NAME = 64
+MAX_INT = 1 << 63
+QUOTE = 40
 KINDS = ("frame", "drop", "eos")
 
 
@@ -116,10 +143,33 @@ class Message:
     dropped: int | None = None
 
 
-def _num(v: Any, what: str) -> float:
+def _num(v: Any, what: str, lo: float = -MAX_COORD, hi: float = MAX_COORD) -> float:
+    """A finite number in [lo, hi] as a float."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise CodecError(f"{what}: expected a number, got {type(v).__name__}")
-    return float(v)
+    x = float(v)
+    if not lo <= x <= hi:  # also false for NaN
+        raise CodecError(f"{what}: {_quote(v)} is not a finite number in [{lo:g}, {hi:g}]")
+    return x
+
+
+def _text(v: Any, what: str, limit: int = MAX_NAME) -> str:
+    """A non-empty printable string of at most ``limit`` characters."""
+    if not isinstance(v, str) or not 0 < len(v) <= limit or not v.isprintable():
+        raise CodecError(f"{what}: expected a printable string of 1..{limit} characters, got {_quote(v)}")
+    return v
+
+
+def _count(v: Any, what: str) -> int:
+    if not _is_int(v) or not 0 <= v < MAX_INT:
+        raise CodecError(f"{what}: expected an int in [0, 2**63), got {_quote(v)}")
+    return int(v)
+
+
+def _quote(v: Any) -> str:
+    """``repr(v)`` cut to :data:`QUOTE` characters: errors are logged."""
+    r = repr(v)
+    return r if len(r) <= QUOTE else r[: QUOTE - 3] + "..."
 
 
 def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memoryview]:
@@ -193,24 +243,24 @@ def _faces(raw: Any) -> list[Face]:
         if not isinstance(box, list) or len(box) != 4:
             raise CodecError(f"faces[{i}].box: expected [x, y, w, h]")
         kp = f.get("kp", [])
-        if not isinstance(kp, list) or not all(isinstance(p, list) and len(p) == 2 for p in kp):
-            raise CodecError(f"faces[{i}].kp: expected a list of [x, y]")
+        if not isinstance(kp, list) or len(kp) > MAX_KP or not all(isinstance(p, list) and len(p) == 2 for p in kp):
+            raise CodecError(f"faces[{i}].kp: expected a list of at most {MAX_KP} [x, y]")
         probs = f.get("probs")
-        if probs is not None and not isinstance(probs, list):
-            raise CodecError(f"faces[{i}].probs: expected a list")
+        if probs is not None and not (isinstance(probs, list) and len(probs) <= MAX_LABELS):
+            raise CodecError(f"faces[{i}].probs: expected a list of at most {MAX_LABELS}")
         label = f.get("label")
-        if label is not None and not isinstance(label, str):
-            raise CodecError(f"faces[{i}].label: expected a string")
+        if label is not None:
+            label = _text(label, f"faces[{i}].label")
         uncertain = f.get("uncertain")
         if uncertain is not None and not isinstance(uncertain, bool):
             raise CodecError(f"faces[{i}].uncertain: expected a bool")
         faces.append(
             Face(
                 tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
-                _num(f.get("score", 0.0), f"faces[{i}].score"),
-                [(_num(x, "kp"), _num(y, "kp")) for x, y in kp],
+                _num(f.get("score", 0.0), f"faces[{i}].score", 0.0, 1.0),
+                [(_num(x, f"faces[{i}].kp"), _num(y, f"faces[{i}].kp")) for x, y in kp],
                 label,
-                None if probs is None else [_num(p, f"faces[{i}].probs") for p in probs],
+                None if probs is None else [_num(p, f"faces[{i}].probs", 0.0, 1.0 + PROB_SLACK) for p in probs],
                 uncertain,
             )
         )
@@ -238,17 +288,15 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
         raise CodecError(f"header is not msgpack: {type(e).__name__}") from None
     if not isinstance(h, dict):
         raise CodecError("header is not a map")
-    if h.get("v") != VERSION:
-        raise CodecError(f"unsupported protocol version {h.get('v')!r}")
+    if not _is_int(h.get("v")) or h.get("v") != VERSION:
+        raise CodecError(f"unsupported protocol version {_quote(h.get('v'))}")
     kind = h.get("kind", "frame")
     if kind not in KINDS:
-        raise CodecError(f"unknown kind {kind!r}")
-    src, seq = h.get("src"), h.get("seq")
-    if not isinstance(src, str) or not src or len(src) > 128:
-        raise CodecError("src: expected a non-empty string")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise CodecError("seq: expected an int >= 0")
-    msg = Message(src=src, seq=seq, ts=_num(h.get("ts"), "ts"), kind=kind, live=bool(h.get("live", False)))
+        raise CodecError(f"unknown kind {_quote(kind)}")
+    src = _text(h.get("src"), "src", MAX_SRC)
+    seq = _count(h.get("seq"), "seq")
+    ts = _num(h.get("ts"), "ts", 0.0, MAX_TIME)
+    msg = Message(src=src, seq=seq, ts=ts, kind=kind, live=bool(h.get("live", False)))
     buffers = list(parts[1:])
     if isinstance(h.get("image"), dict) and h["image"].get("fmt") == "shm":
         msg.shm = _shm(h["image"])
@@ -262,26 +310,22 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if msg.crops is not None and len(msg.crops) != len(msg.faces):
         raise CodecError(f"{len(msg.crops)} crops for {len(msg.faces)} faces")
     labels = h.get("labels")
-    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
-        raise CodecError("labels: expected a list of strings")
+    if labels is not None:
+        if not isinstance(labels, list) or len(labels) > MAX_LABELS:
+            raise CodecError(f"labels: expected a list of at most {MAX_LABELS} strings")
+        labels = [_text(x, "labels") for x in labels]
     msg.labels = labels
     below = h.get("uncertain_below")
-    if below is not None:
-        below = _num(below, "uncertain_below")
-        if not 0.0 <= below <= 1.0:
-            raise CodecError(f"uncertain_below: {below} is not in [0, 1]")
-    msg.uncertain_below = below
+    msg.uncertain_below = None if below is None else _num(below, "uncertain_below", 0.0, 1.0)
     t = h.get("t", {})
-    if not isinstance(t, dict):
-        raise CodecError("t: expected a map")
-    msg.t = {str(k): _num(v, "t") for k, v in t.items()}
+    if not isinstance(t, dict) or len(t) > MAX_STAGES:
+        raise CodecError(f"t: expected a map of at most {MAX_STAGES} stages")
+    msg.t = {_text(k, "t"): _num(v, "t", 0.0, MAX_TIME) for k, v in t.items()}
     reason = h.get("reason")
-    msg.reason = reason if isinstance(reason, str) else None
+    msg.reason = None if reason is None else _text(reason, "reason")
     for key in ("frames", "dropped"):
         v = h.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise CodecError(f"{key}: expected an int >= 0")
-        setattr(msg, key, v)
+        setattr(msg, key, None if v is None else _count(v, key))
     return msg
 
 
@@ -307,7 +351,15 @@ def drop_marker(msg: Message, reason: str) -> Message:
     """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
     so that the stage where the journey ends can release the slot)."""
     return Message(
-        src=msg.src, seq=msg.seq, ts=msg.ts, kind="drop", live=msg.live, reason=reason, t=dict(msg.t), shm=msg.shm
+        src=msg.src,
+        seq=msg.seq,
+        ts=msg.ts,
+        kind="drop",
+        live=msg.live,
+        reason=reason,
+        t=dict(msg.t),
+        shm=msg.shm,
+        dropped=msg.dropped if msg.kind == "frame" else None,
     )
 
 

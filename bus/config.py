@@ -92,6 +92,7 @@ class DisplayConfig:
     smoothing_window: int = 20  # window: mean over this many frames
     smoothing_hold: int = 8  # a new smoothed label must lead this many frames in a row to replace the old one
     stall_warn_s: float = 5.0  # warn when a started source has sent nothing for this long (0 = off)
+    max_sources: int = 64  # sources with state at once; those not in [capture] are evicted least recently used
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,8 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.classifier.uncertain_below <= 1.0:
         raise ConfigError("[classifier] uncertain_below: must be in [0, 1] (0 = never uncertain)")
     d = cfg.display
+    if d.max_sources < 1:
+        raise ConfigError(f"[display] max_sources: must be at least 1, got {d.max_sources}")
     if d.smoothing not in SMOOTHING:
         raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")
     if not 0.0 < d.smoothing_alpha <= 1.0:

@@ -52,6 +52,10 @@ def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[i
     return x0, y0, x0 + s, y0 + s
 
 
+MAX_CROP_SCALE = 2  # a crop side over this many frame sides (+ CROP_SLACK px) is refused: its allocation
+CROP_SLACK = 1024
+
+
 MAX_ALIGN_DEG = 45.0  # beyond this the eye keypoints are not trusted (profile faces, bad detections)
 MIN_ALIGN_DEG = 8.0  # below this a face counts as upright and is not resampled (CK+48: any less cost accuracy)
 
@@ -84,12 +88,20 @@ def crop_face(
     ``angle`` (degrees, :func:`eye_angle`) the crop is first rotated about the box centre by that
     angle, so a tilted face comes out with its eyes level; it is rotated at the frame's resolution
     and then resized exactly as an upright crop is.
+    A crop wholly outside the frame is moved up to its edge first (the same replicated pixels,
+    without allocating the padding in between: a box 1e5 pixels away asked for 41 GB); one whose
+    side is over ``MAX_CROP_SCALE`` times the frame's larger side (plus ``CROP_SLACK`` pixels, for
+    tiny frames) raises ValueError.
     """
     bgr = to_uint8_bgr(frame)
-    if angle:
-        return to_model_pixels(_rotated_crop(bgr, box, margin, angle), size, colour)
     fh, fw = bgr.shape[:2]
     x0, y0, x1, y1 = square_box(box, margin)
+    if x1 - x0 > MAX_CROP_SCALE * max(fw, fh) + CROP_SLACK:
+        raise ValueError(f"face box {box} is far larger than the {fw}x{fh} frame")
+    if angle:
+        return to_model_pixels(_rotated_crop(bgr, box, margin, angle), size, colour)
+    x0, x1 = (x0 - x1, 0) if x1 < 0 else (fw, fw + x1 - x0) if x0 > fw else (x0, x1)
+    y0, y1 = (y0 - y1, 0) if y1 < 0 else (fh, fh + y1 - y0) if y0 > fh else (y0, y1)
     cx0, cy0 = max(0, min(fw - 1, x0)), max(0, min(fh - 1, y0))
     cx1, cy1 = max(cx0 + 1, min(fw, x1)), max(cy0 + 1, min(fh, y1))
     patch = bgr[cy0:cy1, cx0:cx1]

@@ -169,6 +169,7 @@ def pump(
             continue
         image, ts = got
         msg = frame_message(source, frames, image, ts)
+        msg.dropped = dropped  # capture's drops so far: accounted for even if no eos ever comes
         frames += 1
         if not pixels.attach(msg, source.live, stop):
             dropped += 1

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
 from bus.codec import CodecError, Message, decode, drop_marker, encode
 from bus.config import Config
+from bus.owed import Owed
 from bus.runtime import RateLimited, Stats
 from bus.sockets import recv, send, send_patiently
 
@@ -75,10 +76,16 @@ def run(
     """Receive, classify, forward until ``stop`` is set; one stats line on the way out."""
     warn = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
+    owed = Owed()  # markers for what could not be sent (bus.owed)
+
+    def now_or_never(p: list[Any]) -> bool:
+        return send(out_sock, p, block=False)
+
     while not stop.is_set():
         stats.maybe_log()
         parts = recv(in_sock, POLL_MS)
         if parts is None:
+            owed.flush(now_or_never)
             continue
         try:
             msg = decode(parts)
@@ -106,8 +113,15 @@ def run(
             stats.drop("encode")
             warn.warning("encode", "%s#%d: cannot encode: %s", out.src, out.seq, e)
             continue
+        owed.flush(now_or_never)
         sent = send(out_sock, wire, block=out.kind != "frame") if out.live else send_patiently(out_sock, wire, stop)
         if not sent:
             stats.drop("send_full")
             warn.warning("send", "%s#%d: display not keeping up, %s not sent", out.src, out.seq, out.kind)
+            marker = encode(drop_marker(out, "send_full")) if out.kind == "frame" else wire
+            if not now_or_never(marker):
+                owed.add(marker)
+    owed.flush(now_or_never)
+    if len(owed) or owed.forgotten:
+        log.warning("%d drop/eos message(s) never sent to the display (%d forgotten)", len(owed), owed.forgotten)
     log.info("final stats: %s", stats.line())

@@ -21,6 +21,7 @@ import zmq
 from bus import sockets
 from bus.codec import CodecError, Face, Message, decode, drop_marker, encode
 from bus.config import Config
+from bus.owed import Owed
 from bus.preprocess import crop_face, eye_angle, to_uint8_bgr
 from bus.runtime import RateLimited, Stats
 from bus.shm import Rings, ShmError
@@ -77,6 +78,7 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: 
         faces=faces,
         crops=crops,
         t=dict(msg.t),
+        dropped=msg.dropped,
     )
 
 
@@ -93,10 +95,12 @@ def run(
     limited = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
     rings = Rings()
+    owed = Owed()
     while not stop.is_set():
         parts = sockets.recv(in_sock, POLL_MS)
         stats.maybe_log()
         if parts is None:
+            owed.flush(lambda p: sockets.send(out_sock, p, block=False))
             continue
         try:
             msg = decode(parts)
@@ -117,7 +121,10 @@ def run(
             limited.warning(out.reason or "?", "src %s seq %d dropped: %s", msg.src, msg.seq, out.reason)
         elif out.kind == "frame":
             stats.frame(msg.ts)
-        _forward(out, out_sock, jpeg, stats, limited, stop)
+        _forward(out, out_sock, jpeg, stats, limited, stop, owed)
+    owed.flush(lambda p: sockets.send(out_sock, p, block=False))
+    if len(owed) or owed.forgotten:
+        log.warning("%d drop/eos message(s) never sent downstream (%d forgotten)", len(owed), owed.forgotten)
     log.info("final stats: %s", stats.line())
 
 
@@ -134,10 +141,18 @@ def _step_shared(msg: Message, rings: Rings, limited: RateLimited) -> Message | 
 
 
 def _forward(
-    out: Message, sock: zmq.Socket, jpeg: int | None, stats: Stats, limited: RateLimited, stop: threading.Event
+    out: Message,
+    sock: zmq.Socket,
+    jpeg: int | None,
+    stats: Stats,
+    limited: RateLimited,
+    stop: threading.Event,
+    owed: Owed,
 ) -> None:
     """Send ``out``: live frames without blocking, file-source messages patiently (a late downstream
-    stage gets them); a frame that cannot be sent goes on as a drop marker."""
+    stage gets them); a frame that cannot be sent goes on as a drop marker, and a marker that
+    cannot be sent either is owed (:mod:`bus.owed`), as is a drop or eos that could not go."""
+    owed.flush(lambda p: sockets.send(sock, p, block=False))
     out.t["detector"] = time.time()
     try:
         parts = encode(out, jpeg)
@@ -152,5 +167,6 @@ def _forward(
             return
     stats.drop("send")
     limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
-    if out.kind == "frame":
-        sockets.send(sock, encode(drop_marker(out, "send")), block=not out.live)
+    marker = encode(drop_marker(out, "send")) if out.kind == "frame" else parts
+    if marker is not None and not sockets.send(sock, marker, block=not out.live):
+        owed.add(marker)

@@ -8,13 +8,14 @@ Boxes may lie partly outside the frame.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from bus.codec import Face
+from bus.codec import MAX_COORD, Face
 from display.track import Tracked
 
 # BGR; the usual emotion colours, and a stable hash colour for labels of other models.
@@ -77,6 +78,8 @@ def annotate(
     scale = max(0.4, min(out.shape[:2]) / 900.0)
     th = max(1, int(round(scale * 2)))
     for i, face in enumerate(faces):
+        if not all(math.isfinite(v) and abs(v) <= MAX_COORD for v in face.box):
+            continue  # nothing to draw (decode refuses these; a faces file given to --faces may not)
         x, y, w, h = (int(round(v)) for v in face.box)
         if x >= out.shape[1] or y >= out.shape[0] or x + w <= 0 or y + h <= 0:
             continue  # wholly off the frame: nothing to point at
@@ -88,10 +91,10 @@ def annotate(
                 label, probs = t.smoothed_label, t.smoothed
         fg = colour(label)
         cv2.rectangle(out, (x, y), (x + w, y + h), fg, th)
-        if label is not None and probs:
+        if label is not None and probs and all(map(math.isfinite, probs)):
             text = f"{prefix}{label} {100 * max(probs):.0f}%"
         else:
-            text = f"{prefix}face {100 * face.score:.0f}%"
+            text = f"{prefix}face {100 * face.score:.0f}%" if math.isfinite(face.score) else f"{prefix}face"
         _label_text(out, _text(text), x, y, fg, scale, th)
         if labels and probs and len(probs) == len(labels) and h >= DETAIL_MIN_BOX:
             _bars(out, labels, probs, x + w + 4, y, scale * 0.7)

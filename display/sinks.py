@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,58 @@ from bus.codec import Message
 from bus.config import Config
 from display.worker import Sink
 
-FLUSH_S = 1.0
 DEFAULT_FPS = 30.0
 
 
 class EventsSink:
-    """One JSON object per frame, one line each; flushed at least every ``FLUSH_S`` seconds."""
+    """One JSON object per frame, one line each, written through at once (line-buffered: one
+    ``write`` per record, so a display killed with SIGKILL loses no record it had written; the
+    cost is one system call per frame).
+
+    The file is appended to, never truncated: a display restarted in the middle of a run (by a
+    supervisor, after a crash or ``kill -9``) adds to what was written before. A display killed
+    while writing can leave a torn last line; on opening, a file that does not end in a newline
+    is cut back to its last complete line (the torn record was never whole, and every line stays
+    one JSON object), with a warning naming the bytes removed."""
 
     name = "events"
     wants_image = False
 
-    def __init__(self, path: str | Path, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, path: str | Path, log: logging.Logger | None = None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self.clock = clock
-        self.flushed = clock()
+        self.file = open(path, "a+", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed by close())
+        torn = repair_torn_line(self.file)
+        if torn and log is not None:
+            log.warning("%s: cut a torn last line of %d bytes (a display was killed while writing)", path, torn)
 
     def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.file.write(json.dumps(event, separators=(",", ":")) + "\n")
-        if self.clock() - self.flushed >= FLUSH_S:
-            self.file.flush()
-            self.flushed = self.clock()
 
     def close(self) -> None:
         self.file.close()
+
+
+def repair_torn_line(file: Any) -> int:
+    """Cut an append-mode regular file back to its last newline; the bytes removed (0 if none)."""
+    fd = file.fileno()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return 0  # /dev/null, a pipe: nothing to repair
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0
+    end = size
+    while end > 0:  # read backwards until a newline (a torn line is at most one record long)
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        if end == size and chunk.endswith(b"\n"):
+            return 0
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            os.ftruncate(fd, start + nl + 1)
+            return size - (start + nl + 1)
+        end = start
+    os.ftruncate(fd, 0)  # not one complete line
+    return size
 
 
 class VideoSink:
@@ -86,6 +113,12 @@ class VideoSink:
         if (image.shape[1], image.shape[0]) != size:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         writer.write(image)
+
+    def forget(self, src: str) -> None:
+        """The display evicted ``src``: close its video (a later frame opens it again)."""
+        entry = self.writers.pop(src, None)
+        if entry is not None:
+            entry[0].release()
 
     def close(self) -> None:
         for writer, _ in self.writers.values():
@@ -148,7 +181,7 @@ def open_sinks(cfg: Config, stop: threading.Event, log: logging.Logger) -> list[
         if d.video:
             sinks.append(VideoSink(d.video, cfg, log))
         if d.events:
-            sinks.append(EventsSink(d.events))
+            sinks.append(EventsSink(d.events, log=log))
     except OSError:
         for s in sinks:
             s.close()

@@ -5,6 +5,15 @@ and ``eos`` from any stage; produces, per frame, an events record and an annotat
 sinks (window, web page, video, events file). The :class:`Ledger` counts per source what arrived
 against what capture read, decides when the run is complete, and names what was lost.
 
+What arrives is checked before it counts (the transport may be reachable by other local users):
+per source, a frame or drop marker whose ``seq`` is more than :data:`SEQ_AHEAD` after, or more
+than :data:`SEQ_BEHIND` before, the newest accepted one is rejected and counted (one forged
+``seq = 10**12`` used to make every later frame "late" for the tracker and the web page for the
+rest of the run); :data:`SEQ_REANCHOR` rejected messages in a row that agree with each other are
+taken as the source's new numbering (a restarted capture starts again at 0). At most
+``[display] max_sources`` sources have state at once: those in ``[capture]`` always, others are
+evicted least recently used (counted and logged; their counts go into one ``evicted`` line).
+
 Tracking lives here because the display is the only single sink (detectors and classifiers may run
 as several copies): one :class:`display.track.Follow` per source gives every face a ``track`` id and
 ``smoothed`` probabilities / ``smoothed_label``, added to the events record next to the raw ones.
@@ -20,7 +29,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import zmq
 
@@ -69,18 +77,74 @@ def waiting_sources(cfg: Config) -> list[str]:
     return files or cfg.source_ids()
 
 
+MAX_REASONS = 32  # distinct drop reasons counted by name; further ones count as "other"
+SEQ_AHEAD = 3000  # frames a source's seq may jump forward (capture drops make gaps: ~100 s at 30 fps)
+SEQ_BEHIND = 10_000  # frames a message may arrive behind the newest (parallel detectors, drop markers owed)
+SEQ_REANCHOR = 30  # rejected messages in a row, within SEQ_AHEAD of each other, that become the new numbering
+SEEN_CHUNK = 1 << 16  # seqs per chunk of the duplicates bitmap (8 KiB)
+SEEN_CHUNKS = 64  # chunks kept per source (4 Mi seqs, 512 KiB); the least recently touched goes first
+
+
+class Seen:
+    """Which seqs of one source arrived: a bitmap in chunks of :data:`SEEN_CHUNK` seqs, at most
+    :data:`SEEN_CHUNKS` of them (a duplicate older than that many frames can then pass unseen)."""
+
+    def __init__(self) -> None:
+        self.chunks: collections.OrderedDict[int, bytearray] = collections.OrderedDict()
+
+    def add(self, seq: int) -> bool:
+        """Record ``seq``; False when it was already there (a duplicate)."""
+        key, bit = divmod(seq, SEEN_CHUNK)
+        chunk = self.chunks.get(key)
+        if chunk is None:
+            chunk = self.chunks[key] = bytearray(SEEN_CHUNK // 8)
+            if len(self.chunks) > SEEN_CHUNKS:
+                self.chunks.popitem(last=False)
+        self.chunks.move_to_end(key)
+        byte, mask = bit >> 3, 1 << (bit & 7)
+        if chunk[byte] & mask:
+            return False
+        chunk[byte] |= mask
+        return True
+
+
+@dataclass
+class SeqWindow:
+    """Accepts a source's seqs near the newest accepted one (see the module docstring)."""
+
+    newest: int | None = None
+    streak: int = 0  # rejected in a row, each within SEQ_AHEAD of the one before
+    streak_last: int = 0
+
+    def accept(self, seq: int) -> tuple[bool, bool]:
+        """(accepted, re-anchored: the source's numbering restarted at ``seq``)."""
+        if self.newest is None or self.newest - SEQ_BEHIND <= seq <= self.newest + SEQ_AHEAD:
+            self.newest = seq if self.newest is None else max(self.newest, seq)
+            self.streak = 0
+            return True, False
+        near = self.streak and abs(seq - self.streak_last) <= SEQ_AHEAD
+        self.streak, self.streak_last = (self.streak + 1 if near else 1), seq
+        if self.streak >= SEQ_REANCHOR:
+            self.newest, self.streak = seq, 0
+            return True, True
+        return False, False
+
+
 @dataclass
 class SourceCount:
     received: int = 0  # frames with results (what the events file gets)
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
     read: int | None = None  # frames capture read, from its eos
-    capture_dropped: int = 0
+    capture_dropped: int = 0  # from the eos, or (no eos yet) the newest count capture put on a frame
     lost: int = 0  # set by Ledger.finalise
     last: float = float("-inf")  # when anything last arrived for this source
+    duplicates: int = 0  # frames or drop markers whose seq had already arrived
+    top: int = 0  # highest seq seen in a frame or drop marker, plus one: frames read so far, at least
+    seen: Seen = field(default_factory=Seen, repr=False)
 
     @property
     def accounted(self) -> int:
-        return self.received + sum(self.drops.values()) + self.capture_dropped
+        return self.received + sum(self.drops.values()) + self.capture_dropped - self.duplicates
 
     @property
     def ended(self) -> bool:
@@ -92,26 +156,54 @@ class SourceCount:
 
 
 class Ledger:
-    """Per-source accounting. Pure: callers pass ``now`` (any monotonic clock)."""
+    """Per-source accounting. Pure: callers pass ``now`` (any monotonic clock).
+
+    read = in events + dropped (by reason, capture's own included) + lost, per source, exactly:
+    a seq that arrives twice is counted as a duplicate (and not twice in the sum); more accounted
+    than read is named in the final line. A source without an eos (a camera, a looped file, or
+    one still running when the display stopped) is accounted against the frames it had read by
+    the newest seq that arrived; what is missing of those is ``in flight`` (or lost: the display
+    cannot tell which), never hidden."""
 
     def __init__(self, sources: Iterable[str], waiting: Sequence[str]):
         self.sources: dict[str, SourceCount] = {s: SourceCount() for s in sources}
         self.waiting = tuple(waiting)
+        self.evicted = SourceCount()  # the counts of every evicted source, summed
+        self.evicted_sources = 0
 
-    def _get(self, src: str, now: float) -> SourceCount:
+    def _get(self, src: str, now: float, seq: int | None = None, capture_dropped: int | None = None) -> SourceCount:
         c = self.sources.setdefault(src, SourceCount())
         c.last = now
+        if seq is not None:
+            c.top = max(c.top, seq + 1)
+            if not c.seen.add(seq):
+                c.duplicates += 1
+        if capture_dropped is not None and c.read is None:
+            c.capture_dropped = max(c.capture_dropped, capture_dropped)
         return c
 
-    def frame(self, src: str, now: float) -> None:
-        self._get(src, now).received += 1
+    def frame(self, src: str, now: float, seq: int | None = None, capture_dropped: int | None = None) -> None:
+        self._get(src, now, seq, capture_dropped).received += 1
 
-    def drop(self, src: str, reason: str, now: float) -> None:
-        self._get(src, now).drops[reason] += 1
+    def drop(
+        self, src: str, reason: str, now: float, seq: int | None = None, capture_dropped: int | None = None
+    ) -> None:
+        self._get(src, now, seq, capture_dropped).drops[reason] += 1
 
     def eos(self, src: str, read: int, capture_dropped: int, now: float) -> None:
         c = self._get(src, now)
         c.read, c.capture_dropped = read, capture_dropped
+
+    def evict(self, src: str) -> None:
+        """Forget a source, keeping its counts in :attr:`evicted`."""
+        c = self.sources.pop(src)
+        e = self.evicted
+        e.received += c.received
+        e.drops.update(c.drops)
+        e.capture_dropped += c.capture_dropped
+        e.duplicates += c.duplicates
+        e.top += c.read if c.read is not None else c.top
+        self.evicted_sources += 1
 
     def done(self, now: float, drain_timeout_s: float) -> bool:
         """Every awaited source ended and is complete, or ended and silent for ``drain_timeout_s``."""
@@ -123,21 +215,30 @@ class Ledger:
         return now - max(c.last for c in counts) >= drain_timeout_s
 
     def finalise(self) -> None:
-        """Whatever an ended source read and nobody accounted for is lost."""
-        for c in self.sources.values():
-            c.lost = max(0, c.read - c.accounted) if c.read is not None else 0
+        """Whatever a source read and nobody accounted for is lost (in flight, without an eos)."""
+        for c in [*self.sources.values(), self.evicted]:
+            c.lost = max(0, (c.read if c.read is not None else c.top) - c.accounted)
 
     def lines(self) -> list[str]:
         out = []
-        for src, c in self.sources.items():
+        items = list(self.sources.items())
+        if self.evicted_sources:
+            items.append((f"{self.evicted_sources} evicted source(s)", self.evicted))
+        for src, c in items:
             drops = " ".join(f"{k}={v}" for k, v in sorted(c.drops.items()))
             if c.capture_dropped:
                 drops = f"capture={c.capture_dropped} {drops}".strip()
-            read = "?" if c.read is None else str(c.read)
-            out.append(
-                f"{src}: read {read}  in events {c.received}  dropped {drops or 0}  lost {c.lost}"
-                + ("" if c.ended else "  (no eos)")
-            )
+            read = str(c.read) if c.read is not None else f"{c.top} so far" if c.top else "?"
+            line = f"{src}: read {read}  in events {c.received}  dropped {drops or 0}  "
+            line += f"lost {c.lost}" if c.ended else f"in flight {c.lost}  (no eos)"
+            read_n = c.read if c.read is not None else c.top
+            if c.duplicates:
+                line += f"  DUPLICATES {c.duplicates}"
+            if c.received > read_n and (c.ended or c.top):
+                line += f"  MORE IN EVENTS THAN READ ({c.received} > {read_n})"
+            elif c.accounted > read_n and (c.ended or c.top):
+                line += f"  MORE ACCOUNTED THAN READ by {c.accounted - read_n}"
+            out.append(line)
         return out
 
 
@@ -208,6 +309,10 @@ class Display:
         self.draw = any(s.wants_image for s in self.sinks)
         self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
         self.follow: dict[str, Follow] = {}
+        self.windows: dict[str, SeqWindow] = {}
+        self.configured = frozenset(cfg.source_ids())
+        self.others: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
+        self.max_others = max(0, cfg.display.max_sources - len(self.configured))
         self.rings = Rings()
 
     def _pixels(self, msg: Message) -> str | None:
@@ -228,6 +333,44 @@ class Display:
         finally:
             self.rings.release(ref)
 
+    def _admit(self, msg: Message) -> bool:
+        """Room for ``msg``'s source (evicting the least recently used other source), and its seq
+        inside the source's window. False: rejected (counted)."""
+        src = msg.src
+        if src not in self.configured:
+            if src in self.others:
+                self.others.move_to_end(src)
+            else:
+                self.warn.warning("unknown_src", "messages from %r, a source not in the config", src)
+                if self.max_others == 0:
+                    self.stats.drop("too_many_sources")
+                    return False
+                while len(self.others) >= self.max_others:
+                    self._evict(self.others.popitem(last=False)[0])
+                self.others[src] = None
+        if msg.kind == "eos":
+            return True
+        ok, reanchored = self.windows.setdefault(src, SeqWindow()).accept(msg.seq)
+        if reanchored:
+            self.log.warning("%s: numbering restarted at seq %d (%d messages in a row)", src, msg.seq, SEQ_REANCHOR)
+            self.follow.pop(src, None)  # the tracker's frame order starts over with it
+        if not ok:
+            self.stats.drop("seq_window")
+            self.warn.warning("seq_window", "%s#%d: seq far from the source's newest: rejected", src, msg.seq)
+        return ok
+
+    def _evict(self, src: str) -> None:
+        if src in self.ledger.sources:
+            self.ledger.evict(src)
+        self.follow.pop(src, None)
+        self.windows.pop(src, None)
+        for sink in self.sinks:
+            forget = getattr(sink, "forget", None)  # sinks with per-source state (video writers, web slots)
+            if forget is not None:
+                forget(src)
+        self.stats.drop("evicted_source")
+        self.warn.warning("evicted", "source %r evicted: more than %d sources", src, self.cfg.display.max_sources)
+
     def handle(self, parts: list[Any], now: float) -> None:
         try:
             msg = decode(parts)
@@ -238,8 +381,9 @@ class Display:
         lost = self._pixels(msg)
         if lost is not None:
             msg = drop_marker(msg, lost)
-        if msg.src not in self.ledger.sources:
-            self.warn.warning("unknown_src", "messages from %r, a source not in the config", msg.src)
+        if not self._admit(msg):
+            return
+        capture_dropped = msg.dropped if msg.kind != "eos" else None  # capture's count so far, on its frames
         if msg.kind == "eos":
             if msg.frames is None:
                 self.stats.drop("garbage")
@@ -251,34 +395,53 @@ class Display:
             )
         elif msg.kind == "drop":
             reason = msg.reason or "unknown"
-            self.ledger.drop(msg.src, reason, now)
+            if reason not in self.stats.drops and len(self.stats.drops) >= MAX_REASONS:
+                reason = "other"  # distinct reasons are bounded: each one is a key in every stats line
+            self.ledger.drop(msg.src, reason, now, msg.seq, capture_dropped)
             self.stats.drop(reason)
         elif is_stale(msg, self.wall(), self.cfg.bus.max_age_ms):
-            self.ledger.drop(msg.src, "stale", now)
+            self.ledger.drop(msg.src, "stale", now, msg.seq, capture_dropped)
             self.stats.drop("stale")
             self.warn.warning("stale", "%s#%d: stale live frame dropped", msg.src, msg.seq)
         else:
-            self.ledger.frame(msg.src, now)
-            self.stats.frame(msg.ts)
+            self._show(msg, now, capture_dropped)
+
+    def _show(self, msg: Message, now: float, capture_dropped: int | None) -> None:
+        """Track, draw and hand a frame to every sink. Nothing raised here stops the stage: a
+        failure is counted (a ``display_error`` drop, or ``sink_<name>``) and logged rate-limited."""
+        try:
             if msg.src not in self.follow:
                 self.follow[msg.src] = follower(self.cfg.display, msg.src in self.images)
             tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels, msg.image)
             out = step(msg, self.wall(), self.draw, tracked)
-            for sink in self.sinks:
-                try:
-                    sink.write(msg, out.image, out.event)
-                except (OSError, ValueError, cv2.error) as e:
-                    self.stats.drop(f"sink_{sink.name}")
-                    self.warn.warning(
-                        f"sink_{sink.name}", "%s sink failed on %s#%d: %s", sink.name, msg.src, msg.seq, e
-                    )
+        except Exception as e:  # a bug in tracking or drawing must not end the run: count it, go on
+            self.ledger.drop(msg.src, "display_error", now, msg.seq, capture_dropped)
+            self.stats.drop("display_error")
+            self.warn.warning("display_error", "%s#%d: not shown: %s: %s", msg.src, msg.seq, type(e).__name__, e)
+            return
+        self.ledger.frame(msg.src, now, msg.seq, capture_dropped)
+        self.stats.frame(msg.ts)
+        for sink in self.sinks:
+            try:
+                sink.write(msg, out.image, out.event)
+            except Exception as e:  # one sink failing (disk full, a bug) must not stop the others or the stage
+                self.stats.drop(f"sink_{sink.name}")
+                self.warn.warning(
+                    f"sink_{sink.name}",
+                    "%s sink failed on %s#%d: %s: %s",
+                    sink.name,
+                    msg.src,
+                    msg.seq,
+                    type(e).__name__,
+                    e,
+                )
 
     def close(self) -> None:
         for sink in self.sinks:
             try:
                 sink.close()
-            except (OSError, ValueError, cv2.error) as e:
-                self.log.error("closing the %s sink failed: %s", sink.name, e)
+            except Exception as e:  # closing one sink must not keep the others open
+                self.log.error("closing the %s sink failed: %s: %s", sink.name, type(e).__name__, e)
 
 
 def run(
@@ -301,8 +464,13 @@ def run(
             now = clock()
             if parts is not None:
                 disp.handle(parts, now)
-            stall.check(
-                {s: c.last for s, c in disp.ledger.sources.items() if not c.ended and c.last > float("-inf")}, now
+            stall.check(  # configured sources only: a stranger that goes quiet is not a stall
+                {
+                    s: c.last
+                    for s, c in disp.ledger.sources.items()
+                    if s in disp.configured and not c.ended and c.last > float("-inf")
+                },
+                now,
             )
             if cfg.display.exit_at_end and disp.ledger.done(now, cfg.display.drain_timeout_s):
                 log.info("every source ended and is accounted for: exiting")

@@ -62,3 +62,18 @@ def test_square_box_is_centred_and_enlarged() -> None:
 def test_crop_matches_plain_resize_inside_frame() -> None:
     frame = np.random.default_rng(2).integers(0, 255, (96, 96), dtype=np.uint8)
     assert np.array_equal(crop_face(frame, (0, 0, 96, 96), 48, "grey"), to_model_pixels(frame, 48, "grey"))
+
+
+@pytest.mark.parametrize("box", [(-1e5, 20, 30, 30), (1e5, 1e5, 30, 30), (40, -99_000, 10, 10), (60, 1e5, 5, 5)])
+def test_a_crop_far_outside_the_frame_is_the_edge_crop_without_the_padding(box: tuple[float, ...]) -> None:
+    """Found by bench/fuzz.py: a box 1e5 pixels away made copyMakeBorder allocate 41 GB. Edge
+    replication gives the same crop wherever the box is beyond the edge, so it is moved there."""
+    frame = np.random.default_rng(3).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    x, y, w, h = box
+    near = (min(max(x, -w - 1), 101), min(max(y, -h - 1), 101), w, h)  # the same box just past the edge
+    assert np.array_equal(crop_face(frame, box, 48, "grey"), crop_face(frame, near, 48, "grey"))  # type: ignore[arg-type]
+
+
+def test_a_crop_far_larger_than_the_frame_is_refused() -> None:
+    with pytest.raises(ValueError, match="far larger"):
+        crop_face(np.zeros((100, 100, 3), np.uint8), (0, 0, 5e3, 5e3), 48, "grey")

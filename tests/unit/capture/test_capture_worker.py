@@ -219,3 +219,10 @@ def test_a_file_source_waits_for_a_free_slot_then_drops(shm_dir: Path, closing: 
     assert Rings(directory=shm_dir).release(refs[0])
     msg, took, ok = attach(px, 3)
     assert ok and msg.shm is not None and took < 0.2
+
+
+def test_every_frame_carries_the_drops_so_far() -> None:
+    """Issue 11 case 14: a live or looped source never sends eos, so its drops travel on its frames."""
+    src, send = Scripted([1, 2, 3, 4, 5], live=True), Recorder({1, 2})
+    pump(src, send, threading.Event(), shared(), realtime=False, peer_wait_s=0)
+    assert [(m.seq, m.dropped) for m, _ in send.sent if m.kind == "frame"] == [(0, 0), (3, 2), (4, 2)]

@@ -83,3 +83,37 @@ def test_run_forwards_results_markers_and_eos(wired):
     assert got[0].faces[0].label == "b" and got[0].labels == ["a", "b"] and got[0].crops is None
     assert "classifier" in got[0].t and got[0].image is not None
     assert dict(stats.drops) == {"garbage": 1, "stale": 1, "classify_error": 1}
+
+
+def test_live_frames_the_display_had_no_room_for_reach_it_as_drop_markers():
+    """Issue 11 case 14: a live result the display's queue had no room for was only counted here
+    (`send_full`); the display saw it as lost. Its marker is owed and goes out when there is room."""
+    ctx = zmq.Context()
+    tag = time.monotonic_ns()
+    inner, feed = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    inner.bind(f"inproc://in-{tag}")
+    feed.connect(f"inproc://in-{tag}")
+    down, sink = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    for s in (down, sink):
+        s.sndhwm = s.rcvhwm = 2
+    sink.bind(f"inproc://out-{tag}")
+    down.connect(f"inproc://out-{tag}")
+    stop, stats = threading.Event(), Stats(LOG, 60.0)
+    t = threading.Thread(target=run, args=(Config(), inner, down, FlakyModel(), stop, stats, LOG))
+    t.start()
+    n, got = 30, []
+    try:
+        for seq in range(n):
+            feed.send_multipart(encode(msg(seq, live=True)))
+        time.sleep(1.0)
+        assert stats.drops["send_full"] > 0
+        while sink.poll(1000):
+            got.append(decode(sink.recv_multipart()))
+    finally:
+        stop.set()
+        t.join(2)
+        for s in (inner, feed, down, sink):
+            s.close(linger=0)
+        ctx.term()
+    assert sorted(m.seq for m in got) == list(range(n))
+    assert sum(m.kind == "drop" and m.reason == "send_full" for m in got) == stats.drops["send_full"]

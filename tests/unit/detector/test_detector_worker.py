@@ -279,3 +279,36 @@ def test_run_forwards_shared_memory_frames_as_references_and_drops_lost_ones(
     assert got[0].image is None and len(got[0].faces) == 1 and got[0].crops is not None
     assert backend.seen == [(120, 160, 3)] * 2, "the detector read the ring's pixels; the missing one never ran"
     assert dict(stats.drops) == {"shm_missing": 1, "overwritten": 1} and stats.total == 1
+
+
+def test_live_frames_that_cannot_be_sent_reach_the_display_as_drop_markers() -> None:
+    """Issue 11 case 14: a live frame the detector could not send (classifier's queue full) was
+    dropped with its marker (the marker found the same full queue): the display counted it lost.
+    The markers are owed and go out once there is room; every seq arrives exactly once."""
+    ctx = zmq.Context()
+    cfg = Config(bus=BusConfig(max_age_ms=60_000))
+    in_sock = sockets.pull(ctx, "inproc://det-owe-in", hwm=100)
+    feed = sockets.push(ctx, ["inproc://det-owe-in"], hwm=100, send_timeout_ms=500)
+    sink = sockets.pull(ctx, "inproc://det-owe-out", hwm=2)
+    out_sock = sockets.push(ctx, ["inproc://det-owe-out"], hwm=2, send_timeout_ms=500)
+    stop, stats = threading.Event(), Stats(logging.getLogger("test"), 60.0)
+    worker = threading.Thread(target=run_worker, args=(cfg, in_sock, out_sock, FakeBackend([]), stop, stats, GREY))
+    worker.start()
+    n, got = 30, []
+    try:
+        for seq in range(n):
+            m = Message(src="cam", seq=seq, ts=time.time(), live=True, image=np.zeros((60, 80, 3), np.uint8))
+            assert sockets.send(feed, encode(m), block=True)
+        time.sleep(1.0)  # the detector sends what fits, and owes markers for the rest
+        assert stats.drops["send"] > 0
+        while (parts := sockets.recv(sink, 1000)) is not None:
+            got.append(decode(parts))
+    finally:
+        stop.set()
+        worker.join(timeout=2)
+        for s in (in_sock, feed, sink, out_sock):
+            s.close(linger=0)
+        ctx.term()
+    assert sorted(m.seq for m in got) == list(range(n))
+    assert {m.reason for m in got if m.kind == "drop"} == {"send"}
+    assert sum(m.kind == "drop" for m in got) == stats.drops["send"]

@@ -63,3 +63,19 @@ def test_unknown_labels_get_a_stable_distinct_colour():
     assert colour("bored") == colour("bored")
     assert colour("bored") != colour("sleepy")
     assert hex_colour("happy") == "#ffd700"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Face((0.0, 0.0, float("inf"), 10.0), 0.9),
+        Face((0.0, 0.0, 1e30, 10.0), 0.9, [], "happy", [0.5, 0.5]),
+        Face((float("nan"), 0.0, 10.0, 10.0), 0.9),
+        Face((1.0, 1.0, 5.0, 5.0), float("nan"), [], "happy", [float("nan"), 0.5]),
+    ],
+)
+def test_absurd_numbers_are_not_drawn_and_do_not_raise(bad: Face) -> None:
+    """Issue 11 case 2: an 8x8 frame with a face box [0, 0, inf, 10] or 1e30 raised OverflowError."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    out = annotate(img, [bad, face((1, 1, 4, 4))], ["sad", "happy"])
+    assert out.shape == img.shape and out.any()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -57,14 +58,45 @@ def test_step_draws_only_when_asked(draw, image, has_image):
 
 
 def test_events_sink_writes_one_json_line_per_frame(tmp_path):
-    clock = iter(range(100)).__next__
     path = tmp_path / "sub" / "events.jsonl"
-    sink = EventsSink(path, clock=lambda: float(clock()))
+    sink = EventsSink(path)
     records = [event(msg([]), 100.0), event(msg([Face((1, 2, 3, 4), 0.5, [], "angry", [0.6, 0.4])]), 100.1)]
     for r in records:
         sink.write(msg([]), None, r)
-    assert len(path.read_text().splitlines()) >= 1  # flushed on the clock, before close
+    assert len(path.read_text().splitlines()) == 2  # written through, before close
     sink.close()
     lines = path.read_text().splitlines()
     assert [json.loads(x) for x in lines] == records
     assert set(json.loads(lines[0])) == {"src", "seq", "ts", "faces", "latency_ms"}
+
+
+def test_events_sink_appends_to_what_an_earlier_display_wrote(tmp_path):
+    """Issue 11 case 1: a restarted display used to open the file with "w" and erase it."""
+    path = tmp_path / "events.jsonl"
+    first, second = event(msg([]), 100.0), event(msg([Face((1, 2, 3, 4), 0.5)]), 100.1)
+    for record in (first, second):
+        sink = EventsSink(path)
+        sink.write(msg([]), None, record)
+        sink.close()
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [first, second]
+
+
+@pytest.mark.parametrize(
+    ("before", "kept"),
+    [
+        (b'{"seq":0}\n{"seq":1}\n', b'{"seq":0}\n{"seq":1}\n'),  # whole: untouched
+        (b'{"seq":0}\n{"seq":1}\n{"se', b'{"seq":0}\n{"seq":1}\n'),  # torn: cut to the last whole line
+        (b'{"seq":0}\n' + b"x" * 200_000, b'{"seq":0}\n'),  # a torn line longer than one read
+        (b'{"se', b""),  # not one whole line
+        (b"", b""),
+    ],
+)
+def test_a_torn_last_line_is_cut_never_merged_with_the_next(tmp_path, before, kept, caplog):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(before)
+    sink = EventsSink(path, log=logging.getLogger("test.events"))
+    sink.write(msg([]), None, {"seq": 2})
+    sink.close()
+    assert path.read_bytes() == kept + b'{"seq":2}\n'
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()][-1] == 2
+    assert ("torn last line" in caplog.text) is (before != kept)

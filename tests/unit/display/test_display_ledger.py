@@ -78,5 +78,56 @@ def test_lines_name_everything():
     ledger.finalise()
     assert ledger.lines() == [
         "a: read 5  in events 1  dropped capture=1 stale=1  lost 2",
-        "b: read ?  in events 0  dropped 0  lost 0  (no eos)",
+        "b: read ?  in events 0  dropped 0  in flight 0  (no eos)",
     ]
+
+
+def test_duplicates_and_more_in_events_than_read_are_flagged():
+    """Issue 11 case 6: a restarted capture replayed a file: 881 events for 648 frames read showed
+    as `lost 0`. Every seq that arrives twice is a duplicate; the line says so."""
+    ledger = Ledger(["a"], ["a"])
+    for seq in [*range(5), *range(3)]:  # 0..4, then 0..2 again
+        ledger.frame("a", 0.0, seq)
+    ledger.drop("a", "stale", 0.0, 5)
+    ledger.drop("a", "stale", 0.0, 5)
+    ledger.eos("a", 6, 0, 0.0)
+    ledger.finalise()
+    c = ledger.sources["a"]
+    assert (c.received, c.duplicates, c.accounted, c.lost) == (8, 4, 6, 0)
+    assert ledger.lines() == [
+        "a: read 6  in events 8  dropped stale=2  lost 0  DUPLICATES 4  MORE IN EVENTS THAN READ (8 > 6)"
+    ]
+
+
+def test_a_source_without_eos_counts_capture_drops_from_its_frames_and_what_is_in_flight():
+    """Issue 11 case 14: a live or looped source never sends eos; capture's own drops (carried on
+    its frames as `dropped`) used to be left out (`stale=16 lost 0` for 234 of 890 dropped)."""
+    ledger = Ledger(["cam"], [])
+    ledger.frame("cam", 0.0, 0, capture_dropped=0)
+    ledger.frame("cam", 0.0, 3, capture_dropped=2)  # capture dropped seqs 1 and 2
+    ledger.drop("cam", "stale", 0.0, 4, capture_dropped=2)
+    ledger.frame("cam", 0.0, 7, capture_dropped=3)  # capture dropped 5; 6 was sent and is still on its way
+    ledger.frame("cam", 0.0, 2, capture_dropped=1)  # an older frame arriving late does not lower the count
+    ledger.finalise()
+    c = ledger.sources["cam"]
+    assert (c.top, c.capture_dropped, c.accounted, c.lost) == (8, 3, 8, 0)
+    assert ledger.lines() == ["cam: read 8 so far  in events 4  dropped capture=3 stale=1  in flight 0  (no eos)"]
+
+
+def test_a_frame_missing_from_a_source_without_eos_is_in_flight():
+    ledger = Ledger(["cam"], [])
+    ledger.frame("cam", 0.0, 0, capture_dropped=0)
+    ledger.frame("cam", 0.0, 2, capture_dropped=0)
+    ledger.finalise()
+    assert ledger.lines() == ["cam: read 3 so far  in events 2  dropped 0  in flight 1  (no eos)"]
+
+
+def test_evicted_sources_keep_their_counts_in_one_line():
+    ledger = Ledger(["a"], ["a"])
+    for src in ("x", "y"):
+        ledger.frame(src, 0.0, 0)
+        ledger.drop(src, "stale", 0.0, 1)
+        ledger.evict(src)
+    assert (
+        ledger.lines()[-1] == "2 evicted source(s): read 4 so far  in events 2  dropped stale=2  in flight 0  (no eos)"
+    )

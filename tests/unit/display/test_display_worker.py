@@ -15,7 +15,7 @@ from bus.codec import Face, Message, ShmRef, drop_marker, encode
 from bus.config import Config, SourceConfig, validate
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
-from display.worker import Display, is_file_uri, run, waiting_sources
+from display.worker import MAX_REASONS, SEQ_REANCHOR, Display, is_file_uri, run, waiting_sources
 
 LOG = logging.getLogger("test.display")
 
@@ -261,3 +261,108 @@ def test_a_drop_marker_releases_its_frames_slot(tmp_path: Path, ring: Ring) -> N
     d.handle(encode(drop_marker(shm_frame(ring, 0, 9), "no_faces")), 0.0)
     assert ring.busy() == 0
     assert dict(stats.drops) == {"no_faces": 1} and dict(d.ledger.sources["s0"].drops) == {"no_faces": 1}
+
+
+class Raising(RecordingSink):
+    """A sink with a bug: raises something no handler expected."""
+
+    name = "buggy"
+
+    def write(self, msg, image, event):
+        raise OverflowError("cannot convert float infinity to integer")
+
+
+def test_no_sink_or_drawing_failure_escapes_handle(monkeypatch):
+    """Issue 11 case 2: one forged frame raised in drawing outside any handler and ended the run.
+    Now decode refuses it, and whatever a sink or the drawing raises is counted, not raised."""
+    stats = Stats(LOG, 60.0)
+    good = RecordingSink()
+    d = Display(config("a.mp4"), [Raising(), good], stats, LOG)
+    d.handle(encode(frame(seq=0)), 0.0)
+    assert [e["seq"] for e in good.events] == [0] and stats.drops["sink_buggy"] == 1
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a drawing bug")
+
+    monkeypatch.setattr("display.worker.annotate", broken)
+    d.handle(encode(frame(seq=1)), 0.0)
+    assert stats.drops["display_error"] == 1 and d.ledger.sources["s0"].drops["display_error"] == 1
+    assert [e["seq"] for e in good.events] == [0]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), 1e30, float("nan")])
+def test_a_forged_frame_with_an_absurd_box_is_garbage(bad):
+    stats = Stats(LOG, 60.0)
+    good = RecordingSink()
+    d = Display(config("a.mp4"), [good], stats, LOG)
+    forged = frame(seq=0)
+    forged.faces = [Face((0.0, 0.0, bad, 10.0), 0.9, [], "b", [0.3, 0.7])]
+    d.handle(encode(forged), 0.0)
+    d.handle(encode(frame(seq=1)), 0.0)
+    assert stats.drops["garbage"] == 1 and [e["seq"] for e in good.events] == [1]
+
+
+def test_one_forged_huge_seq_does_not_freeze_the_source():
+    """Issue 11 case 7: a frame with seq 10**12 made every later frame 'late' (read-only for the
+    tracker, ignored by the web page) for the rest of the run."""
+    stats = Stats(LOG, 60.0)
+    sink = RecordingSink()
+    d = Display(config("a.mp4"), [sink], stats, LOG)
+    d.handle(encode(frame(seq=0)), 0.0)
+    d.handle(encode(frame(seq=10**12)), 0.0)
+    d.handle(encode(Message(src="s0", seq=10**12 + 1, ts=1.0, kind="drop", reason="stale")), 0.0)
+    for seq in range(1, 4):
+        d.handle(encode(frame(seq=seq)), 0.0)
+    assert [e["seq"] for e in sink.events] == [0, 1, 2, 3]
+    assert stats.drops["seq_window"] == 2 and d.follow["s0"].tracker.seq == 3
+    c = d.ledger.sources["s0"]
+    assert (c.received, c.top, sum(c.drops.values())) == (4, 4, 0)
+
+
+def test_a_source_that_restarts_its_numbering_is_followed_after_a_few_frames():
+    stats = Stats(LOG, 60.0)
+    sink = RecordingSink()
+    d = Display(config("a.mp4"), [sink], stats, LOG)
+    for seq in range(500_000, 500_005):
+        d.handle(encode(frame(seq=seq)), 0.0)
+    for seq in range(40):  # a restarted capture counts from 0 again
+        d.handle(encode(frame(seq=seq)), 0.0)
+    assert stats.drops["seq_window"] == SEQ_REANCHOR - 1
+    assert [e["seq"] for e in sink.events] == [*range(500_000, 500_005), *range(SEQ_REANCHOR - 1, 40)]
+
+
+def test_sources_not_in_the_config_are_bounded_and_evicted_least_recently_used():
+    """Issue 11 case 10: 300 forged source ids added 274 MB that were never freed."""
+    cfg = config("a.mp4")
+    cfg = dataclasses.replace(cfg, display=dataclasses.replace(cfg.display, max_sources=4))
+    stats = Stats(LOG, 60.0)
+
+    class Forgetting(RecordingSink):
+        def __init__(self):
+            super().__init__()
+            self.forgotten: list[str] = []
+
+        def forget(self, src):
+            self.forgotten.append(src)
+
+    sink = Forgetting()
+    d = Display(cfg, [sink], stats, LOG)
+    for i in range(300):
+        d.handle(encode(frame(src=f"forged{i}", seq=0)), 0.0)
+        d.handle(encode(frame(src="forged0", seq=i + 1)), 0.0)  # keeps being used: never evicted
+        d.handle(encode(frame(seq=i)), 0.0)
+    assert set(d.ledger.sources) == {"s0", "forged0", "forged298", "forged299"}
+    assert set(d.follow) <= set(d.ledger.sources) and set(d.windows) <= set(d.ledger.sources)
+    assert stats.drops["evicted_source"] == 297 and len(sink.forgotten) == 297 and "forged0" not in sink.forgotten
+    assert d.ledger.evicted_sources == 297 and d.ledger.evicted.received == 297
+    assert d.ledger.sources["s0"].received == 300
+
+
+def test_distinct_drop_reasons_are_bounded():
+    """Issue 11 case 13: every distinct reason became a key in every later stats line."""
+    stats = Stats(LOG, 60.0)
+    d = Display(config("a.mp4"), [], stats, LOG)
+    for seq in range(1000):
+        d.handle(encode(Message(src="s0", seq=seq, ts=1.0, kind="drop", reason=f"r{seq:04d}" + "x" * 50)), 0.0)
+    assert len(stats.drops) <= MAX_REASONS + 1 and stats.drops["other"] == 1000 - MAX_REASONS
+    assert sum(d.ledger.sources["s0"].drops.values()) == 1000 and len(stats.line()) < 3000
