@@ -21,6 +21,7 @@ from bus.codec import CodecError, Message, decode, drop_marker, encode
 from bus.config import Config
 from bus.owed import Owed
 from bus.runtime import RateLimited, Stats
+from bus.shm import Rings
 from bus.sockets import recv, send, send_patiently
 
 POLL_MS = 100
@@ -77,6 +78,7 @@ def run(
     warn = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
     owed = Owed()  # markers for what could not be sent (bus.owed)
+    rings = Rings(max_bytes=cfg.bus.shm_max_bytes)  # opened only to free the slot of a frame not sent
 
     def now_or_never(p: list[Any]) -> bool:
         return send(out_sock, p, block=False)
@@ -112,12 +114,16 @@ def run(
         except CodecError as e:
             stats.drop("encode")
             warn.warning("encode", "%s#%d: cannot encode: %s", out.src, out.seq, e)
+            if msg.shm is not None:
+                rings.release(msg.shm)
             continue
         owed.flush(now_or_never)
         sent = send(out_sock, wire, block=out.kind != "frame") if out.live else send_patiently(out_sock, wire, stop)
         if not sent:
             stats.drop("send_full")
             warn.warning("send", "%s#%d: display not keeping up, %s not sent", out.src, out.seq, out.kind)
+            if msg.shm is not None:
+                rings.release(msg.shm)  # the display will never see it: free the slot now
             marker = encode(drop_marker(out, "send_full")) if out.kind == "frame" else wire
             if not now_or_never(marker):
                 owed.add(marker)

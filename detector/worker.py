@@ -94,7 +94,7 @@ def run(
     """Move messages until ``stop``: receive, decode, :func:`step`, encode, send; count every drop."""
     limited = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
-    rings = Rings()
+    rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
     owed = Owed()
     while not stop.is_set():
         parts = sockets.recv(in_sock, POLL_MS)
@@ -121,7 +121,8 @@ def run(
             limited.warning(out.reason or "?", "src %s seq %d dropped: %s", msg.src, msg.seq, out.reason)
         elif out.kind == "frame":
             stats.frame(msg.ts)
-        _forward(out, out_sock, jpeg, stats, limited, stop, owed)
+        if not _forward(out, out_sock, jpeg, stats, limited, stop, owed) and msg.shm is not None:
+            rings.release(msg.shm)  # nothing went on that could release the slot downstream: free it now
     owed.flush(lambda p: sockets.send(out_sock, p, block=False))
     if len(owed) or owed.forgotten:
         log.warning("%d drop/eos message(s) never sent downstream (%d forgotten)", len(owed), owed.forgotten)
@@ -148,10 +149,12 @@ def _forward(
     limited: RateLimited,
     stop: threading.Event,
     owed: Owed,
-) -> None:
+) -> bool:
     """Send ``out``: live frames without blocking, file-source messages patiently (a late downstream
     stage gets them); a frame that cannot be sent goes on as a drop marker, and a marker that
-    cannot be sent either is owed (:mod:`bus.owed`), as is a drop or eos that could not go."""
+    cannot be sent either is owed (:mod:`bus.owed`), as is a drop or eos that could not go.
+    False: neither the message nor its marker went now (the caller frees a shared-memory slot; the
+    owed marker's release later is then a no-op, :meth:`bus.shm.Rings.release` checks the generation)."""
     owed.flush(lambda p: sockets.send(sock, p, block=False))
     out.t["detector"] = time.time()
     try:
@@ -162,11 +165,14 @@ def _forward(
     if parts is not None:
         if out.live:
             if sockets.send(sock, parts, block=out.kind != "frame"):
-                return
+                return True
         elif sockets.send_patiently(sock, parts, stop):
-            return
+            return True
     stats.drop("send")
     limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
     marker = encode(drop_marker(out, "send")) if out.kind == "frame" else parts
-    if marker is not None and not sockets.send(sock, marker, block=not out.live):
+    if marker is not None and sockets.send(sock, marker, block=not out.live):
+        return True
+    if marker is not None:
         owed.add(marker)
+    return False

@@ -313,7 +313,7 @@ class Display:
         self.configured = frozenset(cfg.source_ids())
         self.others: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
         self.max_others = max(0, cfg.display.max_sources - len(self.configured))
-        self.rings = Rings()
+        self.rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
 
     def _pixels(self, msg: Message) -> str | None:
         """A frame in shared memory: copy its pixels out (what the sinks and the tracker see) and
