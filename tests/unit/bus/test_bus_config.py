@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bus.config import ConfigError, load, parse
+from bus.runtime import runtime_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_repo_bus_toml_is_valid() -> None:
     cfg = load(ROOT / "bus.toml", env={})
     assert cfg.detector.model in ("full_range", "short_range")
-    assert all(ep.startswith("tcp://127.0.0.1:") for ep in (*cfg.detector.endpoints, cfg.display.endpoint))
+    eps = (*cfg.detector.endpoints, *cfg.classifier.endpoints, cfg.display.endpoint)
+    assert all(ep.startswith(f"ipc://{runtime_dir()}/") for ep in eps)  # private to this user (bus.sockets)
 
 
 def test_defaults_without_file_bind_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
