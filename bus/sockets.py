@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -189,6 +190,11 @@ def pull(ctx: zmq.Context, endpoint: str, hwm: int, security: Security | None = 
 
 def _listening(path: str) -> bool:
     """Whether a live process accepts connections on the Unix socket ``path``."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):  # libzmq would delete whatever is there
+            raise zmq.ZMQError(errno.EEXIST, f"{path} exists and is not a socket: not replacing it")
+    except FileNotFoundError:
+        return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:

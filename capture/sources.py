@@ -161,6 +161,9 @@ class VideoFile:
     def skip(self, n: int) -> int:
         # decoded and passed over, not seeked: CAP_PROP_POS_FRAMES lands near, not on, the frame in
         # files with B-frames, and resuming must neither repeat nor miss one
+        if self.loop:  # a looped file restarts anyway: only its place in the loop matters, not n decodes
+            count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            n = n % count if count > 0 else 0
         done = 0
         if n > 0 and self.pending is not None:
             self.pending, done = None, 1

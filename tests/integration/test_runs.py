@@ -223,7 +223,9 @@ def test_a_second_pipeline_on_the_same_config_cannot_feed_or_end_the_first(
         assert second.proc.wait(60) == 2, second.log()[-3000:]
     except subprocess.TimeoutExpired:
         pytest.fail(f"the second pipeline did not end:\n{second.log()[-3000:]}")
-    assert re.search(r"(detector|classifier|display): cannot bind .*address .*in use", second.log(), re.I), second.log()[-3000:]
+    assert re.search(r"(detector|classifier|display): cannot bind .*address .*in use", second.log(), re.I), (
+        second.log()[-3000:]
+    )
     # ... but its capture connects: the worst case, it lives long enough to send a frame and its eos
     image = shared_data / "media/images/faces/two_people.jpg"
     foreign = launch(cfg, launcher=_lone_capture(image), name="c")

@@ -154,3 +154,15 @@ def test_a_socket_file_left_by_a_killed_stage_is_replaced(tmp_path: Path) -> Non
         s.close(0)
     finally:
         ctx.destroy(0)
+
+
+def test_an_ipc_path_that_is_not_a_socket_is_never_replaced(tmp_path: Path) -> None:
+    precious = tmp_path / "display"
+    precious.write_text("not a socket")
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(zmq.ZMQError, match="exists and is not a socket"):
+            sockets.pull(ctx, f"ipc://{precious}", 4)
+    finally:
+        ctx.destroy(0)
+    assert precious.read_text() == "not a socket"
