@@ -3,6 +3,7 @@ refused), the private runtime directory, and ipc:// endpoints that cannot be tak
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -166,3 +167,46 @@ def test_an_ipc_path_that_is_not_a_socket_is_never_replaced(tmp_path: Path) -> N
     finally:
         ctx.destroy(0)
     assert precious.read_text() == "not a socket"
+
+
+@pytest.mark.parametrize(("value", "why"), [("12x", "is not a pid"), (str(2**22 + 7), "is not an ancestor")])
+def test_a_manager_pid_that_is_not_ours_is_not_watched(value: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from bus.runtime import watch_manager
+
+    assert watch_manager(threading.Event(), {MANAGER_ENV: value}, exit=pytest.fail) is None
+    assert why in caplog.text
+    assert watch_manager(threading.Event(), {}, exit=pytest.fail) is None  # not started by a manager
+
+
+def test_the_death_of_the_manager_stops_the_stage() -> None:
+    """A real manager (a shell) and stage (python): SIGKILL the shell, the stage's stop event is set
+    and it exits on its own well within 2 s."""
+    import subprocess
+    import sys
+    import time
+
+    stage = (
+        "import os, sys, threading, time; from bus.runtime import install_stop; stop = threading.Event(); "
+        "install_stop(stop); print('up', flush=True); t0 = time.monotonic(); "
+        "stop.wait(30); print(f'stopped {time.monotonic() - t0:.2f}', flush=True)"
+    )
+    root = Path(__file__).resolve().parents[3]
+    manager = subprocess.Popen(
+        ["sh", "-c", f'export {MANAGER_ENV}=$$; "{sys.executable}" -c "{stage}"; sleep 30'],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        start_new_session=True,
+    )
+    try:
+        assert manager.stdout is not None and manager.stdout.readline().strip() == "up"
+        t0 = time.monotonic()
+        manager.kill()
+        line = manager.stdout.readline().strip()  # the stage still holds the pipe: it writes this
+        assert line.startswith("stopped") and time.monotonic() - t0 < 2.0, line
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the stage, had it not exited: same group
+            os.killpg(manager.pid, 9)
+        manager.wait(5)
