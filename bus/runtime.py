@@ -43,7 +43,7 @@ def single_threaded_opencv() -> None:
 
 RUN_ENV = "EMOSTREAM_RUN"
 MANAGER_ENV = "EMOSTREAM_MANAGER_PID"
-ORPHAN_GRACE_S = 1.0  # after the manager died: stop, and exit hard if still running after this long
+ORPHAN_GRACE_S = 0.5  # manager dead: stop, then exit hard if still running this much later (2 s bound under load)
 RUNTIME_DIR = "emostream"  # under $XDG_RUNTIME_DIR; else <tmp>/emostream-<uid>
 
 log = logging.getLogger("emostream")
