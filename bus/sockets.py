@@ -199,8 +199,10 @@ def _listening(path: str) -> bool:
         probe.settimeout(1.0)
         try:
             probe.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
+        except (FileNotFoundError, ConnectionRefusedError):
             return False
+        except (TimeoutError, BlockingIOError):  # a full backlog: a (busy or hung) process listens
+            return True
         except OSError as e:
             raise zmq.ZMQError(e.errno or errno.EACCES, f"{path}: {e.strerror}") from None
         return True
