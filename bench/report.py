@@ -79,9 +79,17 @@ def tables(res: dict[str, Any]) -> str:
     hop = res.get("hop")
     if hop and "error" not in hop:
         rows = [
-            [h["payload"], h["transport"], h["bytes"], h["cpu_ms_per_msg"], h["wall_ms_per_msg"]] for h in hop["rows"]
+            [
+                h["payload"],
+                h["transport"],
+                h["bytes"],
+                h["cpu_ms_per_msg"],
+                h["wall_ms_per_msg"],
+                h.get("one_way_us", ""),
+            ]
+            for h in hop["rows"]
         ]
-        header = ["payload", "transport", "bytes", "CPU ms/msg (both ends)", "wall ms/msg"]
+        header = ["payload", "transport", "bytes", "CPU ms/msg (both ends)", "wall ms/msg", "one-way µs (1 in flight)"]
         parts.append(figures.table("One hop: encode, send, receive, decode", header, rows))
     st = res.get("stall")
     if st and "error" not in st:

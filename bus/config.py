@@ -58,6 +58,8 @@ class BusConfig:
 class CaptureConfig:
     sources: tuple[SourceConfig, ...] = (SourceConfig(),)
     eof_linger_s: float = 60.0  # after end of file, stay up this long so downstream can drain
+    reconnect_s: float = 1.0  # live source lost: first wait before reopening it (doubles per failed try)
+    reconnect_max_s: float = 30.0  # longest wait between reopening tries (a live source is retried forever)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ RANGES: dict[tuple[str, str], tuple[str, float, float, str]] = {
     ("bus", "shm_max_bytes"): ("[", 1 << 20, 1 << 40, "]"),
     ("bus", "max_frame_pixels"): ("[", 1, 8192 * 8192, "]"),
     ("capture", "eof_linger_s"): ("[", 0, 86_400, "]"),
+    ("capture", "reconnect_s"): ("(", 0, 3600, "]"),
+    ("capture", "reconnect_max_s"): ("(", 0, 3600, "]"),
     ("capture.sources", "fps"): ("[", 0, 1000, "]"),
     ("capture.sources", "width"): ("[", 0, 8192, "]"),
     ("capture.sources", "height"): ("[", 0, 8192, "]"),
@@ -223,12 +227,43 @@ def parse(table: dict[str, Any], path: str = "") -> Config:
     return validate(cfg)
 
 
+RUNTIME = "{runtime}"  # in an ipc:// endpoint: the private runtime directory (bus.runtime.runtime_dir)
+
+
+def expand_runtime(cfg: Config) -> Config:
+    """``ipc://{runtime}/name`` -> ``ipc://<private 0700 directory>/name`` (made and checked here, so
+    an unsafe directory stops every stage at start-up with one line)."""
+    eps = [*cfg.detector.endpoints, *cfg.classifier.endpoints, cfg.display.endpoint]
+    if not any(RUNTIME in ep for ep in eps):
+        return cfg
+    from bus.runtime import RuntimeDirError, runtime_dir
+
+    try:
+        where = str(runtime_dir())
+    except RuntimeDirError as e:
+        raise ConfigError(f"endpoints: {e}") from None
+
+    def sub(eps: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(ep.replace(RUNTIME, where) for ep in eps)
+
+    return dataclasses.replace(
+        cfg,
+        detector=dataclasses.replace(cfg.detector, endpoints=sub(cfg.detector.endpoints)),
+        classifier=dataclasses.replace(cfg.classifier, endpoints=sub(cfg.classifier.endpoints)),
+        display=dataclasses.replace(cfg.display, endpoint=sub((cfg.display.endpoint,))[0]),
+    )
+
+
 def validate(cfg: Config) -> Config:
-    """Ranges, defaults for source ids, then cross-field checks (endpoints)."""
+    """Ranges, the private runtime directory in endpoints, defaults for source ids, then cross-field
+    checks (endpoints)."""
     for name in ("bus", "capture", "detector", "classifier", "display"):
         check_ranges(name, getattr(cfg, name), f"[{name}]")
     for i, src in enumerate(cfg.capture.sources):
         check_ranges("capture.sources", src, f"[capture] sources[{i}]")
+    cfg = expand_runtime(cfg)
+    if cfg.capture.reconnect_s > cfg.capture.reconnect_max_s:
+        raise ConfigError("[capture] reconnect_s and reconnect_max_s: need reconnect_s <= reconnect_max_s")
     sources = tuple(dataclasses.replace(s, id=s.id or f"src{i}") for i, s in enumerate(cfg.capture.sources))
     if not sources:
         raise ConfigError("[capture] sources: at least one source is needed")

@@ -1,14 +1,28 @@
-"""Process plumbing shared by every stage: logging, stop-on-signal, rate-limited warnings, stats."""
+"""Process plumbing shared by every stage: logging, stop-on-signal (and on the death of the process
+manager that started the stage), the private runtime directory, rate-limited warnings, stats.
+
+Environment set by the process managers (``scripts/run.sh``, ``python -m bus.supervise``):
+
+- ``EMOSTREAM_RUN``: the pipeline run every stage belongs to (see :mod:`bus.codec`, ``run``);
+- ``EMOSTREAM_MANAGER_PID``: the manager's pid. A stage that has it as an ancestor stops when it
+  dies (within :data:`ORPHAN_GRACE_S` + a moment), so ``kill -9`` of the manager leaves no stage
+  running and holding its endpoint. Under systemd it is not set: systemd stops units itself.
+"""
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
+import select
 import signal
+import stat
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -27,14 +41,118 @@ def single_threaded_opencv() -> None:
     cv2.setNumThreads(1)
 
 
-def install_stop(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set ``stop``; loops poll with timeouts, so the process exits within ~1 s."""
+RUN_ENV = "EMOSTREAM_RUN"
+MANAGER_ENV = "EMOSTREAM_MANAGER_PID"
+ORPHAN_GRACE_S = 0.5  # manager dead: stop, then exit hard if still running this much later (2 s bound under load)
+RUNTIME_DIR = "emostream"  # under $XDG_RUNTIME_DIR; else <tmp>/emostream-<uid>
+
+log = logging.getLogger("emostream")
+
+
+def install_stop(stop: threading.Event, env: Mapping[str, str] | None = None) -> None:
+    """SIGTERM/SIGINT set ``stop``; loops poll with timeouts, so the process exits within ~1 s. When
+    a process manager started us (``EMOSTREAM_MANAGER_PID``), its death sets ``stop`` too."""
 
     def handler(signum: int, _frame: object) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    watch_manager(stop, os.environ if env is None else env)
+
+
+def ancestors(pid: int | None = None) -> list[int]:
+    """The parent, grandparent, ... of ``pid`` (default: this process), up to pid 1, from /proc."""
+    out: list[int] = []
+    pid = os.getpid() if pid is None else pid
+    while pid > 1 and len(out) < 256:
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat_line.rpartition(")")[2].split()[1])  # field 4, after the parenthesised name
+        out.append(pid)
+    return out
+
+
+def watch_manager(
+    stop: threading.Event,
+    env: Mapping[str, str],
+    grace_s: float = ORPHAN_GRACE_S,
+    exit: Callable[[int], object] = os._exit,
+) -> threading.Thread | None:
+    """Set ``stop`` when the manager named by ``EMOSTREAM_MANAGER_PID`` exits; ``exit(1)`` if the
+    process is still running ``grace_s`` later. Only a manager that is one of our ancestors counts
+    (a variable inherited by a shell started from a stage is ignored). Linux pidfd: woken the moment
+    it exits, no polling, no pid-reuse race once it is open."""
+    raw = env.get(MANAGER_ENV, "")
+    if not raw:
+        return None
+    try:
+        pid = int(raw)
+    except ValueError:
+        log.warning("%s=%r is not a pid: not watching the process manager", MANAGER_ENV, raw)
+        return None
+    if pid not in ancestors():
+        log.warning("%s=%d is not an ancestor of this process: not watching it", MANAGER_ENV, pid)
+        return None
+    try:
+        fd: int | None = os.pidfd_open(pid)
+    except (OSError, AttributeError):  # no pidfd (Linux < 5.3): poll our ancestry instead
+        fd = None
+
+    def gone() -> bool:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has exited
+            return True
+        while pid in ancestors():
+            time.sleep(0.2)
+        return True
+
+    def watch() -> None:
+        gone()
+        log.warning("the process manager (pid %d) is gone: stopping", pid)
+        stop.set()
+        time.sleep(grace_s)
+        log.error("still running %.1f s after the process manager died: exiting now", grace_s)
+        exit(1)
+
+    thread = threading.Thread(target=watch, name="manager-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+class RuntimeDirError(OSError):
+    """The private runtime directory is unsafe (another owner, open mode, not a directory)."""
+
+
+def runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The pipeline's private directory (ipc:// sockets, capture's progress): ``$XDG_RUNTIME_DIR/emostream``,
+    else ``<tmp>/emostream-<uid>``. Made with mode 0700; an existing one must be a real directory
+    owned by this user with no group/other access (another user may have made it first in /tmp,
+    to listen on our endpoints), else :class:`RuntimeDirError` with one line."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_RUNTIME_DIR")
+    uid = os.geteuid()
+    path = Path(base) / RUNTIME_DIR if base else Path(tempfile.gettempdir()) / f"{RUNTIME_DIR}-{uid}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RuntimeDirError(f"cannot make the runtime directory {path}: {e.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"runtime directory {path} is not a directory (a symlink?): remove it")
+    if st.st_uid != uid:
+        raise RuntimeDirError(
+            f"runtime directory {path} belongs to uid {st.st_uid}, not to this user ({uid}): remove it or set XDG_RUNTIME_DIR"
+        )
+    if st.st_mode & 0o077:
+        raise RuntimeDirError(
+            f"runtime directory {path} has mode {stat.S_IMODE(st.st_mode):o}: other users could reach its sockets; chmod 700 it"
+        )
+    return path
 
 
 class RateLimited:

@@ -21,6 +21,14 @@ Backpressure policy (written down, and counted):
 - a PULL socket refuses frames larger than :data:`MAX_FRAME_BYTES` (the largest image the codec
   accepts): a peer declaring a huge frame is disconnected instead of making us allocate it.
 
+Transport on one host (the shipped ``bus.toml``): ``ipc://{runtime}/<stage>`` endpoints, Unix
+sockets in the private 0700 runtime directory (:func:`bus.runtime.runtime_dir`), so other local
+users can neither connect nor listen there (a loopback TCP port takes a connection from any local
+user). A bound ipc socket is also chmod 0600. libzmq unlinks a socket file before binding its own,
+so a second pipeline's stage would silently take a live endpoint over: :func:`pull` first connects
+to the path and, when something answers, fails like a TCP bind (``address in use``); a file left by
+a killed stage answers nothing and is replaced. Between hosts: TCP with ``[bus] curve = true``.
+
 Security (``[bus] curve = true``): every socket uses ZeroMQ CURVE (encryption and authentication).
 Each binding stage is a CURVE server with its own key pair (``keys_dir/<stage>.key_secret``) and a
 ZAP handler (:class:`zmq.auth.thread.ThreadAuthenticator`) that accepts only the client public keys
@@ -34,6 +42,10 @@ terminates).
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -160,8 +172,40 @@ def pull(ctx: zmq.Context, endpoint: str, hwm: int, security: Security | None = 
     _heartbeat(s)
     if security is not None:
         security.server(s, ctx)
-    s.bind(endpoint)
+    path = endpoint.removeprefix("ipc://") if endpoint.startswith("ipc://") else None
+    try:
+        if path is not None and _listening(path):
+            raise zmq.ZMQError(errno.EADDRINUSE, f"address in use: a running process listens on {path}")
+        s.bind(endpoint)
+        if path is not None:
+            os.chmod(path, 0o600)  # owner only, also outside the private directory
+    except OSError as e:
+        s.close(0)
+        raise zmq.ZMQError(e.errno or errno.EACCES, f"{path}: {e.strerror}") from None
+    except zmq.ZMQError:
+        s.close(0)
+        raise
     return s
+
+
+def _listening(path: str) -> bool:
+    """Whether a live process accepts connections on the Unix socket ``path``."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):  # libzmq would delete whatever is there
+            raise zmq.ZMQError(errno.EEXIST, f"{path} exists and is not a socket: not replacing it")
+    except FileNotFoundError:
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except (TimeoutError, BlockingIOError):  # a full backlog: a (busy or hung) process listens
+            return True
+        except OSError as e:
+            raise zmq.ZMQError(e.errno or errno.EACCES, f"{path}: {e.strerror}") from None
+        return True
 
 
 def push(

@@ -18,6 +18,11 @@ the NAMEs given) with ``/bin/sh -c`` in its own process group, and then:
 - SIGTERM / SIGINT are forwarded (SIGTERM) to every process group; whatever is still running after
   :data:`GRACE_S` seconds gets SIGKILL, so the supervisor exits within about 2 s (code 0).
 
+Every process gets ``EMOSTREAM_RUN`` (the run id, generated unless set; a restarted process keeps
+it, so the others accept it and a second pipeline on the same endpoints is refused, see
+``bus.codec``) and ``EMOSTREAM_MANAGER_PID`` (this process: when it dies, even by SIGKILL, every
+stage stops within about 1 s, see ``bus.runtime``).
+
 Every line it logs starts with ``supervise``; the processes write to the same stdout/stderr.
 """
 
@@ -27,6 +32,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -39,7 +45,7 @@ from typing import NoReturn
 
 import click
 
-from bus.runtime import install_stop, setup_logging
+from bus.runtime import MANAGER_ENV, RUN_ENV, install_stop, setup_logging
 
 GRACE_S = 1.5  # SIGTERM -> SIGKILL
 MAX_DELAY_S = 30.0  # longest wait before a restart
@@ -88,6 +94,15 @@ def parse_env(text: str) -> dict[str, str]:
             value = value[1:-1]
         env[key.strip()] = value
     return env
+
+
+def run_env(env: Mapping[str, str], manager_pid: int) -> dict[str, str]:
+    """The environment of every process of one run: ``env`` plus the run id (kept when set) and the
+    manager's pid."""
+    out = dict(env)
+    out[RUN_ENV] = out.get(RUN_ENV) or secrets.token_hex(8)
+    out[MANAGER_ENV] = str(manager_pid)
+    return out
 
 
 def restart_delay(backoff: float, crashes: int) -> float:
@@ -276,7 +291,7 @@ def main(procfile: Path, env_file: Path, max_restarts: int, backoff: float, name
     install_stop(stop)
     try:
         procs = parse_procfile(procfile.read_text())
-        env = {**os.environ, **(parse_env(env_file.read_text()) if env_file.is_file() else {})}
+        env = run_env({**os.environ, **(parse_env(env_file.read_text()) if env_file.is_file() else {})}, os.getpid())
     except FileNotFoundError:
         _fail(f"no such Procfile: {procfile}")
     except (OSError, ProcfileError) as e:
@@ -287,7 +302,13 @@ def main(procfile: Path, env_file: Path, max_restarts: int, backoff: float, name
     if names:
         procs = {n: procs[n] for n in names}
     log = setup_logging("supervise")
-    log.info("supervising %s (max %d restarts in a row, backoff %.1f s)", ", ".join(procs), max_restarts, backoff)
+    log.info(
+        "supervising %s (run %s; max %d restarts in a row, backoff %.1f s)",
+        ", ".join(procs),
+        env[RUN_ENV],
+        max_restarts,
+        backoff,
+    )
     sup = Supervisor(procs, env, max_restarts, backoff, log)
     code = run(sup, stop)
     log.info("exit %d", code)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from bus import sockets
+from bus import codec, sockets
 from bus.cli import config_option, fail
 from bus.config import ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -56,7 +56,7 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
         opened: list[Source] = []
         for sc in cfg.capture.sources:
             try:
-                src = open_source(sc)
+                src = open_source(sc, (cfg.capture.reconnect_s, cfg.capture.reconnect_max_s))
             except SourceError as e:
                 _fail(f"cannot open source {sc.id!r}: {e}")
             stack.callback(src.close)
@@ -73,8 +73,8 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
             sock = sockets.push(ctx, cfg.detector.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
             stack.callback(sock.close)  # the socket's short linger lets a queued eos out
             senders.append(socket_sender(sock, cfg.bus.jpeg_quality))
-        log.info("%d source(s) -> %s", len(opened), ", ".join(cfg.detector.endpoints))
-        run(cfg, opened, senders, stop, stats)
+        log.info("%d source(s) -> %s (run %s)", len(opened), ", ".join(cfg.detector.endpoints), codec.RUN or "-")
+        run(cfg, opened, senders, stop, stats, run_id=codec.RUN)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,13 @@ source cannot be opened, so the stage can exit 2 at start-up.
 
 Live sources (cameras, streams) are read by a grab thread that keeps only the newest frame, so a
 slow pipeline never sees stale frames; files and folders are read on demand (pacing is the
-worker's job, with ``fps``).
+worker's job, with ``fps``). A live source never ends by itself: when it stops delivering frames
+(a stream that stalls past its read timeout, a camera unplugged) it is reopened with exponential
+backoff (``[capture] reconnect_s`` doubling up to ``reconnect_max_s``), every try logged. Only
+files and folders end, so only they make capture send an end-of-stream.
+
+``skip(n)`` passes over the first ``n`` frames of a file or folder (a capture restarted within a
+run resumes where it was, :class:`capture.worker.Progress`); live sources skip nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +64,7 @@ IMAGE_SUFFIXES = frozenset(
     }
 )
 OPEN_TIMEOUT_MS = 5000  # streams: give up connecting / reading after this long
+FAILED_READS = 3  # a live source that fails this many reads in a row is reopened
 
 
 class SourceError(RuntimeError):
@@ -80,6 +87,10 @@ class Source(Protocol):
 
     def read(self, timeout: float) -> Frame | None:
         """The next frame, or None (nothing new within ``timeout``, or ``ended``). Raises Unreadable."""
+        ...
+
+    def skip(self, n: int) -> int:
+        """Pass over the next ``n`` frames (files and folders; live sources: 0). Returns how many."""
         ...
 
     def close(self) -> None: ...
@@ -147,6 +158,27 @@ class VideoFile:
                 return None
         return _bgr(raw, self.uri), time.time()
 
+    def skip(self, n: int) -> int:
+        # decoded and passed over, not seeked: CAP_PROP_POS_FRAMES lands near, not on, the frame in
+        # files with B-frames, and resuming must neither repeat nor miss one
+        if self.loop:  # a looped file restarts anyway: only its place in the loop matters, not n decodes
+            count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            n = n % count if count > 0 else 0
+        done = 0
+        if n > 0 and self.pending is not None:
+            self.pending, done = None, 1
+        while done < n and not self.ended:
+            ok = self.cap.grab()
+            if not ok and self.loop:
+                self.cap.release()
+                self.cap = self._open()
+                ok = self.cap.grab()
+            if not ok:
+                self.ended = True
+                break
+            done += 1
+        return done
+
     def close(self) -> None:
         self.cap.release()
 
@@ -185,6 +217,12 @@ class ImageFolder:
             raise Unreadable(f"{path}: not a readable image")
         return _bgr(raw, str(path)), time.time()
 
+    def skip(self, n: int) -> int:
+        total = len(self.files)
+        done = n if self.loop else min(n, total - self.index)
+        self.index = (self.index + done) % total if self.loop else self.index + done
+        return done
+
     def close(self) -> None:
         pass
 
@@ -194,9 +232,19 @@ class LiveCapture:
 
     live = True
 
-    def __init__(self, cfg: SourceConfig, cap: cv2.VideoCapture):
+    def __init__(
+        self,
+        cfg: SourceConfig,
+        cap: cv2.VideoCapture,
+        reopen: Callable[[], cv2.VideoCapture] | None = None,
+        reconnect_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+    ):
         self.id, self.uri = cfg.id, cfg.uri
         self.cap = cap
+        self.reopen, self.reconnect_s, self.reconnect_max_s = reopen, reconnect_s, reconnect_max_s
+        self.reconnects = 0  # successful reopenings
+        self._backoff = reconnect_s  # doubles per reopening that delivered no frame
         self.fps = _fps(cap.get(cv2.CAP_PROP_FPS), cfg.fps)
         self.ended = False
         self._cond = threading.Condition()
@@ -213,18 +261,44 @@ class LiveCapture:
             ok, raw = self.cap.read()
             if not ok or raw is None:
                 failures += 1
-                if failures >= 10:  # the device or stream is gone
-                    log.warning("source %s: %s stopped delivering frames", self.id, self.uri)
-                    break
+                if failures >= FAILED_READS:  # the device or stream is gone, or stalled past its timeout
+                    if self.reopen is None or not self._reconnect():
+                        break
+                    failures = 0
+                    continue
                 self._stop.wait(0.05)
                 continue
-            failures = 0
+            failures, self._backoff = 0, self.reconnect_s
             with self._cond:
                 self._latest, self._fresh = (raw, time.time()), True
                 self._cond.notify_all()
         with self._cond:
             self._grab_done = True
             self._cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        """Reopen with exponential backoff until it works (True) or the source is closed (False)."""
+        assert self.reopen is not None
+        t0 = time.monotonic()
+        self.cap.release()
+        while True:
+            delay = self._backoff
+            self._backoff = min(2.0 * delay, self.reconnect_max_s)
+            log.warning("source %s: %s stopped delivering frames; reopening in %.1f s", self.id, self.uri, delay)
+            if self._stop.wait(delay):
+                return False
+            try:
+                cap = self.reopen()
+            except SourceError as e:
+                log.warning("source %s: reopening failed: %s", self.id, e)
+                continue
+            self.cap = cap
+            self.reconnects += 1
+            log.info("source %s: reopened after %.1f s", self.id, time.monotonic() - t0)
+            return True
+
+    def skip(self, n: int) -> int:
+        return 0  # a live source cannot be replayed
 
     def read(self, timeout: float) -> Frame | None:
         with self._cond:
@@ -244,7 +318,7 @@ class LiveCapture:
             self.cap.release()
 
 
-def _camera(cfg: SourceConfig) -> LiveCapture:
+def _open_camera(cfg: SourceConfig) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(int(cfg.uri))
     if not cap.isOpened():
         raise SourceError(f"cannot open camera {cfg.uri}")
@@ -253,16 +327,24 @@ def _camera(cfg: SourceConfig) -> LiveCapture:
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
     if cfg.height:
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
-    return LiveCapture(cfg, cap)
+    return cap
 
 
-def _stream(cfg: SourceConfig) -> LiveCapture:
+def _open_stream(cfg: SourceConfig) -> cv2.VideoCapture:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
     cap = cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise SourceError(f"cannot open stream {cfg.uri}")
     cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-    return LiveCapture(cfg, cap)
+    return cap
+
+
+def _live(cfg: SourceConfig, opener: Callable[[SourceConfig], cv2.VideoCapture], reconnect: Reconnect) -> LiveCapture:
+    def reopen() -> cv2.VideoCapture:
+        with _quiet_opencv():
+            return opener(cfg)
+
+    return LiveCapture(cfg, opener(cfg), reopen, *reconnect)
 
 
 def kind(uri: str) -> str:
@@ -288,18 +370,21 @@ def _quiet_opencv() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
-def open_source(cfg: SourceConfig) -> Source:
+Reconnect = tuple[float, float]  # live sources: first wait before reopening, longest wait (seconds)
+
+
+def open_source(cfg: SourceConfig, reconnect: Reconnect = (1.0, 30.0)) -> Source:
     """Open ``cfg`` or raise :class:`SourceError` (one line saying what and why)."""
     with _quiet_opencv():
-        return _open(cfg)
+        return _open(cfg, reconnect)
 
 
-def _open(cfg: SourceConfig) -> Source:
+def _open(cfg: SourceConfig, reconnect: Reconnect) -> Source:
     k = kind(cfg.uri)
     if k == "camera":
-        return _camera(cfg)
+        return _live(cfg, _open_camera, reconnect)
     if k == "stream":
-        return _stream(cfg)
+        return _live(cfg, _open_stream, reconnect)
     if k == "folder":
         return ImageFolder(cfg)
     if k == "image":

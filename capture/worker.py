@@ -10,15 +10,26 @@ Sending policy: live frames never block (a full queue drops them, counted); file
 through, so a detector that is still loading its model does not cost the start of the video. After
 every source has ended the worker lingers ``[capture] eof_linger_s`` (cut short by stop) so that,
 under honcho, the display exits first once everything is accounted for.
+
+Restarts within one run (``EMOSTREAM_RUN``, set by the process manager): each source's progress
+(frames read, frames dropped) is kept in the private runtime directory (:class:`Progress`), written
+*before* a frame is sent. A capture restarted after a crash or ``kill -9`` skips the frames its
+predecessor read and goes on from the next seq, so the display gets no frame twice; a frame that was
+in flight when capture died is lost, never repeated. The eos counts every frame of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import cv2
@@ -28,7 +39,7 @@ import zmq
 from bus import sockets
 from bus.codec import CodecError, Message, encode
 from bus.config import Config
-from bus.runtime import RateLimited, Stats
+from bus.runtime import RateLimited, RuntimeDirError, Stats, runtime_dir
 from bus.shm import DEFAULT_MAX_BYTES, Ring, sweep
 from bus.shm import create as create_ring
 from capture.sources import Source, Unreadable
@@ -177,6 +188,62 @@ class _Shared:
             self.limited.warning(key, warning, *args)
 
 
+class Progress:
+    """One source's place in the current run, on disk: ``<runtime dir>/progress/<hash of run, source
+    id, uri>``, 16 bytes (frames read, frames dropped) rewritten in place with one ``pwrite`` (a killed
+    process cannot tear it). Without a run id (``run = ""``) it keeps nothing: an unrelated later run
+    must never resume from it. Files of runs older than :data:`KEEP_S` are removed."""
+
+    RECORD = struct.Struct("<QQ")
+    KEEP_S = 7 * 86400.0
+
+    def __init__(self, run: str, source_id: str, uri: str, base: Path | None = None):
+        self.frames = self.dropped = 0
+        self.fd: int | None = None
+        if not run:
+            return
+        folder = (base or runtime_dir()) / "progress"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self._sweep(folder)
+        key = hashlib.sha256("\0".join((run, source_id, uri)).encode()).hexdigest()[:32]
+        self.path = folder / key
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        raw = os.pread(self.fd, self.RECORD.size, 0)
+        if len(raw) == self.RECORD.size:
+            self.frames, self.dropped = self.RECORD.unpack(raw)
+
+    def _sweep(self, folder: Path) -> None:
+        cutoff = time.time() - self.KEEP_S
+        for p in folder.iterdir():
+            with contextlib.suppress(OSError):  # another capture may sweep it at the same time
+                if p.lstat().st_mtime < cutoff:
+                    p.unlink()
+
+    def save(self, frames: int, dropped: int) -> None:
+        if self.fd is not None:
+            os.pwrite(self.fd, self.RECORD.pack(frames, dropped), 0)
+
+    def close(self, done: bool) -> None:
+        """``done``: the run is over for this capture (a clean exit): forget the progress."""
+        if self.fd is None:
+            return
+        os.close(self.fd)
+        self.fd = None
+        if done:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def progress_for(run: str, source: Source) -> Progress:
+    """The source's :class:`Progress` in ``run``; a runtime directory that cannot be used costs only
+    the resuming (logged), never the run."""
+    try:
+        return Progress(run, source.id, source.uri)
+    except (OSError, RuntimeDirError) as e:
+        log.warning("source %s: cannot keep its progress (a restart would replay it): %s", source.id, e)
+        return Progress("", source.id, source.uri)
+
+
 def _send_patiently(send: Send, msg: Message, stop: threading.Event, wait_s: float) -> bool:
     """Blocking sends (each up to the socket's send timeout) until one succeeds, stop, or ``wait_s``."""
     return sockets.retry(lambda: send(msg, True), stop, wait_s)
@@ -190,9 +257,23 @@ def pump(
     realtime: bool,
     peer_wait_s: float = PEER_WAIT_S,
     pixels: Pixels | None = None,
+    progress: Progress | None = None,
 ) -> tuple[int, int]:
-    """Read ``source`` until it ends or ``stop``; send every frame, then eos. Returns (frames, dropped)."""
-    frames = dropped = downscaled = 0
+    """Read ``source`` until it ends or ``stop``; send every frame, then eos. Returns (frames, dropped).
+    With ``progress`` from an earlier capture of this run, go on after its last frame."""
+    progress = progress or Progress("", source.id, source.uri)
+    frames, dropped = progress.frames, progress.dropped
+    downscaled = 0
+    if frames:
+        skipped = source.skip(frames)
+        log.info(
+            "source %s: restarted within this run: going on at frame %d (%d skipped, %d dropped before)",
+            source.id,
+            frames,
+            skipped,
+            dropped,
+        )
+    first = True
     pixels = pixels or Pixels(0, 0.0)
     period = 1.0 / source.fps
     pace = realtime and not source.live
@@ -232,21 +313,25 @@ def pump(
         msg = frame_message(source, frames, image, ts)
         msg.dropped = dropped  # capture's drops so far: accounted for even if no eos ever comes
         frames += 1
+        progress.save(frames, dropped)  # before sending: after a kill, this frame is lost, not repeated
         if not pixels.attach(msg, source.live, stop):
             dropped += 1
+            progress.save(frames, dropped)
             shared.drop("ring_full", "source %s: frame %d dropped: every shared-memory slot busy", source.id, msg.seq)
             continue
         if source.live:
             sent = send(msg, False)
-        elif frames == 1:
+        elif first:
             sent = _send_patiently(send, msg, stop, peer_wait_s)
         else:
             sent = send(msg, True)
+        first = False
         if sent:
             shared.frame(ts)
         else:
             pixels.release(msg)
             dropped += 1
+            progress.save(frames, dropped)
             shared.drop("send", "source %s: frame %d not sent (downstream full or absent)", source.id, msg.seq)
     if source.ended:
         if not _send_patiently(send, eos_message(source, frames, dropped), stop, peer_wait_s):
@@ -264,9 +349,12 @@ def run(
     linger_s: float | None = None,
     peer_wait_s: float = PEER_WAIT_S,
     shm: bool = True,
+    run_id: str = "",
 ) -> None:
-    """Pump every source in its own thread; when all have ended, linger (``eof_linger_s``) unless stopped."""
+    """Pump every source in its own thread; when all have ended, linger (``eof_linger_s``) unless stopped.
+    With ``run_id``, each source resumes where an earlier capture of the same run left it."""
     shared = _Shared(stats)
+    progress = [progress_for(run_id, src) for src in sources]
     realtime = {s.id: s.realtime for s in cfg.capture.sources}
     slots = cfg.bus.shm_slots if cfg.bus.jpeg_quality == 0 and shm else 0
     if slots and (n := sweep()):
@@ -281,9 +369,9 @@ def run(
             target=pump,
             name=f"source-{src.id}",
             daemon=True,
-            args=(src, send, stop, shared, realtime.get(src.id, True), peer_wait_s, px),
+            args=(src, send, stop, shared, realtime.get(src.id, True), peer_wait_s, px, pr),
         )
-        for src, send, px in zip(sources, senders, pixels, strict=True)
+        for src, send, px, pr in zip(sources, senders, pixels, progress, strict=True)
     ]
     for t in threads:
         t.start()
@@ -299,4 +387,6 @@ def run(
     deadline = time.monotonic() + DRAIN_S
     for px in pixels:  # after the linger: frames still in flight keep their pixels until then
         px.close(max(0.0, deadline - time.monotonic()))
+    for pr in progress:  # a clean exit ends this capture's part of the run (a crash never gets here)
+        pr.close(done=True)
     log.info("final stats: %s", stats.line())

@@ -20,4 +20,9 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"  # the Procfile says `python -m <stage>`: this venv's python
+# One id per run: every stage stamps it on what it sends and refuses other runs' messages (a second
+# pipeline on the same endpoints); set EMOSTREAM_RUN yourself to rejoin a run with one restarted stage.
+export EMOSTREAM_RUN="${EMOSTREAM_RUN:-$(python -c 'import secrets; print(secrets.token_hex(8))')}"
+# honcho's pid (exec keeps ours): every stage stops when it dies, even by SIGKILL (bus/runtime.py).
+export EMOSTREAM_MANAGER_PID=$$
 exec honcho start "$@"

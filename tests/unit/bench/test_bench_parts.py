@@ -13,7 +13,7 @@ import pytest
 
 from bench import figures
 from bench.__main__ import ratio
-from bench.hop import hop
+from bench.hop import hop, one_way
 from bench.pipeline import Setup, _by_stage, _hops, config, endpoints
 from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, parse_vm_rss_mb, rss_mb, unbound
 from bench.profile import OTHER, category, summarise
@@ -240,6 +240,11 @@ def test_hop_measures_real_sockets(transport: str, with_image: bool) -> None:
     assert got["transport"] == transport
     assert got["bytes"] == (48 * 64 * 3 if with_image else 0) + 48 * 48
     assert got["cpu_ms_per_msg"] >= 0 and got["wall_ms_per_msg"] > 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_one_way_latency_over_real_sockets(transport: str) -> None:
+    assert 0 < one_way(transport, False, 10) < 1e6
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from bus.config import (
     load,
     parse,
 )
+from bus.runtime import runtime_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_repo_bus_toml_is_valid() -> None:
     cfg = load(ROOT / "bus.toml", env={})
     assert cfg.detector.model in ("full_range", "short_range")
-    assert all(ep.startswith("tcp://127.0.0.1:") for ep in (*cfg.detector.endpoints, cfg.display.endpoint))
+    eps = (*cfg.detector.endpoints, *cfg.classifier.endpoints, cfg.display.endpoint)
+    assert all(ep.startswith(f"ipc://{runtime_dir()}/") for ep in eps)  # private to this user (bus.sockets)
 
 
 def test_defaults_without_file_bind_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,6 +138,8 @@ OUT_OF_RANGE = [
     ("bus", "shm_slots", -1, r"\[bus\] shm_slots: must be in \[0, 1024\], got -1"),
     ("bus", "shm_max_bytes", 1000, r"\[bus\] shm_max_bytes: must be in \[1048576, 1099511627776\], got 1000"),
     ("bus", "max_frame_pixels", 0, r"\[bus\] max_frame_pixels: must be in \[1, 67108864\], got 0"),
+    ("capture", "reconnect_s", 0, r"\[capture\] reconnect_s: must be in \(0, 3600\], got 0.0"),
+    ("capture", "reconnect_max_s", 5000, r"\[capture\] reconnect_max_s: must be in \(0, 3600\], got 5000.0"),
     ("capture", "eof_linger_s", -1, r"\[capture\] eof_linger_s: must be in \[0, 86400\], got -1.0"),
     ("capture.sources", "fps", -30, r"\[capture\] sources\[0\] fps: must be in \[0, 1000\], got -30.0"),
     ("capture.sources", "width", -640, r"\[capture\] sources\[0\] width: must be in \[0, 8192\], got -640"),

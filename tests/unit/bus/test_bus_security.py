@@ -27,6 +27,7 @@ from bus import sockets
 from bus.config import LOOPBACK, BusConfig, Config, ConfigError, load
 from bus.keys import STAGES, generate
 from bus.keys import main as keys_main
+from bus.runtime import runtime_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(60)
@@ -237,7 +238,7 @@ def test_every_default_endpoint_and_the_web_page_are_loopback() -> None:
 def test_the_shipped_bus_toml_binds_only_loopback() -> None:
     cfg = load(ROOT / "bus.toml", env={})
     for ep in (*cfg.detector.endpoints, *cfg.classifier.endpoints, cfg.display.endpoint):
-        assert ep.startswith("tcp://127.0.0.1:"), ep
+        assert ep.startswith(f"ipc://{runtime_dir()}/"), ep  # Unix sockets in this user's 0700 directory
     assert cfg.display.web.startswith("127.0.0.1:") and not cfg.bus.allow_remote
 
 

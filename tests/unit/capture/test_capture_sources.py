@@ -222,17 +222,20 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_http_stream_is_live_and_ends_when_the_server_stops_sending(tmp_path: Path) -> None:
+def test_http_stream_is_live_and_reopened_when_the_server_stops_sending(tmp_path: Path) -> None:
+    """A live stream never ends by itself (only files end a run): when the server stops sending, the
+    stream is reopened after [capture] reconnect_s and its frames flow again."""
     write_video(tmp_path / "v.avi", 20)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        src = open_source(SourceConfig(uri=f"http://127.0.0.1:{server.server_address[1]}/v.avi", id="web"))
-        assert src.live
-        frames, _ = read_all(src, limit=100)
+        uri = f"http://127.0.0.1:{server.server_address[1]}/v.avi"
+        src = open_source(SourceConfig(uri=uri, id="web"), (0.2, 1.0))
+        assert isinstance(src, LiveCapture)
+        frames, _ = read_all(src, limit=30)  # more than the 20 the server has: only after reopening
         src.close()
     finally:
         server.shutdown()
         server.server_close()
-    assert 1 <= len(frames) <= 20 and frames[0].shape == (24, 32, 3)
-    assert src.ended
+    assert len(frames) == 30 and frames[0].shape == (24, 32, 3)
+    assert not src.ended and src.reconnects >= 1
