@@ -1,9 +1,10 @@
 """``python -m bus.keys generate DIR [--name NAME ...]``: CURVE key pairs for ``[bus] curve = true``.
 
-Writes, per name, ``DIR/NAME.key`` (public) and ``DIR/NAME.key_secret`` (public + secret, mode
-0600) in pyzmq's ``zmq.auth`` certificate format, and copies the public key into ``DIR/allowed/``,
+Writes, per name, ``DIR/NAME.key`` (public, 0644) and ``DIR/NAME.key_secret`` (public + secret,
+mode 0600) in pyzmq's ``zmq.auth`` certificate format, and copies the public key into ``DIR/allowed/``,
 the folder of client keys every CURVE server accepts (``--no-allow`` skips that). Without ``--name``
-it makes one pair per stage: capture, detector, classifier, display.
+it makes one pair per stage: capture, detector, classifier, display. The folders it creates are
+mode 0700 whatever the umask (who may add a key to ``allowed/`` decides who may connect).
 
 Across hosts each host needs its own stage's ``.key_secret``, the ``.key`` of the stage it connects
 to, and (if it binds) an ``allowed/`` folder with the public keys of the stages that connect to it.
@@ -36,20 +37,29 @@ def generate(keys_dir: Path, names: tuple[str, ...], allow: bool = True, force: 
             raise ValueError(f"bad key name {n!r}: letters, digits, '_', '-', '.' only")
         if not force and (keys_dir / f"{n}.key_secret").exists():
             raise ValueError(f"{keys_dir / (n + '.key_secret')} exists (use --force to replace it)")
-    keys_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for n in names:
-        old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
-        try:
+    old = os.umask(0o077)  # folders 0700 and the secret files 0600, not even readable for a moment
+    try:
+        _mkdir(keys_dir)
+        for n in names:
             public, secret = zmq.auth.create_certificates(str(keys_dir), n)
-        finally:
-            os.umask(old)
-        os.chmod(public, 0o644)
-        written += [Path(public), Path(secret)]
-        if allow:
-            (keys_dir / ALLOWED).mkdir(exist_ok=True)
-            written.append(Path(shutil.copy(public, keys_dir / ALLOWED / f"{n}.key")))
+            os.chmod(secret, 0o600)
+            os.chmod(public, 0o644)
+            written += [Path(public), Path(secret)]
+            if allow:
+                _mkdir(keys_dir / ALLOWED)
+                written.append(Path(shutil.copy(public, keys_dir / ALLOWED / f"{n}.key")))
+    finally:
+        os.umask(old)
     return written
+
+
+def _mkdir(path: Path) -> None:
+    """Create ``path`` (and its parents) mode 0700; a folder that was there already keeps its mode."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        os.chmod(p, 0o700)  # mkdir's mode goes through the umask
 
 
 @click.group()

@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+from click.testing import CliRunner
 
 from bus import sockets
 from bus.config import LOOPBACK, BusConfig, Config, ConfigError, load
 from bus.keys import STAGES, generate
+from bus.keys import main as keys_main
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(60)
@@ -249,3 +251,27 @@ def test_binding_anything_else_needs_allow_remote(endpoint: str, tmp_path: Path)
         load(path, env={})
     path.write_text(f'[bus]\nallow_remote = true\n[detector]\nendpoints = ["{endpoint}"]\n')
     assert load(path, env={}).detector.endpoints == (endpoint,)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_generate_makes_its_folders_0700_and_secrets_0600_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """Issue 11 case 16: under umask 000 keys/ and keys/allowed/ were 0777 (anyone could add a client key)."""
+    old = os.umask(umask)
+    try:
+        result = CliRunner().invoke(keys_main, ["generate", str(tmp_path / "deep" / "keys")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    mode = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert mode.pop("deep") == mode.pop("deep/keys") == mode.pop("deep/keys/allowed") == 0o700
+    assert {k: v for k, v in mode.items() if k.endswith(".key_secret")} == {
+        f"deep/keys/{s}.key_secret": 0o600 for s in STAGES
+    }
+    assert set(mode.values()) == {0o600, 0o644}
+
+
+def test_generate_leaves_the_mode_of_an_existing_folder_alone(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    generate(tmp_path, ("capture",))
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "allowed").stat().st_mode) == 0o700
