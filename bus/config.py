@@ -5,8 +5,9 @@ built-in defaults (every endpoint on loopback). Environment overrides for the co
 ``SOURCE`` (camera index, file, folder or URL: replaces the capture sources with that one) and
 ``EVENTS`` (path: turns on the JSON-lines events sink).
 
-Unknown sections or keys, wrong types and miswired endpoints raise :class:`ConfigError` naming the
-section and key, so a stage fails at start-up with one clear line.
+Unknown sections or keys, wrong types, numbers out of range (:data:`RANGES`, one row per number)
+and miswired endpoints raise :class:`ConfigError` naming the section and key, so a stage fails at
+start-up with one clear line.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class BusConfig:
     stats_interval_s: float = 5.0
     jpeg_quality: int = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
     shm_slots: int = 16  # frames per source in a shared-memory ring (bus.shm); 0 = pixels in the messages
+    shm_max_bytes: int = 256 << 20  # at most this many bytes per ring (fewer slots for big frames; bus.shm)
+    max_frame_pixels: int = 4096 * 4096  # capture downscales larger frames to this many pixels (counted)
     allow_remote: bool = False  # must be true to bind anything but loopback
     curve: bool = False  # CURVE encryption + authentication on every socket (see bus.sockets)
     keys_dir: str = "keys"  # curve: <stage>.key_secret, peers' <stage>.key, allowed/*.key (python -m bus.keys)
@@ -107,6 +110,61 @@ class Config:
         return [s.id for s in self.capture.sources]
 
 
+# Every number of the schema and the closed/open interval it must lie in ("[" closed, "(" open),
+# checked at start-up. tests/unit/bus/test_bus_config.py fails for a number without a row here.
+# Upper bounds are far beyond any sensible value; they keep e.g. send_timeout_ms inside what
+# ZeroMQ's int options take (10**12 raised OverflowError in the stages, which then hung).
+RANGES: dict[tuple[str, str], tuple[str, float, float, str]] = {
+    ("bus", "hwm"): ("[", 1, 100_000, "]"),
+    ("bus", "send_timeout_ms"): ("[", 1, 3_600_000, "]"),
+    ("bus", "max_age_ms"): ("[", 0, 3_600_000, "]"),
+    ("bus", "stats_interval_s"): ("[", 0.1, 86_400, "]"),
+    ("bus", "jpeg_quality"): ("[", 0, 100, "]"),
+    ("bus", "shm_slots"): ("[", 0, 1024, "]"),  # and not 1 (validate)
+    ("bus", "shm_max_bytes"): ("[", 1 << 20, 1 << 40, "]"),
+    ("bus", "max_frame_pixels"): ("[", 1, 8192 * 8192, "]"),
+    ("capture", "eof_linger_s"): ("[", 0, 86_400, "]"),
+    ("capture.sources", "fps"): ("[", 0, 1000, "]"),
+    ("capture.sources", "width"): ("[", 0, 8192, "]"),
+    ("capture.sources", "height"): ("[", 0, 8192, "]"),
+    ("detector", "min_confidence"): ("(", 0, 1, ")"),
+    ("detector", "max_faces"): ("[", 1, 256, "]"),  # bus.codec.MAX_FACES
+    ("classifier", "threads"): ("[", 1, 256, "]"),
+    ("classifier", "uncertain_below"): ("[", 0, 1, "]"),  # 0 = never uncertain
+    ("display", "drain_timeout_s"): ("[", 0, 86_400, "]"),
+    ("display", "track_iou"): ("(", 0, 1, ")"),
+    ("display", "track_max_missed"): ("[", 0, 100_000, "]"),
+    ("display", "track_cut"): ("[", 0, 255, ")"),
+    ("display", "smoothing_alpha"): ("(", 0, 1, "]"),
+    ("display", "smoothing_window"): ("[", 1, 100_000, "]"),
+    ("display", "smoothing_hold"): ("[", 1, 100_000, "]"),
+    ("display", "stall_warn_s"): ("[", 0, 86_400, "]"),
+}
+
+
+def _in_range(value: float, rng: tuple[str, float, float, str]) -> bool:
+    lb, lo, hi, rb = rng
+    above = value > lo if lb == "(" else value >= lo
+    below = value < hi if rb == ")" else value <= hi
+    return above and below  # False for NaN
+
+
+def check_ranges(section: str, table: Any, where: str) -> None:
+    """Every int/float field of the dataclass ``table`` within its :data:`RANGES` row."""
+    hints = typing.get_type_hints(type(table))
+    for f in dataclasses.fields(table):
+        if hints[f.name] not in (int, float) or (section, f.name) not in RANGES:
+            continue
+        value, rng = getattr(table, f.name), RANGES[(section, f.name)]
+        if not _in_range(value, rng):
+            lb, lo, hi, rb = rng
+            raise ConfigError(f"{where} {f.name}: must be in {lb}{_num(lo)}, {_num(hi)}{rb}, got {value!r}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is bool:
@@ -164,7 +222,11 @@ def parse(table: dict[str, Any], path: str = "") -> Config:
 
 
 def validate(cfg: Config) -> Config:
-    """Defaults for source ids, then cross-field checks (endpoints, ranges)."""
+    """Ranges, defaults for source ids, then cross-field checks (endpoints)."""
+    for name in ("bus", "capture", "detector", "classifier", "display"):
+        check_ranges(name, getattr(cfg, name), f"[{name}]")
+    for i, src in enumerate(cfg.capture.sources):
+        check_ranges("capture.sources", src, f"[capture] sources[{i}]")
     sources = tuple(dataclasses.replace(s, id=s.id or f"src{i}") for i, s in enumerate(cfg.capture.sources))
     if not sources:
         raise ConfigError("[capture] sources: at least one source is needed")
@@ -195,28 +257,12 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.detector.backend not in ("litert", "mediapipe"):
         raise ConfigError(f"[detector] backend: litert or mediapipe, got {cfg.detector.backend!r}")
-    if not 0.0 < cfg.detector.min_confidence < 1.0:
-        raise ConfigError("[detector] min_confidence: must be between 0 and 1")
-    if not 0.0 <= cfg.classifier.uncertain_below <= 1.0:
-        raise ConfigError("[classifier] uncertain_below: must be in [0, 1] (0 = never uncertain)")
     d = cfg.display
     if d.smoothing not in SMOOTHING:
         raise ConfigError(f"[display] smoothing: one of {', '.join(SMOOTHING)}, got {d.smoothing!r}")
-    if not 0.0 < d.smoothing_alpha <= 1.0:
-        raise ConfigError("[display] smoothing_alpha: must be in (0, 1]")
-    if d.smoothing_window < 1 or d.smoothing_hold < 1 or d.track_max_missed < 0:
-        raise ConfigError("[display] smoothing_window and smoothing_hold must be >= 1, track_max_missed >= 0")
-    if not 0.0 <= d.track_cut < 255.0:
-        raise ConfigError("[display] track_cut: must be in [0, 255) (0 = off)")
-    if not 0.0 < d.track_iou < 1.0:
-        raise ConfigError("[display] track_iou: must be between 0 and 1")
-    if d.stall_warn_s < 0:
-        raise ConfigError("[display] stall_warn_s: must be >= 0 (0 = off)")
     if cfg.bus.curve and not cfg.bus.keys_dir:
         raise ConfigError("[bus] keys_dir: needed when curve = true")
-    if cfg.bus.hwm < 1 or cfg.bus.send_timeout_ms < 1:
-        raise ConfigError("[bus] hwm and send_timeout_ms must be >= 1")
-    if not (cfg.bus.shm_slots == 0 or 2 <= cfg.bus.shm_slots <= 1024):
+    if cfg.bus.shm_slots == 1:
         raise ConfigError(f"[bus] shm_slots: 0 (off) or 2..1024, got {cfg.bus.shm_slots}")
     return cfg
 

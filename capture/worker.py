@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+import cv2
 import numpy as np
 import zmq
 
@@ -28,13 +29,15 @@ from bus import sockets
 from bus.codec import CodecError, Message, encode
 from bus.config import Config
 from bus.runtime import RateLimited, Stats
-from bus.shm import Ring, sweep
+from bus.shm import DEFAULT_MAX_BYTES, Ring, sweep
+from bus.shm import create as create_ring
 from capture.sources import Source, Unreadable
 
 log = logging.getLogger("capture")
 
 PEER_WAIT_S = sockets.PEER_WAIT_S  # a file source's first frame / eos keeps retrying this long for a peer
 READ_TIMEOUT_S = 0.2  # a live source's read wait: how often a source thread notices stop
+DRAIN_S = 1.0  # at exit, frames still on their way get this long to be released before the rings go
 
 Send = Callable[[Message, bool], bool]  # (message, block) -> sent
 
@@ -89,29 +92,67 @@ def printer(out: TextIO, lock: threading.Lock) -> Send:
 
 class Pixels:
     """Where one source's pixels travel: a shared-memory :class:`~bus.shm.Ring` of ``slots`` frames
-    (made at the first frame, sized for it), or in the message (``slots = 0``, or a frame larger
-    than the first). The ring is the bound on frames in flight: when every slot is busy, a live
-    source drops the frame at once and a file source waits up to ``wait_s`` for a slot, then drops
-    it -- the same policy as a full socket, and no queue anywhere grows meanwhile."""
+    (made at the first frame, sized for it, at most ``max_bytes``: :func:`bus.shm.create`), or in
+    the message (``slots = 0``, a frame larger than the first, or no room for a ring: said once).
+    The ring is the bound on frames in flight: when every slot is busy, a live source drops the
+    frame at once and a file source waits up to ``wait_s`` for a slot, then drops it -- the same
+    policy as a full socket, and no queue anywhere grows meanwhile. A live frame's slot is taken
+    back after ``live_reclaim_s`` (``[bus] max_age_ms``: it is stale everywhere by then); a frame
+    that could not be sent gives its slot back at once (:meth:`release`)."""
 
-    def __init__(self, slots: int, wait_s: float):
-        self.slots, self.wait_s = slots, wait_s
+    def __init__(
+        self,
+        slots: int,
+        wait_s: float,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        live_reclaim_s: float | None = None,
+        max_pixels: int = 0,
+    ):
+        self.slots, self.wait_s, self.max_bytes, self.live_reclaim_s = slots, wait_s, max_bytes, live_reclaim_s
+        self.max_pixels = max_pixels  # 0: no limit
         self.ring: Ring | None = None
+        self.off: str | None = None  # why there is no ring (pixels travel in the messages)
+
+    def fit(self, image: np.ndarray) -> np.ndarray | None:
+        """``image`` itself, or (over ``max_pixels``) a copy downscaled to fit; None when it fits."""
+        h, w = image.shape[:2]
+        if not self.max_pixels or h * w <= self.max_pixels:
+            return None
+        scale = (self.max_pixels / (h * w)) ** 0.5
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
     def attach(self, msg: Message, live: bool, stop: threading.Event) -> bool:
         """Put ``msg``'s pixels in the ring (``msg.shm``); False: no free slot in time (a drop)."""
         image = msg.image
-        if self.slots == 0 or image is None:
+        if self.slots == 0 or image is None or self.off is not None:
             return True
         if self.ring is None:
-            self.ring = Ring(self.slots, image.nbytes)
+            try:
+                self.ring = create_ring(
+                    self.slots, image.nbytes, self.max_bytes, reclaim_s=self.live_reclaim_s if live else None
+                )
+            except OSError as e:  # no room (ShmSpaceError), or no usable directory: one line, then run without
+                self.off = e.strerror or str(e)
+                log.warning("source %s: no shared-memory ring: %s", msg.src, self.off)
+                return True
+            if self.ring.note:
+                log.warning("source %s: shared-memory ring of %s", msg.src, self.ring.note)
         if not self.ring.fits(image):
             return True  # travels in the message
         msg.shm = self.ring.put(image, 0.0 if live else self.wait_s, stop)
         return msg.shm is not None
 
-    def close(self) -> None:
+    def release(self, msg: Message) -> None:
+        """``msg`` was not sent: its slot is free again at once (not after a reclaim timeout)."""
+        if msg.shm is not None and self.ring is not None:
+            self.ring.release(msg.shm)
+
+    def close(self, drain_s: float = 0.0) -> None:
+        """Remove the ring, after up to ``drain_s`` for the frames still on their way to be released
+        (a reader that had not mapped the ring yet would find it gone and drop them)."""
         if self.ring is not None:
+            self.ring.drain(drain_s)
             self.ring.close()
 
 
@@ -130,6 +171,11 @@ class _Shared:
             self.stats.drop(reason)
             self.limited.warning(reason, warning, *args)
 
+    def note(self, key: str, warning: str, *args: object) -> None:
+        """A rate-limited warning about a frame that still goes on (not a drop)."""
+        with self.lock:
+            self.limited.warning(key, warning, *args)
+
 
 def _send_patiently(send: Send, msg: Message, stop: threading.Event, wait_s: float) -> bool:
     """Blocking sends (each up to the socket's send timeout) until one succeeds, stop, or ``wait_s``."""
@@ -146,7 +192,7 @@ def pump(
     pixels: Pixels | None = None,
 ) -> tuple[int, int]:
     """Read ``source`` until it ends or ``stop``; send every frame, then eos. Returns (frames, dropped)."""
-    frames = dropped = 0
+    frames = dropped = downscaled = 0
     pixels = pixels or Pixels(0, 0.0)
     period = 1.0 / source.fps
     pace = realtime and not source.live
@@ -168,6 +214,21 @@ def pump(
                 break
             continue
         image, ts = got
+        smaller = pixels.fit(image)
+        if smaller is not None:
+            downscaled += 1
+            shared.note(
+                "downscaled",
+                "source %s: frame %d of %dx%d downscaled to %dx%d ([bus] max_frame_pixels = %d)",
+                source.id,
+                frames,
+                image.shape[1],
+                image.shape[0],
+                smaller.shape[1],
+                smaller.shape[0],
+                pixels.max_pixels,
+            )
+            image = smaller
         msg = frame_message(source, frames, image, ts)
         frames += 1
         if not pixels.attach(msg, source.live, stop):
@@ -183,12 +244,13 @@ def pump(
         if sent:
             shared.frame(ts)
         else:
+            pixels.release(msg)
             dropped += 1
             shared.drop("send", "source %s: frame %d not sent (downstream full or absent)", source.id, msg.seq)
     if source.ended:
         if not _send_patiently(send, eos_message(source, frames, dropped), stop, peer_wait_s):
             shared.drop("eos", "source %s: end-of-stream marker not sent", source.id)
-        log.info("source %s ended: %d frames, %d not sent", source.id, frames, dropped)
+        log.info("source %s ended: %d frames, %d not sent, %d downscaled", source.id, frames, dropped, downscaled)
     return frames, dropped
 
 
@@ -208,7 +270,11 @@ def run(
     slots = cfg.bus.shm_slots if cfg.bus.jpeg_quality == 0 and shm else 0
     if slots and (n := sweep()):
         log.info("removed %d shared-memory ring(s) left by a capture that died", n)
-    pixels = [Pixels(slots, cfg.bus.send_timeout_ms / 1000.0) for _ in sources]
+    b = cfg.bus
+    live_reclaim_s = b.max_age_ms / 1000.0 if b.max_age_ms > 0 else None
+    pixels = [
+        Pixels(slots, b.send_timeout_ms / 1000.0, b.shm_max_bytes, live_reclaim_s, b.max_frame_pixels) for _ in sources
+    ]
     threads = [
         threading.Thread(
             target=pump,
@@ -229,6 +295,7 @@ def run(
     if not stop.is_set() and linger > 0:
         log.info("all sources ended; staying up %.0f s so downstream can drain", linger)
         stop.wait(linger)
+    deadline = time.monotonic() + DRAIN_S
     for px in pixels:  # after the linger: frames still in flight keep their pixels until then
-        px.close()
+        px.close(max(0.0, deadline - time.monotonic()))
     log.info("final stats: %s", stats.line())

@@ -20,6 +20,7 @@ import zmq
 from bus.codec import CodecError, Message, decode, drop_marker, encode
 from bus.config import Config
 from bus.runtime import RateLimited, Stats
+from bus.shm import Rings
 from bus.sockets import recv, send, send_patiently
 
 POLL_MS = 100
@@ -75,6 +76,7 @@ def run(
     """Receive, classify, forward until ``stop`` is set; one stats line on the way out."""
     warn = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
+    rings = Rings(max_bytes=cfg.bus.shm_max_bytes)  # opened only to free the slot of a frame not sent
     while not stop.is_set():
         stats.maybe_log()
         parts = recv(in_sock, POLL_MS)
@@ -105,9 +107,13 @@ def run(
         except CodecError as e:
             stats.drop("encode")
             warn.warning("encode", "%s#%d: cannot encode: %s", out.src, out.seq, e)
+            if msg.shm is not None:
+                rings.release(msg.shm)
             continue
         sent = send(out_sock, wire, block=out.kind != "frame") if out.live else send_patiently(out_sock, wire, stop)
         if not sent:
             stats.drop("send_full")
             warn.warning("send", "%s#%d: display not keeping up, %s not sent", out.src, out.seq, out.kind)
+            if msg.shm is not None:
+                rings.release(msg.shm)  # the display will never see it: free the slot now
     log.info("final stats: %s", stats.line())

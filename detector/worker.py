@@ -92,7 +92,7 @@ def run(
     """Move messages until ``stop``: receive, decode, :func:`step`, encode, send; count every drop."""
     limited = RateLimited(log)
     jpeg = cfg.bus.jpeg_quality or None
-    rings = Rings()
+    rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
     while not stop.is_set():
         parts = sockets.recv(in_sock, POLL_MS)
         stats.maybe_log()
@@ -117,7 +117,8 @@ def run(
             limited.warning(out.reason or "?", "src %s seq %d dropped: %s", msg.src, msg.seq, out.reason)
         elif out.kind == "frame":
             stats.frame(msg.ts)
-        _forward(out, out_sock, jpeg, stats, limited, stop)
+        if not _forward(out, out_sock, jpeg, stats, limited, stop) and msg.shm is not None:
+            rings.release(msg.shm)  # nothing went on that could release the slot downstream: free it now
     log.info("final stats: %s", stats.line())
 
 
@@ -135,9 +136,9 @@ def _step_shared(msg: Message, rings: Rings, limited: RateLimited) -> Message | 
 
 def _forward(
     out: Message, sock: zmq.Socket, jpeg: int | None, stats: Stats, limited: RateLimited, stop: threading.Event
-) -> None:
+) -> bool:
     """Send ``out``: live frames without blocking, file-source messages patiently (a late downstream
-    stage gets them); a frame that cannot be sent goes on as a drop marker."""
+    stage gets them); a frame that cannot be sent goes on as a drop marker. False: neither went."""
     out.t["detector"] = time.time()
     try:
         parts = encode(out, jpeg)
@@ -147,10 +148,11 @@ def _forward(
     if parts is not None:
         if out.live:
             if sockets.send(sock, parts, block=out.kind != "frame"):
-                return
+                return True
         elif sockets.send_patiently(sock, parts, stop):
-            return
+            return True
     stats.drop("send")
     limited.warning("send", "src %s seq %d (%s) not sent: downstream full or absent", out.src, out.seq, out.kind)
     if out.kind == "frame":
-        sockets.send(sock, encode(drop_marker(out, "send")), block=not out.live)
+        return sockets.send(sock, encode(drop_marker(out, "send")), block=not out.live)
+    return False

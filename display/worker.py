@@ -208,7 +208,7 @@ class Display:
         self.draw = any(s.wants_image for s in self.sinks)
         self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
         self.follow: dict[str, Follow] = {}
-        self.rings = Rings()
+        self.rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
 
     def _pixels(self, msg: Message) -> str | None:
         """A frame in shared memory: copy its pixels out (what the sinks and the tracker see) and

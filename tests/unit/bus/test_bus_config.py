@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from bus.config import ConfigError, load, parse
+from bus.config import (
+    RANGES,
+    BusConfig,
+    CaptureConfig,
+    ClassifierConfig,
+    ConfigError,
+    DetectorConfig,
+    DisplayConfig,
+    SourceConfig,
+    _in_range,
+    load,
+    parse,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -95,3 +109,89 @@ def test_camera_index_may_be_an_integer() -> None:
 @pytest.mark.parametrize("slots", [0, 2, 16, 1024])
 def test_shm_slots_zero_or_a_ring_size(slots: int) -> None:
     assert parse({"bus": {"shm_slots": slots}}).bus.shm_slots == slots
+
+
+SECTIONS = (
+    ("bus", BusConfig),
+    ("capture", CaptureConfig),
+    ("detector", DetectorConfig),
+    ("classifier", ClassifierConfig),
+    ("display", DisplayConfig),
+)
+
+
+def _default(section: str, key: str) -> float:
+    cls = SourceConfig if section == "capture.sources" else dict(SECTIONS)[section]
+    return getattr(cls(), key)
+
+
+# Issue 11 case 12: every number is range-checked at start-up, naming section and key.
+# One row per key: a value just out of range (or absurd), and the line it must give.
+OUT_OF_RANGE = [
+    ("bus", "hwm", 0, r"\[bus\] hwm: must be in \[1, 100000\], got 0"),
+    ("bus", "send_timeout_ms", 10**12, r"\[bus\] send_timeout_ms: must be in \[1, 3600000\], got 1000000000000"),
+    ("bus", "max_age_ms", -1, r"\[bus\] max_age_ms: must be in \[0, 3600000\], got -1"),
+    ("bus", "stats_interval_s", 0, r"\[bus\] stats_interval_s: must be in \[0.1, 86400\], got 0.0"),
+    ("bus", "jpeg_quality", -5, r"\[bus\] jpeg_quality: must be in \[0, 100\], got -5"),
+    ("bus", "shm_slots", -1, r"\[bus\] shm_slots: must be in \[0, 1024\], got -1"),
+    ("bus", "shm_max_bytes", 1000, r"\[bus\] shm_max_bytes: must be in \[1048576, 1099511627776\], got 1000"),
+    ("bus", "max_frame_pixels", 0, r"\[bus\] max_frame_pixels: must be in \[1, 67108864\], got 0"),
+    ("capture", "eof_linger_s", -1, r"\[capture\] eof_linger_s: must be in \[0, 86400\], got -1.0"),
+    ("capture.sources", "fps", -30, r"\[capture\] sources\[0\] fps: must be in \[0, 1000\], got -30.0"),
+    ("capture.sources", "width", -640, r"\[capture\] sources\[0\] width: must be in \[0, 8192\], got -640"),
+    ("capture.sources", "height", 100_000, r"\[capture\] sources\[0\] height: must be in \[0, 8192\], got 100000"),
+    ("detector", "min_confidence", 1.5, r"\[detector\] min_confidence: must be in \(0, 1\), got 1.5"),
+    ("detector", "max_faces", -5, r"\[detector\] max_faces: must be in \[1, 256\], got -5"),
+    ("classifier", "threads", -2, r"\[classifier\] threads: must be in \[1, 256\], got -2"),
+    ("classifier", "uncertain_below", 1.5, r"\[classifier\] uncertain_below: must be in \[0, 1\], got 1.5"),
+    ("display", "drain_timeout_s", -1, r"\[display\] drain_timeout_s: must be in \[0, 86400\], got -1.0"),
+    ("display", "track_iou", 0, r"\[display\] track_iou: must be in \(0, 1\), got 0.0"),
+    ("display", "track_max_missed", -1, r"\[display\] track_max_missed: must be in \[0, 100000\], got -1"),
+    ("display", "track_cut", 255, r"\[display\] track_cut: must be in \[0, 255\), got 255.0"),
+    ("display", "smoothing_alpha", 0, r"\[display\] smoothing_alpha: must be in \(0, 1\], got 0.0"),
+    ("display", "smoothing_window", 0, r"\[display\] smoothing_window: must be in \[1, 100000\], got 0"),
+    ("display", "smoothing_hold", 0, r"\[display\] smoothing_hold: must be in \[1, 100000\], got 0"),
+    ("display", "stall_warn_s", -0.5, r"\[display\] stall_warn_s: must be in \[0, 86400\], got -0.5"),
+]
+
+
+def _table(section: str, key: str, value: object) -> dict:
+    if section == "capture.sources":
+        return {"capture": {"sources": [{"uri": "clip.mp4", key: value}]}}
+    return {section: {key: value}}
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "match"), OUT_OF_RANGE, ids=[f"{s}.{k}" for s, k, _, _ in OUT_OF_RANGE]
+)
+def test_numbers_out_of_range_are_refused_naming_section_and_key(
+    section: str, key: str, value: object, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{match}$"):
+        parse(_table(section, key, value))
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [(s, k) for s, k, _, _ in OUT_OF_RANGE if isinstance(_default(s, k), float)]
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_floats_refuse_nan_and_infinity(section: str, key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: must be in"):
+        parse(_table(section, key, value))
+
+
+def test_every_number_of_the_schema_has_a_range_and_a_test_row() -> None:
+    schema = {
+        ("capture.sources" if cls is SourceConfig else name, f.name)
+        for name, cls in (*SECTIONS, ("capture.sources", SourceConfig))
+        for f in dataclasses.fields(cls)
+        if typing.get_type_hints(cls)[f.name] in (int, float)
+    }
+    assert schema == set(RANGES), "a number without a range (bus.config.RANGES), or a range without its number"
+    assert schema == {(s, k) for s, k, _, _ in OUT_OF_RANGE}, "a number without a row in OUT_OF_RANGE"
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(RANGES))
+def test_defaults_and_the_shipped_bus_toml_are_in_range(section: str, key: str) -> None:
+    assert _in_range(_default(section, key), RANGES[(section, key)])
+    load(ROOT / "bus.toml", env={})  # every shipped value passes

@@ -18,7 +18,7 @@ import pytest
 from bus.codec import Message
 from bus.config import CaptureConfig, Config, SourceConfig
 from bus.runtime import Stats
-from bus.shm import Ring, Rings
+from bus.shm import Rings, create
 from capture import worker
 from capture.sources import Unreadable
 from capture.worker import Pixels, _Shared, frame_message, printer, pump, run
@@ -152,8 +152,8 @@ def test_run_lingers_after_the_end_until_stopped() -> None:
 
 @pytest.fixture
 def shm_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Pixels makes its rings here (Ring's directory default is bound at import)."""
-    monkeypatch.setattr(worker, "Ring", partial(Ring, directory=tmp_path))
+    """Pixels makes its rings here (the directory default is bound at import)."""
+    monkeypatch.setattr(worker, "create_ring", partial(create, directory=tmp_path))
     return tmp_path
 
 
@@ -219,3 +219,82 @@ def test_a_file_source_waits_for_a_free_slot_then_drops(shm_dir: Path, closing: 
     assert Rings(directory=shm_dir).release(refs[0])
     msg, took, ok = attach(px, 3)
     assert ok and msg.shm is not None and took < 0.2
+
+
+def test_a_frame_that_was_not_sent_gives_its_slot_back_at_once(shm_dir: Path, closing: list[Pixels]) -> None:
+    """Issue 11 case 4: with no detector up, each failed live send held its slot for RECLAIM_S
+    (10 s), so after ``slots`` frames every later one was dropped as ring_full."""
+    px = Pixels(2, 1.0)
+    closing.append(px)
+    sh = shared()
+    frames, dropped = pump(
+        Scripted(list(range(6)), live=True), Recorder(refuse=set(range(6))), threading.Event(), sh, False, 0, px
+    )
+    assert (frames, dropped) == (6, 6)
+    assert dict(sh.stats.drops) == {"send": 6}, "never ring_full: every unsent frame freed its slot"
+    assert px.ring is not None and px.ring.busy() == 0
+
+
+def test_frames_over_max_frame_pixels_are_downscaled_and_counted(
+    shm_dir: Path, closing: list[Pixels], caplog: pytest.LogCaptureFixture
+) -> None:
+    px = Pixels(4, 1.0, max_pixels=100 * 100)
+    closing.append(px)
+    big = np.random.default_rng(0).integers(0, 256, (400, 300, 3), np.uint8)
+    small = np.zeros((50, 60, 3), np.uint8)
+
+    @dataclass
+    class Two(Scripted):
+        def read(self, timeout: float) -> tuple[np.ndarray, float] | None:
+            if self.pos >= 2:
+                self.ended = True
+                return None
+            self.pos += 1
+            return (big if self.pos == 1 else small), time.time()
+
+    rec = Recorder()
+    with caplog.at_level(logging.INFO, "capture"):
+        assert pump(Two([]), rec, threading.Event(), shared(), False, 0, px) == (2, 0)
+    shapes = [m.shm.shape if m.shm else None for m, _ in rec.sent if m.kind == "frame"]
+    assert shapes == [(115, 86, 3), (50, 60, 3)], "aspect kept, at most max_pixels"
+    assert "frame 0 of 300x400 downscaled to 86x115 ([bus] max_frame_pixels = 10000)" in caplog.text
+    assert "source s ended: 2 frames, 0 not sent, 1 downscaled" in caplog.text
+
+
+def test_no_room_for_a_ring_sends_pixels_in_the_messages_and_says_why_once(
+    shm_dir: Path, closing: list[Pixels], caplog: pytest.LogCaptureFixture
+) -> None:
+    px = Pixels(16, 1.0, max_bytes=1 << 20)
+    closing.append(px)
+    with caplog.at_level(logging.WARNING, "capture"):
+        for seq in range(3):
+            msg = frame_message(Scripted([]), seq, np.zeros((1080, 1920, 3), np.uint8), time.time())
+            assert px.attach(msg, False, threading.Event()) and msg.shm is None and msg.image is not None
+    assert px.ring is None and list(shm_dir.iterdir()) == []
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"source s: no shared-memory ring: {shm_dir} (")
+    assert "no room for 2 frames of 5.9 MiB within [bus] shm_max_bytes = 1048576" in line
+
+
+def test_a_ring_with_fewer_slots_says_why(
+    shm_dir: Path, closing: list[Pixels], caplog: pytest.LogCaptureFixture
+) -> None:
+    px = Pixels(16, 1.0, max_bytes=8 << 20)
+    closing.append(px)
+    with caplog.at_level(logging.WARNING, "capture"):
+        msg = frame_message(Scripted([]), 0, np.zeros((540, 960, 3), np.uint8), time.time())
+        assert px.attach(msg, False, threading.Event()) and msg.shm is not None
+    assert px.ring is not None and px.ring.slots == 5
+    assert "5 slots instead of [bus] shm_slots = 16" in caplog.text
+
+
+def test_close_waits_for_frames_on_their_way(shm_dir: Path) -> None:
+    """Issue 11 case 17: a ring closed right after the last frame was sent made the display drop
+    it ('not on this host') when it opened the ring too late."""
+    px = Pixels(2, 1.0)
+    msg = attach(px, 0)[0]
+    assert msg.shm is not None
+    threading.Timer(0.2, lambda: Rings(directory=shm_dir).release(msg.shm)).start()  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    px.close(drain_s=2.0)
+    assert 0.15 < time.monotonic() - t0 < 1.0 and list(shm_dir.iterdir()) == []
