@@ -67,6 +67,8 @@ def load_spec(model: str | Path) -> ModelSpec:
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
+        if Path(model) != path and not Path(model).exists():  # the model itself is what is missing
+            raise SidecarError(f"model file not found: {model}") from None
         raise SidecarError(f"model sidecar not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SidecarError(f"{path}: not valid JSON: {e}") from None

@@ -59,12 +59,12 @@ class EmotionModel:
 
     def __init__(self, model_path: str | Path, threads: int = 1):
         path = Path(model_path)
+        if not path.is_file():  # first: a missing model is not a missing sidecar
+            raise ModelError(f"model file not found: {path}")
         try:
             self.spec: ModelSpec = load_spec(path)
         except SidecarError as e:
             raise ModelError(str(e)) from None
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path}")
         try:
             with _quiet_runtime():
                 self._it = Interpreter(model_path=str(path), num_threads=max(1, threads))

@@ -144,7 +144,10 @@ class Server(ThreadingHTTPServer):
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
         bare = host.strip("[]")
         self.address_family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-        super().__init__((bare, port), Handler)
+        try:
+            super().__init__((bare, port), Handler)
+        except OSError as e:  # "Address already in use" alone does not say which address
+            raise OSError(f"[display] web {host}:{port}: {e.strerror}") from None
         # Allowed Host headers on loopback (a DNS-rebinding page cannot read the state); None = any.
         self.hosts: set[str] | None = None
         if bare.startswith(("127.", "::1")) or bare == "localhost":

@@ -202,9 +202,14 @@ def test_start_up_failures_exit_2_with_one_line(tmp_path: Path, args: list[str],
     assert (out.returncode, out.stderr.splitlines()) == (2, [message])
 
 
-def test_detector_without_the_classifier_sidecar_exits_2(tmp_path: Path, pipeline_config: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("model_there", [True, False], ids=["sidecar-missing", "model-missing"])
+def test_detector_without_the_classifier_sidecar_exits_2(
+    tmp_path: Path, pipeline_config: tuple[Path, str], model_there: bool
+) -> None:
     cfg, _ = pipeline_config
     (tmp_path / "fake.json").unlink()
+    if model_there:
+        (tmp_path / "fake.tflite").write_bytes(b"a model")
     out = subprocess.run(
         [sys.executable, "-m", "detector", "--config", str(cfg)],
         cwd=tmp_path,
@@ -213,9 +218,13 @@ def test_detector_without_the_classifier_sidecar_exits_2(tmp_path: Path, pipelin
         text=True,
         timeout=60,
     )
-    assert out.returncode == 2 and out.stderr.splitlines() == [
-        f"detector: model sidecar not found: {tmp_path / 'fake.json'}"
-    ]
+    # issue 11 case 17: without the model it said "model sidecar not found"
+    missing = (
+        f"model sidecar not found: {tmp_path / 'fake.json'}"
+        if model_there
+        else (f"model file not found: {tmp_path / 'fake.tflite'}")
+    )
+    assert out.returncode == 2 and out.stderr.splitlines() == [f"detector: {missing}"]
 
 
 def test_detector_alone_on_an_image_prints_json(tmp_path: Path, shared_data: Path) -> None:

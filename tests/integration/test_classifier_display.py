@@ -113,4 +113,5 @@ def test_startup_errors_are_one_line_and_exit_2(tmp_path, bus_toml, ports, stage
     cfg = config(bus_toml, ports, tmp_path / "missing.tflite")
     p = stages.start("classifier", "--config", str(cfg))
     assert stages.wait_exit(p, 20, "classifier") == 2
-    assert stages.log(p).strip().splitlines() == [f"classifier: model sidecar not found: {tmp_path / 'missing.json'}"]
+    # issue 11 case 17: it said "model sidecar not found: missing.json" when the model is what is missing
+    assert stages.log(p).strip().splitlines() == [f"classifier: model file not found: {tmp_path / 'missing.tflite'}"]

@@ -19,7 +19,7 @@ def test_roundtrip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (None, "not found"),
+        (None, "model sidecar not found: .*m.json$"),
         ("{", "not valid JSON"),
         ('{"labels": ["a"]}', "missing or invalid field"),
         ('{"labels": [], "input": {"size": 48, "colour": "grey"}}', "labels must be"),
@@ -29,10 +29,19 @@ def test_roundtrip(tmp_path: Path) -> None:
     ],
 )
 def test_bad_sidecars(tmp_path: Path, content: str | None, match: str) -> None:
+    (tmp_path / "m.tflite").write_bytes(b"model")
     if content is not None:
         (tmp_path / "m.json").write_text(content)
     with pytest.raises(SidecarError, match=match):
         load_spec(tmp_path / "m.tflite")
+
+
+def test_a_missing_model_is_not_reported_as_a_missing_sidecar(tmp_path: Path) -> None:
+    """Issue 11 case 17: with neither file there, it said 'model sidecar not found'."""
+    with pytest.raises(SidecarError, match=f"^model file not found: {tmp_path / 'm.tflite'}$"):
+        load_spec(tmp_path / "m.tflite")
+    with pytest.raises(SidecarError, match=f"^model sidecar not found: {tmp_path / 'm.json'}$"):
+        load_spec(tmp_path / "m.json")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.json")))

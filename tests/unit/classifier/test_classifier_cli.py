@@ -36,7 +36,7 @@ def test_image_mode_prints_one_json_line_per_image(tiny, tmp_path):
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--model", "/nonexistent/m.tflite"], "sidecar not found"),
+        (["--model", "/nonexistent/m.tflite"], "classifier: model file not found: /nonexistent/m.tflite"),
         (["--instance", "5"], "--instance 5"),
         (["--config", "/nonexistent/bus.toml"], "config file not found"),
     ],
