@@ -260,3 +260,77 @@ def test_a_number_out_of_range_stops_a_stage_with_exit_2_and_one_line(tmp_path, 
     assert stages.log(p).strip().splitlines() == [
         f"{stage}: {cfg}: [bus] send_timeout_ms: must be in [1, 3600000], got 1000000000000"
     ]
+
+
+# --- case 8: forged rings in /dev/shm ---------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting a file owned by another user (nobody) needs root")
+def test_the_display_maps_no_forged_ring_a_symlink_another_users_file_or_a_huge_one(
+    tmp_path, bus_toml, ports, stages, zctx
+) -> None:
+    """A symlink in /dev/shm made the display open its target read-write; a 1 GiB sparse file of
+    user nobody plus one 30-byte message grew the display by 1.05 GB."""
+    from bus import shm, sockets
+    from bus.codec import Message, ShmRef, encode
+
+    target = tmp_path / "secret.txt"
+    target.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    target.chmod(0o600)
+    slots, slot_bytes = 16, 64 << 20  # a header that matches a 1 GiB file
+    size = shm._layout(slots, slot_bytes)[2]
+    planted: list[Path] = []
+
+    def plant(tag: str) -> Path:
+        path = shm.SHM_DIR / f"emostream-{os.getpid()}-{len(planted) + 900}-{shm.HOST}-{tag}"
+        planted.append(path)
+        return path
+
+    link = plant("0000aaaa")
+    link.symlink_to(target)
+    sparse = {}
+    for tag, uid in (("0000bbbb", 65534), ("0000cccc", os.geteuid())):
+        path = plant(tag)
+        with path.open("wb") as f:
+            path.chmod(0o600)
+            f.write(shm.MAGIC + np.array([slots, slot_bytes], np.uint64).tobytes())
+            f.truncate(size)
+        os.chown(path, uid, uid)
+        sparse[uid] = path
+    cfg = bus_toml(
+        {
+            "bus": {"stats_interval_s": 60.0},
+            "capture": {"sources": [{"id": "cam0", "uri": "0"}]},
+            "display": {"endpoint": f"tcp://127.0.0.1:{ports['display']}", "web": ""},
+        }
+    )
+    try:
+        display = stages.start("display", "--config", str(cfg))
+        push = sockets.push(zctx, [f"tcp://127.0.0.1:{ports['display']}"], 4, 2000)
+        wait_for("the display", lambda: "pulling on" in stages.log(display), lambda: stages.log(display), 30)
+        time.sleep(0.5)
+        before = rss_mib(display.pid)
+        for seq, path in enumerate((link, sparse[65534], sparse[os.geteuid()])):
+            msg = Message(src="cam0", seq=seq, ts=time.time(), shm=ShmRef(path.name, 0, 1, (8, 8, 3)))
+            assert sockets.send(push, encode(msg), block=True)
+        time.sleep(1.5)
+        grown = rss_mib(display.pid) - before
+        push.close(0)
+        stages.stop(display)
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
+    log = stages.log(display)
+    print(f"\ndisplay RSS {before:.1f} MiB, grown {grown:+.1f} MiB after three forged rings")
+    assert target.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    assert "cannot open" in log and "Too many levels of symbolic links" in log, log[-3000:]
+    # (the next two warnings share the first one's rate limit; their texts: tests/unit/bus/test_bus_shm.py)
+    assert re.search(r"drops shm_missing=3\b", log), log[-3000:]
+    assert grown < 20, f"the display grew by {grown:.1f} MiB"
