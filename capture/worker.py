@@ -114,7 +114,7 @@ class Pixels:
         self.off: str | None = None  # why there is no ring (pixels travel in the messages)
 
     def fit(self, image: np.ndarray) -> np.ndarray | None:
-        """``image`` itself, or (over ``max_pixels``) a copy downscaled to fit; None when it fits."""
+        """A copy of ``image`` downscaled (aspect kept) to at most ``max_pixels``; None when it fits."""
         h, w = image.shape[:2]
         if not self.max_pixels or h * w <= self.max_pixels:
             return None

@@ -3,14 +3,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import zmq
 
+from bus import shm
 from bus.codec import Face, Message, decode, encode
 from bus.config import Config
 from bus.runtime import Stats
+from classifier import worker
 from classifier.worker import run
 
 LOG = logging.getLogger("test.classifier")
@@ -83,3 +86,39 @@ def test_run_forwards_results_markers_and_eos(wired):
     assert got[0].faces[0].label == "b" and got[0].labels == ["a", "b"] and got[0].crops is None
     assert "classifier" in got[0].t and got[0].image is not None
     assert dict(stats.drops) == {"garbage": 1, "stale": 1, "classify_error": 1}
+
+
+def test_run_frees_the_slot_of_a_live_frame_the_display_did_not_take(tmp_path, monkeypatch):
+    """Issue 11 case 4: a live frame the display could not take held its shared-memory slot until
+    capture took it back 10 s later (nothing downstream would ever release it)."""
+    monkeypatch.setattr(worker, "Rings", partial(shm.Rings, directory=tmp_path), raising=False)
+    ring = shm.Ring(2, 8 * 8 * 3, directory=tmp_path)
+    ctx = zmq.Context()
+    tag = time.monotonic_ns()
+    inner, feed = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    inner.bind(f"inproc://in-{tag}")
+    feed.connect(f"inproc://in-{tag}")
+    down = ctx.socket(zmq.PUSH)
+    down.setsockopt(zmq.SNDHWM, 1)
+    down.setsockopt(zmq.IMMEDIATE, 1)
+    down.connect("tcp://127.0.0.1:1")  # no display: a live frame cannot be sent
+    stop, stats = threading.Event(), Stats(LOG, 60.0)
+    t = threading.Thread(target=run, args=(Config(), inner, down, FlakyModel(), stop, stats, LOG))
+    t.start()
+    try:
+        ref = ring.put(np.zeros((8, 8, 3), np.uint8))
+        assert ref is not None
+        m = msg(0, live=True)
+        m.image, m.shm = None, ref
+        feed.send_multipart(encode(m))
+        deadline = time.monotonic() + 3.0
+        while ring.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ring.busy() == 0 and stats.drops["send_full"] == 1, dict(stats.drops)
+    finally:
+        stop.set()
+        t.join(2)
+        for s in (inner, feed, down):
+            s.close(linger=0)
+        ctx.term()
+        ring.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from functools import partial
@@ -279,3 +280,42 @@ def test_run_forwards_shared_memory_frames_as_references_and_drops_lost_ones(
     assert got[0].image is None and len(got[0].faces) == 1 and got[0].crops is not None
     assert backend.seen == [(120, 160, 3)] * 2, "the detector read the ring's pixels; the missing one never ran"
     assert dict(stats.drops) == {"shm_missing": 1, "overwritten": 1} and stats.total == 1
+
+
+def test_run_frees_the_slot_of_a_live_frame_it_could_not_send_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 case 4: with no classifier to take it (nor its drop marker), the frame's slot stayed
+    busy until capture took it back 10 s later; the display never sees it, so the detector frees it."""
+    monkeypatch.setattr(worker, "Rings", partial(Rings, directory=tmp_path))
+    ring = Ring(2, 120 * 160 * 3, directory=tmp_path)
+    ctx = zmq.Context()
+    in_sock = sockets.pull(ctx, "inproc://det-free-in", hwm=10)
+    feed = sockets.push(ctx, ["inproc://det-free-in"], hwm=10, send_timeout_ms=500)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    out_sock = sockets.push(ctx, [nobody], hwm=10, send_timeout_ms=100)
+    stop, stats = threading.Event(), Stats(logging.getLogger("test"), 60.0)
+    thread = threading.Thread(
+        target=run_worker, args=(Config(), in_sock, out_sock, FakeBackend([face(10, 10)]), stop, stats, GREY)
+    )
+    thread.start()
+    try:
+        ref = ring.put(np.full((120, 160, 3), 128, np.uint8))
+        assert ref is not None and ring.busy() == 1
+        msg = shm_frame(ref, 0)
+        msg.live, msg.ts = True, time.time()
+        assert sockets.send(feed, encode(msg), block=True)
+        deadline = time.monotonic() + 3.0
+        while ring.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ring.busy() == 0, f"the slot of the frame that went nowhere is free ({dict(stats.drops)})"
+        assert stats.drops["send"] == 1
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for s in (in_sock, feed, out_sock):
+            s.close(linger=0)
+        ctx.term()
+        ring.close()
