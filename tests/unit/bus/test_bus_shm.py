@@ -417,3 +417,9 @@ def test_the_ring_file_is_allocated_at_creation(tmp_path: Path, rings: list[Ring
     ring = make(rings, tmp_path, slots=4, slot_bytes=1 << 20)
     st = ring.path.stat()
     assert st.st_blocks * 512 >= st.st_size, "not sparse: every page is reserved now"
+
+
+def test_the_readers_default_cap_is_the_configs() -> None:
+    from bus.config import BusConfig
+
+    assert BusConfig().shm_max_bytes == bus.shm.DEFAULT_MAX_BYTES
