@@ -45,6 +45,7 @@ from bus.runtime import RateLimited
 from bus.sockets import Context, Security
 
 PUB_HWM = 1000  # messages queued per ZeroMQ subscriber before libzmq drops for that subscriber
+PUB_LINGER_MS = 1000  # at close, queued records still go out to subscribers for this long
 MQTT_QUEUE = 1000  # messages paho may hold (in flight or waiting for the socket) before we drop
 MQTT_BACKOFF_S = (1, 30)  # reconnect delay: from 1 s, doubling, at most 30 s
 MQTT_KEEPALIVE_S = 30
@@ -104,8 +105,8 @@ class PubSink:
 
     def close(self) -> None:
         self.log.info("final %s", summary("publish", self.counts))
-        self.sock.close(linger=0)
-        self.ctx.destroy(linger=0)
+        self.sock.close(linger=PUB_LINGER_MS)  # the last records reach the subscribers
+        self.ctx.term()
 
 
 def topic_part(s: str) -> str:

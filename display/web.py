@@ -75,6 +75,7 @@ STREAM_SNDBUF = 64 * 1024  # bytes: a viewer that stops reading blocks our write
 MAX_EVENT_CLIENTS = 16
 SSE_QUEUE = 256  # records queued per SSE client before its oldest is dropped
 SSE_KEEPALIVE_S = 5.0
+DRAIN_S = 2.0  # at close, event clients get this long to write out what is queued for them
 LATE_SEQS = 256  # a frame this many seqs behind the shown one is late (ignored); further behind: a restart
 JPEG_QUALITY = 80
 FPS_WINDOW_S = 2.0
@@ -153,6 +154,12 @@ class Hub:
     def unsubscribe(self, c: EventClient) -> None:
         with self.cond:
             self.clients.remove(c)
+            self.cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """After :meth:`close`: wait (bounded) until every SSE client has written its queue and left."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.clients, timeout)
 
     def wait_events(self, c: EventClient, timeout: float) -> list[tuple[int, bytes]]:
         """Client side: the records queued for ``c`` (empty after ``timeout`` or on close)."""
@@ -350,10 +357,12 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(b"retry: 2000\n\n")
             hub, quiet = self.srv.hub, self.srv.clock()
-            while not hub.closed:
+            while True:
                 records = hub.wait_events(client, timeout=1.0)
                 for seq, data in records:
                     self.wfile.write(b"id: %d\ndata: %s\n\n" % (seq, data))
+                if hub.closed and not records:  # closing: what was queued went out first
+                    return
                 if records:
                     quiet = self.srv.clock()
                 elif self.srv.clock() - quiet >= SSE_KEEPALIVE_S:
@@ -423,5 +432,7 @@ class WebSink:
         if self.hub.sse_dropped:
             self.server.log.info("final web: slow event clients missed %d record(s)", self.hub.sse_dropped)
         self.hub.close()
+        if not self.hub.drain(DRAIN_S):
+            self.server.log.warning("web: %d event client(s) still writing at close", len(self.hub.clients))
         self.server.shutdown()
         self.server.server_close()
