@@ -55,10 +55,10 @@ class EventsSink:
         self.file.close()
 
 
-# Codecs a browser (Chromium) plays, in order of preference, and the container each goes in. H.264
-# needs an encoder the OpenCV wheels lack (opencv-contrib-python 4.14 here: "avc1" does not open);
-# VP8 in WebM does, at 31 fps for 640x480 on one core where VP9 makes 3 fps (tests/unit/display/
-# test_display_sinks.py measures nothing; the figures are from docs/events.md's command).
+# Codecs a browser (Chromium) plays, in order of preference, and the container each goes in. The
+# OpenCV wheels have no H.264 encoder ("avc1" does not open with opencv-contrib-python 4.14); VP8 in
+# WebM encodes 640x480 at 10-31 fps on one core of this 2-core machine (load 11 vs 2), VP9 at 1.3-3
+# fps: ``python -m bench.video_codecs`` measures it (docs/events.md#recordings).
 PLAYABLE = (("avc1", ".mp4"), ("VP80", ".webm"), ("VP90", ".webm"))
 FALLBACK = ("mp4v", ".mp4")  # always there, but no browser plays it
 VIDEO_QUEUE = 32  # annotated frames waiting for the encoder; live frames beyond it are dropped (counted)
