@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from display.sinks import FALLBACK, PLAYABLE, choose_codec
 
@@ -20,7 +21,7 @@ FRAMES = 60
 def main(video: str = str(DEFAULT)) -> None:
     cv2.setNumThreads(1)
     cap = cv2.VideoCapture(video)
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < FRAMES and (got := cap.read())[0]:
         frames.append(got[1])
     cap.release()
@@ -40,7 +41,9 @@ def main(video: str = str(DEFAULT)) -> None:
                 writer.write(f)
             writer.release()
             fps = len(frames) / (time.perf_counter() - t0)
-            print(f"{fourcc:5} {ext:5}  {fps:7.1f} fps  {Path(path).stat().st_size / len(frames) / 1024:6.1f} KiB/frame")
+            print(
+                f"{fourcc:5} {ext:5}  {fps:7.1f} fps  {Path(path).stat().st_size / len(frames) / 1024:6.1f} KiB/frame"
+            )
     print("chosen for .mp4:", choose_codec(".mp4"))
 
 

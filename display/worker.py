@@ -175,8 +175,6 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
             "probs": _probs(labels, f.probs),
             "uncertain": _uncertain(f.probs, max(f.probs) if f.probs else None, below, f.uncertain),
         }
-        if f.uncertain is not None:
-            face["uncertain"] = f.uncertain
         if tracked is not None:
             t = tracked[i]
             smoothed = _probs(labels, t.smoothed)

@@ -30,13 +30,33 @@ def msg(faces, labels=LABELS, image=True):
         (
             [Face((1.04, 2, 3, 4), 0.91234, [], "happy", [0.25, 0.75])],
             LABELS,
-            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9123, "label": "happy", "probs": {"angry": 0.25, "happy": 0.75}, "uncertain": False}],
+            [
+                {
+                    "box": [1.0, 2.0, 3.0, 4.0],
+                    "score": 0.9123,
+                    "label": "happy",
+                    "probs": {"angry": 0.25, "happy": 0.75},
+                    "uncertain": False,
+                }
+            ],
         ),
-        ([Face((1, 2, 3, 4), 0.5)], None, [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}, "uncertain": False}]),
+        (
+            [Face((1, 2, 3, 4), 0.5)],
+            None,
+            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}, "uncertain": False}],
+        ),
         (
             [Face((0, 0, 1, 1), 0.5, [], "x", [0.5, 0.5])],
             ["only-one"],  # labels disagree: index keys
-            [{"box": [0.0, 0.0, 1.0, 1.0], "score": 0.5, "label": "x", "probs": {"0": 0.5, "1": 0.5}, "uncertain": False}],
+            [
+                {
+                    "box": [0.0, 0.0, 1.0, 1.0],
+                    "score": 0.5,
+                    "label": "x",
+                    "probs": {"0": 0.5, "1": 0.5},
+                    "uncertain": False,
+                }
+            ],
         ),
     ],
     ids=["no-faces", "classified", "unclassified", "label-mismatch"],
