@@ -81,7 +81,7 @@ JPEG_QUALITY = 80
 FPS_WINDOW_S = 2.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two clients with equal queues are still two clients
 class EventClient:
     """One SSE client's queue of JSON records (bounded: the oldest goes first)."""
 
@@ -89,7 +89,7 @@ class EventClient:
     dropped: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Viewer:
     """One MJPEG client: its connection (to evict it) and when it last took a frame."""
 

@@ -92,6 +92,7 @@ def test_reports_open_in_pandas_and_the_plot_is_drawn(walking):
         ["src", "seq", "time_s", "track", "x", "y", "w", "h", "score", "label", "smoothed_label"]
         + [f"p_{n}" for n in labels]
         + [f"smoothed_{n}" for n in labels]
+        + ["uncertain", "smoothed_uncertain"]
     )
     assert frames["seq"].between(0, 40).all() and frames["label"].isin(labels).all()
     np.testing.assert_allclose(frames[[f"p_{n}" for n in labels]].sum(axis=1), 1.0, atol=0.01)

@@ -353,3 +353,13 @@ def test_a_slow_event_client_never_holds_the_worker():
     assert len(client.queue) == SSE_QUEUE and client.dropped == 5000 - SSE_QUEUE == hub.sse_dropped
     assert client.queue[-1][0] == 4999  # the newest kept
     hub.close()
+
+
+def test_two_event_clients_unsubscribe_each_their_own():
+    """Two clients with equal (empty) queues compared equal: removing one removed the other."""
+    hub = Hub()
+    a, b = hub.subscribe(), hub.subscribe()
+    hub.unsubscribe(b)
+    assert hub.clients == [a] and hub.clients[0] is a
+    hub.unsubscribe(a)
+    assert hub.clients == []
