@@ -140,8 +140,9 @@ def test_dashboard_cards_match_the_overlay_and_events_stream(bus_toml, ports, st
                 assert seqs == sorted(seqs) and len(set(seqs)) == 5
                 page.screenshot(path=str(ARTIFACTS / "dashboard-1366x768.png"))
                 # pause freezes the page; resume brings it back
-                before = page.locator(".caption").text_content()
                 page.click("#pause")
+                time.sleep(0.3)  # a render scheduled before the click has run
+                before = page.locator(".caption").text_content()
                 time.sleep(1.0)
                 assert page.locator(".caption").text_content() == before
                 assert page.locator("img.stream").is_hidden() and page.locator("canvas.frozen").is_visible()
