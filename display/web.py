@@ -2,7 +2,8 @@
 
 Serves only its own static files (``static/index.html``, ``app.js``, ``style.css``, read once at
 start-up and looked up by exact name: no path ever reaches the file system), ``/state.json`` (the
-latest frame per source: src, seq, ts, faces with box, label, score, probabilities; plus fps) and
+latest frame per source: its events record, plus labels, colours and per face ``overlay``, the
+caption drawn on the video; plus fps),
 ``/stream.mjpg[?src=ID]`` (multipart MJPEG of the latest annotated frame of one source) and
 ``/events`` (Server-Sent Events: every frame's events record, :mod:`display.publish`'s JSON, as one
 ``data:`` line with the frame's ``seq`` as ``id``; usable from a browser's ``EventSource``).
