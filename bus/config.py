@@ -98,6 +98,10 @@ class DisplayConfig:
     smoothing_hold: int = 8  # a new smoothed label must lead this many frames in a row to replace the old one
     stall_warn_s: float = 5.0  # warn when a started source has sent nothing for this long (0 = off)
     max_sources: int = 64  # sources with state at once; those not in [capture] are evicted least recently used
+    publish: str = ""  # ZeroMQ PUB endpoint for the events records (display/publish.py); "" = off
+    mqtt: str = ""  # MQTT broker "host:port" for the events records; "" = off
+    mqtt_prefix: str = "emostream"  # MQTT topics: <prefix>/<src>/events, <prefix>/<src>/tracks/<id>, <prefix>/status
+    mqtt_qos: int = 0  # 0, 1 or 2
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ RANGES: dict[tuple[str, str], tuple[str, float, float, str]] = {
     ("classifier", "uncertain_below"): ("[", 0, 1, "]"),  # 0 = never uncertain
     ("display", "drain_timeout_s"): ("[", 0, 86_400, "]"),
     ("display", "max_sources"): ("[", 1, 100_000, "]"),
+    ("display", "mqtt_qos"): ("[", 0, 2, "]"),
     ("display", "track_iou"): ("(", 0, 1, ")"),
     ("display", "track_max_missed"): ("[", 0, 100_000, "]"),
     ("display", "track_cut"): ("[", 0, 255, ")"),
@@ -275,6 +280,7 @@ def validate(cfg: Config) -> Config:
     bound = [("detector", "endpoints", e) for e in cfg.detector.endpoints]
     bound += [("classifier", "endpoints", e) for e in cfg.classifier.endpoints]
     bound += [("display", "endpoint", cfg.display.endpoint)]
+    bound += [("display", "publish", cfg.display.publish)] if cfg.display.publish else []
     if not cfg.detector.endpoints or not cfg.classifier.endpoints:
         raise ConfigError("[detector]/[classifier] endpoints: at least one endpoint is needed")
     for section, key, ep in bound:
@@ -288,6 +294,12 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"[display] web: expected host:port, got {cfg.display.web!r}")
         if not cfg.bus.allow_remote and not host.startswith(LOOPBACK):
             raise ConfigError(f"[display] web: {host} is not loopback; set [bus] allow_remote = true to serve it")
+    if cfg.display.mqtt:
+        host, _, port = cfg.display.mqtt.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"[display] mqtt: expected host:port, got {cfg.display.mqtt!r}")
+    if not cfg.display.mqtt_prefix or any(c in cfg.display.mqtt_prefix for c in "+#\0"):
+        raise ConfigError(f"[display] mqtt_prefix: a topic without '+', '#' or NUL, got {cfg.display.mqtt_prefix!r}")
     if cfg.detector.model not in ("full_range", "short_range") and not cfg.detector.model.endswith(".tflite"):
         raise ConfigError(
             f"[detector] model: 'full_range', 'short_range' or a .tflite path, got {cfg.detector.model!r}"

@@ -104,7 +104,7 @@ def serve(cfg: Config, security: Security | None = None) -> None:
     stop = threading.Event()
     install_stop(stop)
     try:
-        sinks = open_sinks(cfg, stop, log)
+        sinks = open_sinks(cfg, stop, log, security)
     except OSError as e:
         _fail(f"cannot start a sink: {e}")
     ctx = Context()

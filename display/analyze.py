@@ -281,8 +281,8 @@ def analyze(
             raise AnalyzeError(f"internal: the stage config is invalid: {e}") from None
         collect = Collect()
         sinks: list[Sink] = [collect]
-        if annotated:
-            sinks.append(VideoSink(out / "annotated.mp4", cfg, log))
+        recorder = VideoSink(out / "annotated.mp4", cfg, log) if annotated else None
+        sinks += [recorder] if recorder is not None else []
         children = Children(cfg_path, Path(tmp))
         ctx = zmq.Context()
         disp = Display(cfg, sinks, Stats(log, 1e9), log)
@@ -331,8 +331,9 @@ def analyze(
             paths, doc = write_reports(out, collect.records, labels, info.fps, meta, plot=plot)
         except (OSError, ReportError) as e:
             raise AnalyzeError(f"cannot write the reports: {e}") from None
-        if annotated:
-            paths["annotated.mp4"] = out / "annotated.mp4"
+        # annotated.webm when this OpenCV has no H.264 encoder (display.sinks.choose_codec)
+        for path in recorder.written if recorder is not None else []:
+            paths[path.name] = path
     return Result(info, paths, doc)
 
 

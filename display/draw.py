@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -64,14 +65,53 @@ def _label_text(img: np.ndarray, text: str, x: int, y: int, fg: tuple[int, int, 
     cv2.putText(img, text, (x + 2, y - base), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
 
 
+UNCERTAIN = (150, 150, 150)  # BGR: a face whose top probability is below the classifier's threshold
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a face is shown as, on the overlay and the web page alike: one label per face."""
+
+    text: str  # "#3 happy 71%", "#3 uncertain (angry?) 26%", "#3 face 93%"
+    label: str | None  # the label shown (kept when uncertain)
+    probs: Sequence[float] | None  # the vector the label and the bars come from
+    uncertain: bool
+    smoothed: bool  # the numbers are the track's smoothed ones (else the classifier's raw ones)
+
+
+def caption(
+    face: Face, labels: Sequence[str] | None, tracked: Tracked | None = None, uncertain_below: float | None = None
+) -> Caption:
+    """The smoothed label and vector when the face is tracked, else the raw ones; the percentage is
+    the shown label's own probability (never another label's). Uncertain: the classifier's flag for
+    raw numbers; for smoothed ones the shown label's smoothed probability below ``uncertain_below``."""
+    label, probs, prefix, smoothed = face.label, face.probs, "", False
+    uncertain = bool(face.uncertain)
+    if tracked is not None:
+        prefix = "" if tracked.track is None else f"#{tracked.track} "
+        if tracked.smoothed is not None:
+            label, probs, smoothed = tracked.smoothed_label, tracked.smoothed, True
+    if label is None or not probs or not all(map(math.isfinite, probs)):
+        score = f" {100 * face.score:.0f}%" if math.isfinite(face.score) else ""
+        return Caption(f"{prefix}face{score}", None, None, False, False)
+    idx = list(labels).index(label) if labels and label in labels and len(labels) == len(probs) else None
+    p = float(probs[idx]) if idx is not None else float(max(probs))
+    if smoothed and uncertain_below is not None:
+        uncertain = p < uncertain_below
+    name = f"uncertain ({label}?)" if uncertain else label
+    return Caption(f"{prefix}{name} {100 * p:.0f}%", label, probs, uncertain, smoothed)
+
+
 def annotate(
     image: np.ndarray,
     faces: Sequence[Face],
     labels: Sequence[str] | None,
     tracked: Sequence[Tracked] | None = None,
+    uncertain_below: float | None = None,
 ) -> np.ndarray:
-    """A copy of ``image`` with each face's box, ``[#track] label pct`` and (large faces) probability
-    bars; with ``tracked`` (one per face) the label and bars are the smoothed ones."""
+    """A copy of ``image`` with each face's box, :func:`caption` and (large faces) probability bars;
+    with ``tracked`` (one per face) the label and bars are the smoothed ones. An uncertain face is
+    drawn grey with a dashed box."""
     out: np.ndarray = np.array(image, dtype=np.uint8, copy=True)
     if out.ndim == 2 or out.shape[2] == 1:
         out = np.asarray(cv2.cvtColor(out, cv2.COLOR_GRAY2BGR))
@@ -83,22 +123,33 @@ def annotate(
         x, y, w, h = (int(round(v)) for v in face.box)
         if x >= out.shape[1] or y >= out.shape[0] or x + w <= 0 or y + h <= 0:
             continue  # wholly off the frame: nothing to point at
-        label, probs, prefix = face.label, face.probs, ""
-        if tracked is not None:
-            t = tracked[i]
-            prefix = "" if t.track is None else f"#{t.track} "
-            if t.smoothed is not None:
-                label, probs = t.smoothed_label, t.smoothed
-        fg = colour(label)
-        cv2.rectangle(out, (x, y), (x + w, y + h), fg, th)
-        if label is not None and probs and all(map(math.isfinite, probs)):
-            text = f"{prefix}{label} {100 * max(probs):.0f}%"
+        cap = caption(face, labels, None if tracked is None else tracked[i], uncertain_below)
+        fg = UNCERTAIN if cap.uncertain else colour(cap.label)
+        if cap.uncertain:
+            _dashed_rect(out, x, y, w, h, fg, th)
         else:
-            text = f"{prefix}face {100 * face.score:.0f}%" if math.isfinite(face.score) else f"{prefix}face"
-        _label_text(out, _text(text), x, y, fg, scale, th)
+            cv2.rectangle(out, (x, y), (x + w, y + h), (0, 0, 0), th + 2)  # dark outline: visible on light walls
+            cv2.rectangle(out, (x, y), (x + w, y + h), fg, th)
+        _label_text(out, _text(cap.text), x, y, fg, scale, th)
+        probs = cap.probs
         if labels and probs and len(probs) == len(labels) and h >= DETAIL_MIN_BOX:
             _bars(out, labels, probs, x + w + 4, y, scale * 0.7)
     return out
+
+
+def _dashed_rect(img: np.ndarray, x: int, y: int, w: int, h: int, fg: tuple[int, int, int], th: int) -> None:
+    dash = max(4, 3 * th)
+    for a, b in (
+        ((x, y), (x + w, y)),
+        ((x + w, y), (x + w, y + h)),
+        ((x + w, y + h), (x, y + h)),
+        ((x, y + h), (x, y)),
+    ):
+        n = max(1, int(np.hypot(b[0] - a[0], b[1] - a[1]) // (2 * dash)))
+        for k in range(n):
+            p0 = (a[0] + (b[0] - a[0]) * (2 * k) // (2 * n), a[1] + (b[1] - a[1]) * (2 * k) // (2 * n))
+            p1 = (a[0] + (b[0] - a[0]) * (2 * k + 1) // (2 * n), a[1] + (b[1] - a[1]) * (2 * k + 1) // (2 * n))
+            cv2.line(img, p0, p1, fg, th)
 
 
 def _bars(img: np.ndarray, labels: Sequence[str], probs: Sequence[float], x: int, y: int, scale: float) -> None:

@@ -11,7 +11,13 @@ folder:
   emotion (the most frequent smoothed label), ``share_<label>`` (the fraction of the track's
   frames with that smoothed label, i.e. its time share), ``mean_<label>`` (mean raw probability),
   and how often the raw and the smoothed label changed; the JSON adds the run's figures;
-- ``timeline.png``: smoothed probabilities over time, one panel per track (matplotlib, Agg).
+- ``timeline.png`` (matplotlib, Agg): on top, every track (up to ``MAX_ROWS``, the longest) on one
+  time axis, one row each, coloured by its smoothed label frame by frame (uncertain frames grey and
+  hatched); below, the smoothed probabilities of the ``MAX_PANELS`` longest tracks that have at
+  least ``MIN_PANEL_S`` seconds of frames, one panel each. Readable with one track or fifty.
+
+A face is uncertain when the classifier said so (``uncertain``) and, for the smoothed label,
+``smoothed_uncertain``; the tables carry both, the track summary its ``share_uncertain``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import numpy as np
 
 from display.draw import hex_colour
 
-MAX_PANELS = 12  # the plot shows the longest tracks; the tables have all of them
+MAX_PANELS = 6  # probability panels: the longest tracks; the tables have all of them
+MAX_ROWS = 40  # rows of the one-axis overview (the longest tracks)
+MIN_PANEL_S = 1.0  # a track needs this much video (and at least 5 frames) for a probability panel
+UNCERTAIN_COLOUR = "#969696"
 
 
 class ReportError(RuntimeError):
@@ -52,6 +61,8 @@ def frame_rows(records: Iterable[dict[str, Any]], labels: Sequence[str], fps: fl
                 "score": f["score"],
                 "label": f["label"],
                 "smoothed_label": f.get("smoothed_label", f["label"]),
+                "uncertain": bool(f.get("uncertain", False)),
+                "smoothed_uncertain": bool(f.get("smoothed_uncertain", f.get("uncertain", False))),
             }
             smoothed = f.get("smoothed") or f["probs"]
             row.update({f"p_{n}": f["probs"].get(n) for n in labels})
@@ -101,6 +112,7 @@ def track_summary(rows: Sequence[dict[str, Any]], labels: Sequence[str], fps: fl
         }
         summary.update({f"share_{n}": round(counts[n] / len(rs), 4) for n in labels})
         summary.update({f"mean_{n}": round(means[n], 4) for n in labels})
+        summary["share_uncertain"] = round(sum(1 for r in rs if r["smoothed_uncertain"]) / len(rs), 4)
         out.append(summary)
     return out
 
@@ -146,7 +158,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
 
 def frame_columns(labels: Sequence[str]) -> list[str]:
     base = ["src", "seq", "time_s", "track", "x", "y", "w", "h", "score", "label", "smoothed_label"]
-    return base + [f"p_{n}" for n in labels] + [f"smoothed_{n}" for n in labels]
+    return base + [f"p_{n}" for n in labels] + [f"smoothed_{n}" for n in labels] + ["uncertain", "smoothed_uncertain"]
 
 
 def track_columns(labels: Sequence[str]) -> list[str]:
@@ -156,6 +168,7 @@ def track_columns(labels: Sequence[str]) -> list[str]:
         + ["label_changes", "smoothed_label_changes"]
         + [f"share_{n}" for n in labels]
         + [f"mean_{n}" for n in labels]
+        + ["share_uncertain"]
     )
 
 
@@ -167,42 +180,100 @@ def require_matplotlib() -> None:
         raise ReportError("timeline.png needs matplotlib: pip install matplotlib (or pass --no-plot)") from None
 
 
+def segments(rows: Sequence[dict[str, Any]], fps: float) -> list[tuple[float, float, str]]:
+    """(start_s, duration_s, key) runs of consecutive frames of one track with the same smoothed
+    label (key ``"uncertain"`` for smoothed-uncertain frames); a gap in seq ends a run."""
+    out: list[tuple[float, float, str]] = []
+    start = prev = -2
+    key = ""
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        k = "uncertain" if r["smoothed_uncertain"] else str(r["smoothed_label"])
+        if start >= 0 and (k != key or r["seq"] != prev + 1):
+            out.append((start / fps, (prev + 1 - start) / fps, key))
+            start = -2
+        if start < 0:
+            start, key = int(r["seq"]), k
+        prev = int(r["seq"])
+    if start >= 0:
+        out.append((start / fps, (prev + 1 - start) / fps, key))
+    return out
+
+
 def plot_timeline(
-    path: Path, rows: Sequence[dict[str, Any]], labels: Sequence[str], tracks: Sequence[dict[str, Any]]
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    labels: Sequence[str],
+    tracks: Sequence[dict[str, Any]],
+    fps: float = 30.0,
 ) -> None:
-    """Smoothed probabilities over time, one panel per track (the ``MAX_PANELS`` longest)."""
+    """The one-axis overview of every track and the probability panels of the longest (module docstring)."""
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only: no screen needed, no GUI toolkit imported
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    shown = sorted(sorted(tracks, key=lambda t: -t["frames"])[:MAX_PANELS], key=lambda t: (t["src"], t["track"]))
-    n = max(1, len(shown))
-    fig, axes = plt.subplots(n, 1, figsize=(10, 1.2 + 1.6 * n), sharex=True, squeeze=False)
+    by_track: dict[tuple[str, int], list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        if r["track"] is not None:
+            by_track[(r["src"], r["track"])].append(r)
+    longest = sorted(tracks, key=lambda t: (-t["frames"], t["src"], t["track"]))
+    overview = sorted(longest[:MAX_ROWS], key=lambda t: (t["src"], t["first_frame"], t["track"]))
+    min_frames = max(5, int(round(MIN_PANEL_S * fps)))
+    panels = sorted(
+        [t for t in longest if t["frames"] >= min_frames][:MAX_PANELS], key=lambda t: (t["src"], t["track"])
+    )
+    n_rows = max(1, len(overview))
+    heights = [0.6 + 0.28 * n_rows] + [1.6] * len(panels)
+    fig = plt.figure(figsize=(10, 0.9 + sum(heights)), layout="constrained")  # constrained: titles never overlap
+    axes = fig.subplots(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
     try:
-        for ax, t in zip(axes[:, 0], shown, strict=False):
-            rs = [r for r in rows if r["src"] == t["src"] and r["track"] == t["track"]]
+        ax = axes[0]
+        for i, t in enumerate(overview):
+            for start, dur, key in segments(by_track[(t["src"], t["track"])], fps):
+                unc = key == "uncertain"
+                ax.broken_barh(
+                    [(start, dur)],
+                    (i - 0.4, 0.8),
+                    facecolors=UNCERTAIN_COLOUR if unc else hex_colour(key),
+                    hatch="////" if unc else None,
+                    edgecolor="#555555" if unc else "none",
+                    linewidth=0,
+                )
+        ax.set_yticks(range(len(overview)), [f"#{t['track']}" for t in overview], fontsize=7 if n_rows > 15 else 9)
+        ax.set_ylim(n_rows - 0.5, -0.5)
+        ax.set_xlabel("time (s)")
+        ax.grid(axis="x", alpha=0.3)
+        hidden = len(tracks) - len(overview)
+        ax.set_title(
+            f"smoothed label per track over time ({len(tracks)} tracks"
+            + (f", the {len(overview)} longest shown" if hidden else "")
+            + ")"
+            if tracks
+            else "no faces found",
+            fontsize=10,
+        )
+        if tracks:
+            handles = [Patch(facecolor=hex_colour(lab), label=lab) for lab in labels]
+            handles.append(Patch(facecolor=UNCERTAIN_COLOUR, hatch="////", edgecolor="#555555", label="uncertain"))
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+        for ax, t in zip(axes[1:], panels, strict=True):
+            rs = sorted(by_track[(t["src"], t["track"])], key=lambda r: r["seq"])
             time_s = [r["time_s"] for r in rs]
             for lab in labels:
                 ax.plot(time_s, [r[f"smoothed_{lab}"] or 0.0 for r in rs], color=hex_colour(lab), lw=1.5, label=lab)
             share = t.get(f"share_{t['dominant']}", 0.0)
             ax.set_title(
-                f"{t['src']} track #{t['track']}: {t['dominant']} ({100 * share:.0f}% of its frames)", fontsize=9
+                f"{t['src']} track #{t['track']}: smoothed probabilities; {t['dominant']} {100 * share:.0f}% of its frames",
+                fontsize=9,
             )
             ax.set_ylim(0, 1)
             ax.set_ylabel("p")
+            ax.set_xlabel("time (s)")
             ax.grid(alpha=0.3)
-        if not shown:
-            axes[0, 0].set_title("no faces found")
-        else:
-            axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-        axes[-1, 0].set_xlabel("time (s)")
-        more = len(tracks) - len(shown)
-        fig.suptitle(
-            "smoothed emotion probabilities per track" + (f" ({more} shorter tracks not shown)" if more else "")
-        )
-        fig.tight_layout()
+        if panels:
+            axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
         fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
@@ -232,5 +303,5 @@ def write_reports(
     paths["tracks.json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     if plot:
         paths["timeline.png"] = out / "timeline.png"
-        plot_timeline(paths["timeline.png"], rows, labels, tracks)
+        plot_timeline(paths["timeline.png"], rows, labels, tracks, fps)
     return paths, doc

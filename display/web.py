@@ -2,21 +2,37 @@
 
 Serves only its own static files (``static/index.html``, ``app.js``, ``style.css``, read once at
 start-up and looked up by exact name: no path ever reaches the file system), ``/state.json`` (the
-latest frame per source: src, seq, ts, faces with box, label, score, probabilities; plus fps) and
-``/stream.mjpg[?src=ID]`` (multipart MJPEG of the latest annotated frame of one source).
+latest frame per source: its events record, plus labels, colours and per face ``overlay``, the
+caption drawn on the video; plus fps),
+``/stream.mjpg[?src=ID]`` (multipart MJPEG of the latest annotated frame of one source) and
+``/events`` (Server-Sent Events: every frame's events record, :mod:`display.publish`'s JSON, as one
+``data:`` line with the frame's ``seq`` as ``id``; usable from a browser's ``EventSource``).
 
 MJPEG design: the worker only *publishes* the newest annotated image into a per-source slot
 guarded by a Condition (a reference swap and a notify, never a wait). Each streaming client has
 its own thread that waits on the Condition for a newer version than it last sent, JPEG-encodes it
 outside the lock (once per version, shared by all clients) and writes it with a socket timeout.
 A slow client therefore skips frames instead of queueing them, memory is one image per source,
-and the worker loop never blocks on the network. At most ``MAX_STREAMS`` clients stream at once.
+and the worker loop never blocks on the network. At most ``MAX_STREAMS`` clients stream at once;
+when all slots are taken, a new viewer evicts the one that has not taken a frame for the longest,
+if that is over ``IDLE_EVICT_S`` (an idle or stalled viewer: its socket's small send buffer,
+``STREAM_SNDBUF``, fills within a few frames, and a write blocked for ``WRITE_TIMEOUT_S`` drops it).
+
+SSE design: the worker appends the record's JSON to each client's queue of ``SSE_QUEUE`` records
+(the oldest is dropped and counted when a client does not keep up), never waiting; each client's
+thread writes its queue out. At most ``MAX_EVENT_CLIENTS`` at once; a comment line every
+``SSE_KEEPALIVE_S`` notices a client that went away.
+
+Robustness: a frame is ignored only when it is a late one (at most ``LATE_SEQS`` behind the shown
+one, from a parallel detector/classifier copy); a seq far behind (a restarted source, or a bogus
+huge seq shown before) is taken, so one bad seq cannot freeze the page. Non-finite numbers become
+``null`` (:func:`display.publish.clean`), so ``/state.json`` is always valid JSON.
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import contextlib
 import logging
 import select
 import socket
@@ -33,7 +49,9 @@ import cv2
 import numpy as np
 
 from bus.codec import Message
-from display.draw import hex_colour
+from display.draw import caption, hex_colour
+from display.publish import dumps
+from display.track import Tracked
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC = {  # URL path -> (file name, content type): the whole whitelist
@@ -52,8 +70,32 @@ SECURITY_HEADERS = {
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 MAX_STREAMS = 8
 CLIENT_TIMEOUT_S = 10.0  # a client that reads nothing for this long is dropped
+WRITE_TIMEOUT_S = 5.0  # a stream write (MJPEG, SSE) blocked this long drops the client
+IDLE_EVICT_S = 2.0  # a viewer that took no frame for this long loses its slot to a new viewer
+STREAM_SNDBUF = 64 * 1024  # bytes: a viewer that stops reading blocks our writes within a few frames
+MAX_EVENT_CLIENTS = 16
+SSE_QUEUE = 256  # records queued per SSE client before its oldest is dropped
+SSE_KEEPALIVE_S = 5.0
+DRAIN_S = 2.0  # at close, event clients get this long to write out what is queued for them
+LATE_SEQS = 256  # a frame this many seqs behind the shown one is late (ignored); further behind: a restart
 JPEG_QUALITY = 80
 FPS_WINDOW_S = 2.0
+
+
+@dataclass(eq=False)  # identity: two clients with equal queues are still two clients
+class EventClient:
+    """One SSE client's queue of JSON records (bounded: the oldest goes first)."""
+
+    queue: collections.deque[tuple[int, bytes]]  # (seq, JSON record)
+    dropped: int = 0
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One MJPEG client: its connection (to evict it) and when it last took a frame."""
+
+    conn: socket.socket
+    progress: float
 
 
 @dataclass
@@ -73,13 +115,15 @@ class Hub:
         self.slots: dict[str, Slot] = {}
         self.states: dict[str, dict[str, Any]] = {}
         self.times: collections.deque[float] = collections.deque(maxlen=1024)
+        self.clients: list[EventClient] = []
+        self.sse_dropped = 0
         self.closed = False
 
     def publish(self, src: str, image: np.ndarray | None, state: dict[str, Any]) -> None:
-        """Worker side: never waits. Frames older (lower seq) than the shown one are ignored."""
+        """Worker side: never waits. A late frame (at most ``LATE_SEQS`` behind the shown one) is ignored."""
         with self.cond:
             shown = self.states.get(src)
-            if shown is not None and state["seq"] < shown["seq"]:
+            if shown is not None and 0 < shown["seq"] - state["seq"] <= LATE_SEQS:
                 return
             self.states[src] = state
             self.times.append(self.clock())
@@ -87,6 +131,44 @@ class Hub:
                 self.version += 1
                 self.slots[src] = Slot(self.version, image)
             self.cond.notify_all()
+
+    def publish_event(self, record: dict[str, Any]) -> None:
+        """Worker side: queue the record for every SSE client (JSON made once, only when one listens)."""
+        if not self.clients:
+            return
+        data, seq = dumps(record), int(record.get("seq", 0))
+        with self.cond:
+            for c in self.clients:
+                if len(c.queue) >= SSE_QUEUE:
+                    c.queue.popleft()
+                    c.dropped += 1
+                    self.sse_dropped += 1
+                c.queue.append((seq, data))
+            self.cond.notify_all()
+
+    def subscribe(self) -> EventClient:
+        c = EventClient(collections.deque())
+        with self.cond:
+            self.clients.append(c)
+        return c
+
+    def unsubscribe(self, c: EventClient) -> None:
+        with self.cond:
+            self.clients.remove(c)
+            self.cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """After :meth:`close`: wait (bounded) until every SSE client has written its queue and left."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.clients, timeout)
+
+    def wait_events(self, c: EventClient, timeout: float) -> list[tuple[int, bytes]]:
+        """Client side: the records queued for ``c`` (empty after ``timeout`` or on close)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.closed or bool(c.queue), timeout)
+            out = list(c.queue)
+            c.queue.clear()
+            return out
 
     def fps(self) -> float:
         with self.cond:
@@ -136,12 +218,16 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, host: str, port: int, hub: Hub, log: logging.Logger):
-        self.hub, self.log = hub, log
+    def __init__(
+        self, host: str, port: int, hub: Hub, log: logging.Logger, clock: Callable[[], float] = time.monotonic
+    ):
+        self.hub, self.log, self.clock = hub, log, clock
         self.static = {
             route: (STATIC_DIR.joinpath(name).read_bytes(), ctype) for route, (name, ctype) in STATIC.items()
         }
-        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        self.viewers: list[Viewer] = []
+        self.viewers_lock = threading.Lock()
+        self.event_slots = threading.BoundedSemaphore(MAX_EVENT_CLIENTS)
         bare = host.strip("[]")
         self.address_family = socket.AF_INET6 if ":" in bare else socket.AF_INET
         try:
@@ -153,6 +239,27 @@ class Server(ThreadingHTTPServer):
         if bare.startswith(("127.", "::1")) or bare == "localhost":
             bound = self.server_address[1]
             self.hosts = {h for name in (*LOOPBACK_NAMES, host) for h in (name, f"{name}:{bound}")}
+
+    def admit(self, conn: socket.socket) -> Viewer | None:
+        """A stream slot for a new viewer, evicting the longest-idle one (idle over ``IDLE_EVICT_S``)
+        when all are taken; None: every viewer is taking frames, no room."""
+        now = self.clock()
+        with self.viewers_lock:
+            if len(self.viewers) >= MAX_STREAMS:
+                idle = min(self.viewers, key=lambda v: v.progress)
+                if now - idle.progress < IDLE_EVICT_S:
+                    return None
+                self.viewers.remove(idle)
+                self.log.info("web: an idle stream viewer (%.0f s without a frame) made room", now - idle.progress)
+                with contextlib.suppress(OSError):
+                    idle.conn.shutdown(socket.SHUT_RDWR)  # its blocked write (if any) fails now
+            v = Viewer(conn, now)
+            self.viewers.append(v)
+            return v
+
+    def leave(self, v: Viewer) -> None:
+        with self.viewers_lock, contextlib.suppress(ValueError):
+            self.viewers.remove(v)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -193,8 +300,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         if url.path == "/state.json":
-            body = json.dumps(self.srv.hub.state(), separators=(",", ":")).encode("utf-8")
-            self.send_body(200, body, "application/json", head)
+            self.send_body(200, dumps(self.srv.hub.state()), "application/json", head)
+        elif url.path == "/events":
+            self.events(head)
         elif url.path == "/stream.mjpg":
             src = parse_qs(url.query).get("src", [None])[0]
             self.stream(src, head)
@@ -207,10 +315,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(404, b"not found\n", "text/plain; charset=utf-8", head)
 
     def stream(self, src: str | None, head: bool) -> None:
-        if not self.srv.streams.acquire(blocking=False):
+        viewer = self.srv.admit(self.connection)
+        if viewer is None:
             self.send_body(503, b"too many viewers\n", "text/plain; charset=utf-8", head)
             return
         try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+            self.connection.settimeout(WRITE_TIMEOUT_S)
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.send_header("Cache-Control", "no-store")
@@ -218,7 +329,7 @@ class Handler(BaseHTTPRequestHandler):
             if head:
                 return
             hub, last = self.srv.hub, 0
-            while not hub.closed:
+            while not hub.closed and viewer in self.srv.viewers:
                 got = hub.wait_frame(src, last, timeout=1.0)
                 if got is None:
                     if self.client_gone():
@@ -228,11 +339,49 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(
                     b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
                 )
-        except OSError as e:  # the viewer went away or stopped reading
+                viewer.progress = self.srv.clock()
+        except OSError as e:  # the viewer went away, stopped reading, or was evicted
             self.srv.log.debug("web: stream client %s gone: %s", self.address_string(), e)
         finally:
-            self.srv.streams.release()
+            self.srv.leave(viewer)
             self.close_connection = True
+
+    def events(self, head: bool) -> None:
+        if not self.srv.event_slots.acquire(blocking=False):
+            self.send_body(503, b"too many event clients\n", "text/plain; charset=utf-8", head)
+            return
+        client = self.srv.hub.subscribe()
+        try:
+            self.connection.settimeout(WRITE_TIMEOUT_S)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            if head:
+                return
+            self.wfile.write(b"retry: 2000\n\n")
+            hub, quiet = self.srv.hub, self.srv.clock()
+            while True:
+                records = hub.wait_events(client, timeout=1.0)
+                for seq, data in records:
+                    self.wfile.write(b"id: %d\ndata: %s\n\n" % (seq, data))
+                if hub.closed and not records:  # closing: what was queued went out first
+                    return
+                if records:
+                    quiet = self.srv.clock()
+                elif self.srv.clock() - quiet >= SSE_KEEPALIVE_S:
+                    if self.client_gone():
+                        return
+                    self.wfile.write(b": keepalive\n\n")
+                    quiet = self.srv.clock()
+        except OSError as e:
+            self.srv.log.debug("web: event client %s gone: %s", self.address_string(), e)
+        finally:
+            self.srv.hub.unsubscribe(client)
+            self.srv.event_slots.release()
+            self.close_connection = True
+            if client.dropped:
+                self.srv.log.info("web: a slow event client missed %d record(s)", client.dropped)
 
     def client_gone(self) -> bool:
         """While no frame comes, notice a viewer that hung up (its socket reads EOF), freeing its slot."""
@@ -243,10 +392,22 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
 
+def _tracked(face: dict[str, Any]) -> Tracked | None:
+    if "track" not in face:
+        return None
+    smoothed = face.get("smoothed") or None
+    return Tracked(face["track"], None if smoothed is None else list(smoothed.values()), face.get("smoothed_label"))
+
+
 def state_of(msg: Message, event: dict[str, Any]) -> dict[str, Any]:
-    """What ``/state.json`` shows of a frame: its events record plus labels and colours."""
+    """What ``/state.json`` shows of a frame: its events record plus labels, colours and, per face,
+    ``overlay``: the caption drawn on the video (:func:`display.draw.caption`), so the page and tests
+    can check that the card says the same."""
     labels = list(msg.labels or [])
-    faces = [dict(f, colour=hex_colour(f["label"])) for f in event["faces"]]
+    faces = []
+    for face, rec in zip(msg.faces, event["faces"], strict=True):
+        cap = caption(face, labels, _tracked(rec), msg.uncertain_below)
+        faces.append(dict(rec, colour=hex_colour(rec["label"]), overlay=cap.text))
     return {**event, "faces": faces, "labels": labels, "colours": {lab: hex_colour(lab) for lab in labels}}
 
 
@@ -269,8 +430,13 @@ class WebSink:
 
     def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.hub.publish(msg.src, image, state_of(msg, event))
+        self.hub.publish_event(event)
 
     def close(self) -> None:
+        if self.hub.sse_dropped:
+            self.server.log.info("final web: slow event clients missed %d record(s)", self.hub.sse_dropped)
         self.hub.close()
+        if not self.hub.drain(DRAIN_S):
+            self.server.log.warning("web: %d event client(s) still writing at close", len(self.hub.clients))
         self.server.shutdown()
         self.server.server_close()

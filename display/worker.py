@@ -249,10 +249,24 @@ def _probs(labels: Sequence[str], probs: Sequence[float] | None) -> dict[str, fl
     return {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)}
 
 
+EVENT_VERSION = 1  # the events record's "v" (docs/events.md, docs/events.schema.json)
+
+
+def _uncertain(probs: Sequence[float] | None, top: float | None, below: float | None, flag: bool | None) -> bool:
+    """The classifier's flag when it sent one, else ``top`` (the shown label's probability) below its threshold."""
+    if flag is not None:
+        return flag
+    return below is not None and bool(probs) and top is not None and top < below
+
+
 def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) -> dict[str, Any]:
-    """The events-file record of a classified frame (``now``: wall clock, for latency). With
-    ``tracked`` (one per face) each face also has ``track``, ``smoothed`` and ``smoothed_label``."""
+    """The events record of a classified frame (``now``: wall clock, for latency); its schema is
+    docs/events.schema.json. Each face says ``uncertain`` (its top probability is below the
+    classifier's ``uncertain_below``). With ``tracked`` (one per face) each face also has ``track``,
+    ``smoothed``, ``smoothed_label`` and ``smoothed_uncertain`` (the smoothed label's probability
+    below the same threshold)."""
     labels = msg.labels or []
+    below = msg.uncertain_below
     faces = []
     for i, f in enumerate(msg.faces):
         face: dict[str, Any] = {
@@ -260,20 +274,30 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
             "score": round(float(f.score), 4),
             "label": f.label,
             "probs": _probs(labels, f.probs),
+            "uncertain": _uncertain(f.probs, max(f.probs) if f.probs else None, below, f.uncertain),
         }
-        if f.uncertain is not None:
-            face["uncertain"] = f.uncertain
         if tracked is not None:
             t = tracked[i]
-            face.update(track=t.track, smoothed=_probs(labels, t.smoothed), smoothed_label=t.smoothed_label)
+            smoothed = _probs(labels, t.smoothed)
+            top = smoothed.get(t.smoothed_label) if t.smoothed_label is not None else None
+            face.update(
+                track=t.track,
+                smoothed=smoothed,
+                smoothed_label=t.smoothed_label,
+                smoothed_uncertain=_uncertain(t.smoothed, top, below, None if below is not None else f.uncertain),
+            )
         faces.append(face)
-    return {
+    rec: dict[str, Any] = {
+        "v": EVENT_VERSION,
         "src": msg.src,
         "seq": msg.seq,
         "ts": msg.ts,
         "faces": faces,
         "latency_ms": round((now - msg.ts) * 1000.0, 1),
     }
+    if below is not None:
+        rec["uncertain_below"] = below
+    return rec
 
 
 @dataclass
@@ -284,7 +308,11 @@ class Output:
 
 def step(msg: Message, now: float, draw: bool = True, tracked: Sequence[Tracked] | None = None) -> Output:
     """A classified frame (and its faces' tracking) -> events record and (``draw``) annotated image. Pure."""
-    image = annotate(msg.image, msg.faces, msg.labels, tracked) if draw and msg.image is not None else None
+    image = (
+        annotate(msg.image, msg.faces, msg.labels, tracked, msg.uncertain_below)
+        if draw and msg.image is not None
+        else None
+    )
     return Output(event(msg, now, tracked), image)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (first run only) and run every check: ruff, ruff format, mypy, the whole pytest suite.
-# Tests that need the research data (../shared/data), Chromium or network namespaces (root + iproute2)
+# Tests that need the research data (../shared/data), Chromium, Mosquitto or network namespaces (root + iproute2)
 # skip, with the reason, when absent.
 # Extra arguments go to pytest (e.g. `./scripts/test.sh -k honcho`).
 set -euo pipefail
@@ -12,6 +12,15 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     apt-get update -q && apt-get install -y -q --no-install-recommends chromium
   else
     echo "test.sh: chromium is not installed and we are not root: the browser test will be skipped" >&2
+  fi
+fi
+
+if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing mosquitto (the MQTT broker the event-stream test starts on a random port)" >&2
+    apt-get update -q && apt-get install -y -q --no-install-recommends mosquitto
+  else
+    echo "test.sh: mosquitto is not installed and we are not root: the MQTT test will be skipped" >&2
   fi
 fi
 

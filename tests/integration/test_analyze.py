@@ -92,6 +92,7 @@ def test_reports_open_in_pandas_and_the_plot_is_drawn(walking):
         ["src", "seq", "time_s", "track", "x", "y", "w", "h", "score", "label", "smoothed_label"]
         + [f"p_{n}" for n in labels]
         + [f"smoothed_{n}" for n in labels]
+        + ["uncertain", "smoothed_uncertain"]
     )
     assert frames["seq"].between(0, 40).all() and frames["label"].isin(labels).all()
     np.testing.assert_allclose(frames[[f"p_{n}" for n in labels]].sum(axis=1), 1.0, atol=0.01)
@@ -106,7 +107,8 @@ def test_reports_open_in_pandas_and_the_plot_is_drawn(walking):
     img = cv2.imread(str(out / "timeline.png"))
     assert img is not None and img.shape[1] >= 800 and img.shape[0] >= 3 * 150  # one panel per track
     assert img.std() > 10 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20  # drawn, not blank
-    video = cv2.VideoCapture(str(out / "annotated.mp4"))
+    (annotated,) = out.glob("annotated.*")  # .mp4 (H.264) or .webm (VP8): display.sinks.choose_codec
+    video = cv2.VideoCapture(str(annotated))
     n = 0
     while video.read()[0]:
         n += 1

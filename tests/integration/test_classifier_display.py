@@ -72,7 +72,7 @@ def test_classifier_and_display_account_for_every_frame(tmp_path, bus_toml, port
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert sorted(x["seq"] for x in lines) == list(range(20))
     for x in lines:
-        assert set(x) == {"src", "seq", "ts", "faces", "latency_ms"}
+        assert set(x) == {"v", "src", "seq", "ts", "faces", "latency_ms", "uncertain_below"}
         assert x["src"] == "clip" and x["latency_ms"] >= 0
         assert len(x["faces"]) == faces_per_frame[x["seq"]]
         for f in x["faces"]:

@@ -149,6 +149,7 @@ OUT_OF_RANGE = [
     ("classifier", "threads", -2, r"\[classifier\] threads: must be in \[1, 256\], got -2"),
     ("classifier", "uncertain_below", 1.5, r"\[classifier\] uncertain_below: must be in \[0, 1\], got 1.5"),
     ("display", "drain_timeout_s", -1, r"\[display\] drain_timeout_s: must be in \[0, 86400\], got -1.0"),
+    ("display", "mqtt_qos", 3, r"\[display\] mqtt_qos: must be in \[0, 2\], got 3"),
     ("display", "max_sources", 0, r"\[display\] max_sources: must be in \[1, 100000\], got 0"),
     ("display", "track_iou", 0, r"\[display\] track_iou: must be in \(0, 1\), got 0.0"),
     ("display", "track_max_missed", -1, r"\[display\] track_max_missed: must be in \[0, 100000\], got -1"),

@@ -31,20 +31,40 @@ def msg(faces, labels=LABELS, image=True):
         (
             [Face((1.04, 2, 3, 4), 0.91234, [], "happy", [0.25, 0.75])],
             LABELS,
-            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9123, "label": "happy", "probs": {"angry": 0.25, "happy": 0.75}}],
+            [
+                {
+                    "box": [1.0, 2.0, 3.0, 4.0],
+                    "score": 0.9123,
+                    "label": "happy",
+                    "probs": {"angry": 0.25, "happy": 0.75},
+                    "uncertain": False,
+                }
+            ],
         ),
-        ([Face((1, 2, 3, 4), 0.5)], None, [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}}]),
+        (
+            [Face((1, 2, 3, 4), 0.5)],
+            None,
+            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}, "uncertain": False}],
+        ),
         (
             [Face((0, 0, 1, 1), 0.5, [], "x", [0.5, 0.5])],
             ["only-one"],  # labels disagree: index keys
-            [{"box": [0.0, 0.0, 1.0, 1.0], "score": 0.5, "label": "x", "probs": {"0": 0.5, "1": 0.5}}],
+            [
+                {
+                    "box": [0.0, 0.0, 1.0, 1.0],
+                    "score": 0.5,
+                    "label": "x",
+                    "probs": {"0": 0.5, "1": 0.5},
+                    "uncertain": False,
+                }
+            ],
         ),
     ],
     ids=["no-faces", "classified", "unclassified", "label-mismatch"],
 )
 def test_event_record(faces, labels, expected_faces):
     rec = event(msg(faces, labels), now=100.25)
-    assert rec == {"src": "cam0", "seq": 7, "ts": 100.0, "faces": expected_faces, "latency_ms": 250.0}
+    assert rec == {"v": 1, "src": "cam0", "seq": 7, "ts": 100.0, "faces": expected_faces, "latency_ms": 250.0}
     assert json.loads(json.dumps(rec)) == rec
 
 
@@ -67,7 +87,7 @@ def test_events_sink_writes_one_json_line_per_frame(tmp_path):
     sink.close()
     lines = path.read_text().splitlines()
     assert [json.loads(x) for x in lines] == records
-    assert set(json.loads(lines[0])) == {"src", "seq", "ts", "faces", "latency_ms"}
+    assert set(json.loads(lines[0])) == {"v", "src", "seq", "ts", "faces", "latency_ms"}
 
 
 def test_events_sink_appends_to_what_an_earlier_display_wrote(tmp_path):
@@ -100,3 +120,25 @@ def test_a_torn_last_line_is_cut_never_merged_with_the_next(tmp_path, before, ke
     assert path.read_bytes() == kept + b'{"seq":2}\n'
     assert [json.loads(x)["seq"] for x in path.read_text().splitlines()][-1] == 2
     assert ("torn last line" in caplog.text) is (before != kept)
+
+
+@pytest.mark.parametrize(
+    ("flag", "below", "probs", "smoothed", "raw_uncertain", "smoothed_uncertain"),
+    [
+        (True, 0.4, [0.3, 0.7], [0.62, 0.38], True, False),  # the classifier's flag for raw; threshold for smoothed
+        (False, 0.4, [0.3, 0.7], [0.35, 0.65], False, False),
+        (False, 0.7, [0.3, 0.7], [0.35, 0.65], False, True),  # smoothed "happy" at 0.65 < 0.7
+        (None, 0.8, [0.3, 0.7], [0.35, 0.65], True, True),  # no flag (older classifier): computed
+        (None, None, [0.3, 0.7], [0.35, 0.65], False, False),  # no threshold: never uncertain
+    ],
+)
+def test_event_says_uncertain_raw_and_smoothed(flag, below, probs, smoothed, raw_uncertain, smoothed_uncertain):
+    from display.track import Tracked
+
+    m = msg([Face((1, 2, 3, 4), 0.9, [], "happy", probs, flag)])
+    m.uncertain_below = below
+    label = LABELS[int(np.argmax(smoothed))]
+    rec = event(m, 100.0, [Tracked(3, smoothed, label)])
+    face = rec["faces"][0]
+    assert (face["uncertain"], face["smoothed_uncertain"]) == (raw_uncertain, smoothed_uncertain)
+    assert rec.get("uncertain_below") == below

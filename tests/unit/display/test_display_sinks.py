@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from bus.codec import Message
 from bus.config import Config, SourceConfig, validate
-from display.sinks import EventsSink, VideoSink, WindowSink, open_sinks
+from display.sinks import PLAYABLE, VIDEO_QUEUE, EventsSink, VideoSink, WindowSink, choose_codec, open_sinks
 from display.web import WebSink
 
 LOG = logging.getLogger("test.sinks")
@@ -36,13 +37,14 @@ def write_frames(sink, src, n, size=(64, 48)):
 
 
 def test_video_sink_writes_a_readable_video_opened_lazily(tmp_path):
-    path = tmp_path / "out" / "annotated.mp4"
-    sink = VideoSink(path, config(tmp_path), LOG)
+    sink = VideoSink(tmp_path / "out" / "annotated.mp4", config(tmp_path), LOG)
+    path = sink.path  # .webm where this OpenCV has no H.264 encoder
     assert not path.exists()
     write_frames(sink, "cam0", 3)
     sink.write(Message(src="cam0", seq=3, ts=0.0), np.zeros((96, 128, 3), np.uint8), {})  # resized to fit
     sink.write(Message(src="cam0", seq=4, ts=0.0), None, {})  # no image: skipped
     sink.close()
+    assert sink.written == [path]
     cap = cv2.VideoCapture(str(path))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
@@ -56,8 +58,9 @@ def test_video_sink_writes_one_file_per_source(tmp_path):
     write_frames(sink, "cam0", 2)
     write_frames(sink, "cam1", 2)
     sink.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated-cam0.mp4", "annotated-cam1.mp4"]
-    cap = cv2.VideoCapture(str(tmp_path / "annotated-cam1.mp4"))
+    ext = sink.path.suffix
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"annotated-cam0{ext}", f"annotated-cam1{ext}"]
+    cap = cv2.VideoCapture(str(tmp_path / f"annotated-cam1{ext}"))
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
     cap.release()
 
@@ -103,3 +106,23 @@ def test_open_sinks_fails_with_oserror_when_the_port_is_taken(tmp_path):
         cfg = config(tmp_path, web=f"127.0.0.1:{s.getsockname()[1]}", events=str(tmp_path / "e.jsonl"))
         with pytest.raises(OSError):
             open_sinks(cfg, threading.Event(), LOG)
+
+
+def test_the_video_codec_is_one_a_browser_plays(tmp_path):
+    """H.264 (avc1) when this OpenCV encodes it, else VP8/VP9 in WebM: never mp4v when either works."""
+    fourcc, ext, playable = choose_codec(".mp4")
+    assert playable and (fourcc, ext) in PLAYABLE
+    assert choose_codec(".webm")[1] == ".webm" or fourcc == "avc1"
+
+
+def test_live_frames_never_wait_for_a_slow_encoder(tmp_path, monkeypatch):
+    sink = VideoSink(tmp_path / "a.mp4", config(tmp_path), LOG)
+    gate = threading.Event()
+    monkeypatch.setattr(sink, "_frame", lambda src, image: gate.wait(10))  # the encoder is stuck
+    t0 = time.monotonic()
+    for i in range(VIDEO_QUEUE + 50):
+        sink.write(Message(src="cam0", seq=i, ts=0.0, live=True), np.zeros((8, 8, 3), np.uint8), {})
+    assert time.monotonic() - t0 < 1.0
+    assert sink.dropped >= 49
+    gate.set()
+    sink.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bus.codec import Face, Message
-from display.web import MAX_STREAMS, Hub, WebSink
+from display.web import MAX_STREAMS, SSE_QUEUE, Hub, WebSink
 from display.worker import event
 
 LOG = logging.getLogger("test.web")
@@ -217,3 +217,149 @@ def test_a_viewer_that_hangs_up_before_any_frame_frees_its_slot(web):
             return
         time.sleep(0.2)
     pytest.fail("stream slots were not freed after the viewers hung up")
+
+
+def noisy_publisher(sink: WebSink, stop: threading.Event) -> None:
+    """Frames that JPEG-encode big (noise), ~30 per second, until ``stop``."""
+    rng = np.random.default_rng(0)
+    seq = 0
+    while not stop.is_set():
+        image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        msg = Message(src="cam0", seq=seq, ts=time.time(), image=image, labels=["a", "b"], faces=[])
+        sink.write(msg, image, event(msg, time.time()))
+        seq += 1
+        stop.wait(0.03)
+
+
+def test_idle_viewers_do_not_keep_everyone_else_out(web):
+    """Issue 11: eight viewers that connect and never read took every slot; the next got 503 for good."""
+    stop = threading.Event()
+    pub = threading.Thread(target=noisy_publisher, args=(web, stop), daemon=True)
+    pub.start()
+    idle = []
+    try:
+        for _ in range(MAX_STREAMS):
+            s = socket.create_connection(("127.0.0.1", web.server.server_address[1]), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1:{web.server.server_address[1]}\r\n\r\n".encode())
+            idle.append(s)  # never reads a byte
+        time.sleep(0.5)
+        deadline = time.monotonic() + 8
+        while True:
+            s, f, status = open_stream(web)
+            try:
+                if b"200" in status:
+                    read_part(f)  # and it gets frames
+                    return
+            finally:
+                s.close()
+            if time.monotonic() > deadline:
+                pytest.fail(f"a new viewer still got {status!r} 8 s after {MAX_STREAMS} idle viewers connected")
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        pub.join(5)
+        for s in idle:
+            s.close()
+
+
+def test_a_nan_score_still_gives_valid_json(web):
+    """Issue 11: a NaN score (a broken model) made /state.json invalid JSON (a bare NaN)."""
+    image = np.zeros((60, 80, 3), np.uint8)
+    nan = float("nan")
+    msg = Message(
+        src="cam0",
+        seq=1,
+        ts=time.time(),
+        image=image,
+        labels=["a", "b"],
+        faces=[Face((5, 5, 20, 20), nan, [], "b", [nan, 1.0])],
+    )
+    web.write(msg, image, event(msg, time.time()))
+
+    def strict(c: str) -> None:
+        raise ValueError(f"not JSON: {c}")
+
+    state = json.loads(get(web, "/state.json").read(), parse_constant=strict)
+    face = state["sources"][0]["faces"][0]
+    assert face["score"] is None and face["probs"] == {"a": None, "b": 1.0}
+
+
+def test_a_bogus_huge_seq_does_not_freeze_the_page(web):
+    """Issue 11: after a frame with seq = 10**12 every later frame was 'older' and ignored."""
+    publish(web, 10**12, ["a", "b"])
+    s, f, status = open_stream(web, "/stream.mjpg?src=cam0")
+    try:
+        read_part(f)
+        for seq in (3, 4):
+            publish(web, seq, ["a", "b"])
+        state = json.loads(get(web, "/state.json").read())
+        assert state["sources"][0]["seq"] == 4
+        img = cv2.imdecode(np.frombuffer(read_part(f), np.uint8), cv2.IMREAD_COLOR)
+        assert abs(int(img.mean()) - 4) <= 2  # the new frames stream again
+    finally:
+        s.close()
+
+
+def read_sse(f, n: int) -> list[tuple[str, dict]]:
+    """The next ``n`` (id, record) events of an SSE stream (comments and retry lines skipped)."""
+    out: list[tuple[str, dict]] = []
+    ident, data = "", ""
+    while len(out) < n:
+        line = f.readline()
+        assert line, "the event stream ended"
+        line = line.decode().rstrip("\n")
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and data:
+            out.append((ident, json.loads(data)))
+            ident, data = "", ""
+    return out
+
+
+def test_server_sent_events_carry_every_record(web):
+    s = socket.create_connection(("127.0.0.1", web.server.server_address[1]), timeout=5)
+    s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{web.server.server_address[1]}\r\n\r\n".encode())
+    f = s.makefile("rb")
+    try:
+        assert b"200" in f.readline()
+        headers = {}
+        while (line := f.readline()) != b"\r\n":
+            k, _, v = line.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+        assert headers["content-type"].startswith("text/event-stream")
+        deadline = time.monotonic() + 5
+        while not web.hub.clients:  # subscribed
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for seq in range(5):
+            publish(web, seq, ["a", "b"])
+        got = read_sse(f, 5)
+        assert [i for i, _ in got] == ["0", "1", "2", "3", "4"]
+        assert [r["seq"] for _, r in got] == [0, 1, 2, 3, 4] and all(r["v"] == 1 for _, r in got)
+    finally:
+        s.close()
+
+
+def test_a_slow_event_client_never_holds_the_worker():
+    hub = Hub()
+    client = hub.subscribe()  # never reads
+    t0 = time.monotonic()
+    for seq in range(5000):
+        hub.publish_event({"v": 1, "src": "s", "seq": seq, "ts": 0.0, "faces": [], "latency_ms": 0.0})
+    assert time.monotonic() - t0 < 2.0
+    assert len(client.queue) == SSE_QUEUE and client.dropped == 5000 - SSE_QUEUE == hub.sse_dropped
+    assert client.queue[-1][0] == 4999  # the newest kept
+    hub.close()
+
+
+def test_two_event_clients_unsubscribe_each_their_own():
+    """Two clients with equal (empty) queues compared equal: removing one removed the other."""
+    hub = Hub()
+    a, b = hub.subscribe(), hub.subscribe()
+    hub.unsubscribe(b)
+    assert hub.clients == [a] and hub.clients[0] is a
+    hub.unsubscribe(a)
+    assert hub.clients == []

@@ -25,6 +25,7 @@ from display.report import (
     changes,
     frame_rows,
     require_matplotlib,
+    segments,
     suspected_switches,
     track_summary,
     write_reports,
@@ -80,6 +81,8 @@ def test_frame_rows_one_per_face_in_order():
         "p_happy": 0.3,
         "smoothed_sad": 0.45,
         "smoothed_happy": 0.55,
+        "uncertain": False,
+        "smoothed_uncertain": False,
     }
 
 
@@ -145,7 +148,7 @@ def test_write_reports_open_in_pandas_and_plot(tmp_path):
     assert list(tracks["track"]) == [1, 2] and list(tracks["dominant"]) == ["happy", "sad"]
     assert json.loads(paths["tracks.json"].read_text()) == doc
     assert doc["video"] == "clip.mp4" and doc["labels"] == LABELS and len(doc["tracks"]) == 2
-    check_png(paths["timeline.png"], panels=2)
+    check_png(paths["timeline.png"], panels=1)  # the overview; both tracks are under 1 s: no probability panel
 
 
 def check_png(path, panels):
@@ -284,3 +287,38 @@ def test_receive_fails_after_a_stall_and_stops_when_asked(tmp_path, monkeypatch)
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+def test_segments_split_at_label_changes_uncertainty_and_gaps():
+    rows = [
+        {"seq": 0, "smoothed_label": "happy", "smoothed_uncertain": False},
+        {"seq": 1, "smoothed_label": "happy", "smoothed_uncertain": False},
+        {"seq": 2, "smoothed_label": "happy", "smoothed_uncertain": True},
+        {"seq": 3, "smoothed_label": "sad", "smoothed_uncertain": False},
+        {"seq": 6, "smoothed_label": "sad", "smoothed_uncertain": False},
+    ]
+    assert segments(rows, 10.0) == [
+        (0.0, 0.2, "happy"),
+        (0.2, 0.1, "uncertain"),
+        (0.3, 0.1, "sad"),
+        (0.6, 0.1, "sad"),
+    ]
+
+
+def test_timeline_of_many_tracks_stays_readable(tmp_path):
+    """Issue 14: ten tracks gave ten mostly empty panels. Now one overview row per track and panels
+    only for tracks with >= 1 s of frames, so the height grows by a row, not a panel, per short track."""
+    records = []
+    for seq in range(300):
+        faces = [face(1, 0, H, H)]  # one long track (10 s at 30 fps)
+        for k in range(29):  # 29 short tracks of 6 frames
+            if 10 * k <= seq < 10 * k + 6:
+                faces.append(face(2 + k, 100 + k, S, S) | {"smoothed_uncertain": k % 2 == 0})
+        records.append(rec(seq, *faces))
+    paths, doc = write_reports(tmp_path, records, LABELS, 30.0, {})
+    assert len(doc["tracks"]) == 30
+    img = cv2.imread(str(paths["timeline.png"]))
+    assert img is not None and img.shape[0] < 1600  # 30 rows + 1 panel (was 12 panels of 160 px + title)
+    short = [t for t in doc["tracks"] if t["track"] > 1]
+    assert {t["share_uncertain"] for t in short} == {0.0, 1.0}
+    check_png(paths["timeline.png"], panels=2)

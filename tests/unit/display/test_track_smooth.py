@@ -171,9 +171,11 @@ def test_event_record_with_tracking():
         "score": 0.9,
         "label": "happy",
         "probs": {"sad": 0.25, "happy": 0.75},
+        "uncertain": False,
         "track": 4,
         "smoothed": {"sad": 0.6, "happy": 0.4},
         "smoothed_label": "sad",
+        "smoothed_uncertain": False,
     }
     assert rec["faces"][1]["track"] == 5 and rec["faces"][1]["smoothed"] == {}
     assert rec["faces"][1]["smoothed_label"] is None
