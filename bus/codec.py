@@ -15,6 +15,8 @@ Frames (parts)
   ``seq``   sequence number within the source, int >= 0.
   ``ts``    capture time, float seconds since the epoch (``time.time()``).
   ``live``  bool: a live source (camera, stream) whose stale frames may be dropped.
+  ``path``  the file a frame was read from, str, on frames of a folder or image source
+            (absent otherwise); carried to the events record so results trace back to files.
   ``image`` absent, or ``{"shape": [h, w, c], "fmt": "bgr8" | "jpeg"}``: the next
             buffer holds the pixels (raw row-major uint8 BGR, or a JPEG file); or
             ``{"shape", "fmt": "shm", "ring": str, "slot": int, "gen": int}``: no buffer,
@@ -110,6 +112,7 @@ class Message:
     crops: np.ndarray | None = None
     labels: list[str] | None = None
     uncertain_below: float | None = None
+    path: str | None = None  # the image file the frame came from (folder and image sources)
     t: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     frames: int | None = None
@@ -167,7 +170,7 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
     if msg.faces:
         header["faces"] = [f.to_wire() for f in msg.faces]
-    for key in ("labels", "uncertain_below", "reason", "frames", "dropped"):
+    for key in ("labels", "uncertain_below", "path", "reason", "frames", "dropped"):
         value = getattr(msg, key)
         if value is not None:
             header[key] = value
@@ -275,6 +278,10 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if not isinstance(t, dict):
         raise CodecError("t: expected a map")
     msg.t = {str(k): _num(v, "t") for k, v in t.items()}
+    path = h.get("path")
+    if path is not None and not isinstance(path, str):
+        raise CodecError("path: expected a string")
+    msg.path = path
     reason = h.get("reason")
     msg.reason = reason if isinstance(reason, str) else None
     for key in ("frames", "dropped"):

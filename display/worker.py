@@ -166,13 +166,11 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
             t = tracked[i]
             face.update(track=t.track, smoothed=_probs(labels, t.smoothed), smoothed_label=t.smoothed_label)
         faces.append(face)
-    return {
-        "src": msg.src,
-        "seq": msg.seq,
-        "ts": msg.ts,
-        "faces": faces,
-        "latency_ms": round((now - msg.ts) * 1000.0, 1),
-    }
+    record: dict[str, Any] = {"src": msg.src, "seq": msg.seq, "ts": msg.ts}
+    if msg.path is not None:
+        record["path"] = msg.path  # folder and image sources: the file the frame came from
+    record.update(faces=faces, latency_ms=round((now - msg.ts) * 1000.0, 1))
+    return record
 
 
 @dataclass
