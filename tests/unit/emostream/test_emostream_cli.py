@@ -109,3 +109,13 @@ def test_analyze_says_which_images_are_unreadable(tmp_path: Path, shared_data: P
     assert result.exit_code == 0, result.output
     assert "2 image(s), 1 face(s); 0 without a face, 1 unreadable" in result.stdout
     assert f"unreadable: {bad}" in result.stderr
+
+
+def test_train_without_tensorflow_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "tensorflow" else find_spec(name))
+    result = CliRunner().invoke(main, ["train", "--source", "ck"])
+    assert result.exit_code == 2
+    assert "needs TensorFlow: pip install 'emostream[training]'" in result.output
