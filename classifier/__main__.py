@@ -32,7 +32,7 @@ import zmq
 from bus.cli import config_option, fail, instance_option
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
-from bus.preprocess import crop_face, to_model_pixels, to_uint8_bgr
+from bus.preprocess import crop_face, eye_angle, to_model_pixels, to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sockets import Context, Security, pull, push
 from bus.sockets import security as stage_security
@@ -52,11 +52,17 @@ class Detector(Protocol):
 
 
 def classify_images(
-    model: EmotionModel, paths: tuple[str, ...], detector: Detector | None = None, warn: Callable[[str], None] = print
+    model: EmotionModel,
+    paths: tuple[str, ...],
+    detector: Detector | None = None,
+    warn: Callable[[str], None] = print,
+    align: bool = False,
+    uncertain_below: float = 0.0,
 ) -> list[dict[str, object]]:
     """Each image file -> face crop(s) -> results, all in one batch. With a ``detector``, an image
-    whose faces are all small is not a crop: each detected face is cropped and classified instead
-    (``warn`` says so); without one, each image is one crop."""
+    whose faces are all small is not a crop: each detected face is cropped as the detector stage
+    crops it (``align``: eyes level) and classified instead (``warn`` says so); without one, each
+    image is one crop. ``uncertain``: the top probability is below ``uncertain_below``."""
     crops: list[np.ndarray] = []
     entries: list[dict[str, object]] = []
     for p in paths:
@@ -68,7 +74,8 @@ def classify_images(
         if faces and max(f.box[2] * f.box[3] for f in faces) < CROP_COVER * area:
             warn(f"{p} is not a face crop: {len(faces)} face(s) found; classifying each detected face")
             for i, f in enumerate(faces):
-                crops.append(crop_face(img, f.box, model.size, model.spec.colour, model.spec.crop_margin))  # type: ignore[arg-type]
+                angle = eye_angle(f.kp) if align else 0.0
+                crops.append(crop_face(img, f.box, model.size, model.spec.colour, model.spec.crop_margin, angle))  # type: ignore[arg-type]
                 box = [round(float(v), 1) for v in f.box]
                 entries.append({"image": p, "face": i, "box": box, "score": round(float(f.score), 4)})
             continue
@@ -80,6 +87,7 @@ def classify_images(
     for entry, row in zip(entries, probs, strict=True):
         entry["label"] = model.labels[int(np.argmax(row))]
         entry["probs"] = {lab: round(float(v), 6) for lab, v in zip(model.labels, row, strict=True)}
+        entry["uncertain"] = bool(np.max(row) < uncertain_below)
     return entries
 
 
@@ -159,7 +167,10 @@ def main(
     if images:
         try:
             with _image_detector(cfg, no_detect) as detector:
-                results = classify_images(model, images, detector, lambda m: click.echo(f"classifier: {m}", err=True))
+                say = lambda m: click.echo(f"classifier: {m}", err=True)  # noqa: E731
+                results = classify_images(
+                    model, images, detector, say, cfg.detector.align, cfg.classifier.uncertain_below
+                )
         except ValueError as e:
             _fail(str(e))
         for r in results:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from bus.codec import Message
-from bus.config import Config, ConfigError, SourceConfig, load
+from bus.config import Config, ConfigError, SourceConfig, load, validate
 from bus.paths import shipped_root
 from bus.preprocess import to_uint8_bgr
 from capture.sources import SourceError, Unreadable, kind, open_source
@@ -49,8 +49,9 @@ class RecognizerError(RuntimeError):
 class FaceResult:
     """One face: ``box`` (x, y, width, height in pixels of the image), the detector's ``score``,
     the emotion ``label`` (the most probable), ``probs`` (label -> probability, the model's label
-    order, summing to 1), ``uncertain`` (the top probability is below the model's threshold; None
-    when the model has none) and the six BlazeFace ``keypoints`` (eyes, nose, mouth, ears)."""
+    order, calibrated with the model's temperature, summing to 1), ``uncertain`` (the top
+    probability is below ``[classifier] uncertain_below``; the label is kept) and the six BlazeFace
+    ``keypoints`` (eyes, nose, mouth, ears)."""
 
     box: tuple[float, float, float, float]
     score: float
@@ -87,7 +88,8 @@ class EmotionRecognizer:
 
     ``config``: a ``bus.toml`` whose ``[detector]`` and ``[classifier]`` sections are used (default:
     the shipped one). ``model`` (a .tflite with its JSON sidecar), ``detector`` ("full_range",
-    "short_range" or a .tflite), ``min_confidence`` and ``max_faces`` override it.
+    "short_range" or a .tflite), ``min_confidence``, ``max_faces`` and ``uncertain_below`` (a face
+    whose top probability is lower is flagged ``uncertain``; 0 = never) override it.
     Raises :class:`RecognizerError` when something cannot be loaded.
     """
 
@@ -98,19 +100,23 @@ class EmotionRecognizer:
         min_confidence: float | None = None,
         max_faces: int | None = None,
         config: str | os.PathLike[str] | None = None,
+        uncertain_below: float | None = None,
     ):
         try:
             cfg = load(config if config is not None else shipped_root() / "bus.toml", env={})
         except ConfigError as e:
             raise RecognizerError(str(e)) from None
-        d = cfg.detector
         d = replace(
-            d,
-            model=d.model if detector is None else detector,
-            min_confidence=d.min_confidence if min_confidence is None else min_confidence,
-            max_faces=d.max_faces if max_faces is None else max_faces,
+            cfg.detector,
+            model=cfg.detector.model if detector is None else detector,
+            min_confidence=cfg.detector.min_confidence if min_confidence is None else min_confidence,
+            max_faces=cfg.detector.max_faces if max_faces is None else max_faces,
         )
-        self.config: Config = replace(cfg, detector=d)
+        c = cfg.classifier if uncertain_below is None else replace(cfg.classifier, uncertain_below=uncertain_below)
+        try:
+            self.config: Config = validate(replace(cfg, detector=d, classifier=c))
+        except ConfigError as e:
+            raise RecognizerError(str(e)) from None
         try:
             path = os.fspath(model) if model is not None else cfg.classifier.model
             self.model = EmotionModel(path, cfg.classifier.threads)
@@ -131,27 +137,23 @@ class EmotionRecognizer:
 
     def _frame(self, bgr: np.ndarray) -> list[FaceResult]:
         """The pipeline's detector and classifier steps on one uint8 BGR frame."""
-        msg = detect_step(Message(src="api", seq=0, ts=0.0, image=bgr), self._detector, self.model.spec, 0, 0.0)
+        d, c = self.config.detector, self.config.classifier
+        msg = Message(src="api", seq=0, ts=0.0, image=bgr)
+        msg = detect_step(msg, self._detector, self.model.spec, 0, 0.0, d.align)
         if msg.kind == "frame":
-            msg = classify_step(msg, self.model)
+            msg = classify_step(msg, self.model, c.uncertain_below)
         if msg.kind != "frame":
             raise ValueError(f"the frame could not be analysed ({msg.reason})")
-        below = msg.uncertain_below
-        if below is None:
-            below = getattr(self.model, "uncertain_below", None)
         faces = []
         for f in msg.faces:
             probs = [float(p) for p in f.probs or []]
-            uncertain = f.uncertain
-            if uncertain is None and below is not None and probs:
-                uncertain = max(probs) < below
             faces.append(
                 FaceResult(
                     box=tuple(float(v) for v in f.box),  # type: ignore[arg-type]
                     score=float(f.score),
                     label=str(f.label),
                     probs=dict(zip(self.labels, probs, strict=True)),
-                    uncertain=uncertain,
+                    uncertain=f.uncertain,
                     keypoints=tuple((float(x), float(y)) for x, y in f.kp),
                 )
             )

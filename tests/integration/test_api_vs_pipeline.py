@@ -3,7 +3,7 @@ test_pipeline_honcho.py) on the shared media, then ``EmotionRecognizer().analyze
 every frame must have the same faces, and the per-frame labels must agree.
 
 The bar: the same face count on every frame of asl_signer_concat10.mp4 and the same label in at least
-99 % of them. They are the same code on the same pixels, so the boxes agree to float precision and
+99 % of them (and, where they agree, the same boxes, calibrated probabilities and uncertain flags). They are the same code on the same pixels, so the boxes agree to float precision and
 the labels exactly, unless one process's LiteRT/XNNPACK arithmetic differs from another's.
 """
 
@@ -34,6 +34,7 @@ def compare(events: list[dict], results: list, frames: int) -> tuple[int, int, l
                 for f, mine in zip(faces, r.faces, strict=True):
                     assert f["box"] == pytest.approx([round(v, 1) for v in mine.box], abs=0.11)
                     assert f["probs"] == pytest.approx({k: round(v, 4) for k, v in mine.probs.items()}, abs=2e-4)
+                    assert f["uncertain"] == mine.uncertain
                 continue
         differ.append(r.index)
     return same_count, same_labels, differ

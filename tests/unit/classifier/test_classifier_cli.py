@@ -72,6 +72,7 @@ def test_a_photo_is_not_taken_for_a_face_crop(shared_data: Path) -> None:
     assert "two_people.jpg is not a face crop: 2 face(s) found; classifying each detected face" in err
     assert [(x["image"], x["face"]) for x in lines] == [(photo, 0), (photo, 1)]
     assert all(len(x["box"]) == 4 and x["label"] == max(x["probs"], key=x["probs"].get) for x in lines)  # type: ignore[arg-type,call-overload]
+    assert all(isinstance(x["uncertain"], bool) for x in lines)
     whole, err = _run("--image", photo, "--no-detect")
     assert err == "" and len(whole) == 1 and "box" not in whole[0]
 

@@ -35,6 +35,7 @@ def test_three_lines_on_a_photo_of_two_people(recognizer: EmotionRecognizer, sha
         assert f.label == max(f.probs, key=f.probs.__getitem__)
         assert sum(f.probs.values()) == pytest.approx(1.0, abs=1e-4)
         assert len(f.keypoints) == 6 and 0.6 <= f.score <= 1.0
+        assert f.uncertain == (max(f.probs.values()) < recognizer.config.classifier.uncertain_below)
     # the same faces as the detector stage's own backend, and the same answer for the array
     with open_backend("litert", "full_range", 0.6, 32) as det:
         boxes = [d.box for d in det.detect(cv2.imread(str(photo)))]
@@ -96,18 +97,17 @@ def test_model_and_config_errors(tmp_path: Path) -> None:
         EmotionRecognizer(config=tmp_path / "bus.toml")
 
 
-def test_uncertain_follows_the_models_threshold(recognizer: EmotionRecognizer, shared_data: Path) -> None:
+def test_uncertain_follows_the_threshold(shared_data: Path) -> None:
     photo = shared_data / "media/images/faces/two_people.jpg"
-    faces = recognizer.detect(photo)
-    if getattr(recognizer.model, "uncertain_below", None) is None and all(f.uncertain is None for f in faces):
-        recognizer.model.uncertain_below = 0.5  # type: ignore[attr-defined]
-        try:
-            marked = recognizer.detect(photo)
-        finally:
-            del recognizer.model.uncertain_below  # type: ignore[attr-defined]
-        assert [f.uncertain for f in marked] == [max(f.probs.values()) < 0.5 for f in marked]
-    else:  # the model has a threshold: every face says whether it is under it
-        assert all(isinstance(f.uncertain, bool) for f in faces)
+    for below in (0.0, 0.5, 1.0):
+        with EmotionRecognizer(uncertain_below=below) as r:
+            faces = r.detect(photo)
+        assert [f.uncertain for f in faces] == [max(f.probs.values()) < below for f in faces]
+    assert [f.uncertain for f in faces] == [True, True]
+    with pytest.raises(RecognizerError, match="uncertain_below"):
+        EmotionRecognizer(uncertain_below=1.5)
+    with pytest.raises(RecognizerError, match="min_confidence"):
+        EmotionRecognizer(min_confidence=0.0)
 
 
 def test_no_tensorflow_no_mediapipe(shared_data: Path, tmp_path: Path) -> None:
