@@ -64,3 +64,17 @@ def test_run_a_folder_from_another_folder(
             mine = r.detect(e["path"])
             assert [f["label"] for f in e["faces"]] == [f.label for f in mine]
     assert [len(e["faces"]) for e in events] == [1, 2]
+
+
+@pytest.mark.parametrize("config", [True, False])
+def test_display_analyze_from_another_folder(tmp_path: Path, shared_data: Path, config: bool) -> None:
+    """The issue's report: from another folder, with or without `--config /abs/bus.toml`, the model's
+    relative path was read against the current folder (`model sidecar not found`)."""
+    video = shared_data / "media/videos/head-pose-face-detection-male.mp4"
+    cmd = [sys.executable, "-m", "display", "analyze", str(video), "--out", "rep", "--no-plot", "--quiet"]
+    cmd += ["--config", str(ROOT / "bus.toml")] if config else []
+    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE", "EVENTS", "WEB", "VIDEO", "BUS_CONFIG")}
+    done = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tracks = json.loads((tmp_path / "rep" / "tracks.json").read_text())["tracks"]
+    assert [t["dominant"] for t in tracks] == ["happy"]
