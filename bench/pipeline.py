@@ -30,6 +30,7 @@ from bench import figures
 from bench.procs import BenchError, Procs, cpu_seconds, free_port, peak_rss_mb
 from bus import sockets
 from bus.codec import CodecError, decode
+from bus.paths import shipped_root
 from bus.shm import Rings
 
 log = logging.getLogger("bench")
@@ -85,7 +86,7 @@ def config(setup: Setup, eps: dict[str, list[str]]) -> dict[str, dict[str, Any]]
         },
         "classifier": {
             "endpoints": eps["classifier"],
-            "model": CLASSIFIER_MODEL,
+            "model": str(shipped_root() / CLASSIFIER_MODEL),  # a config's relative paths are relative to it
             "threads": 1,
         },
         "display": {"endpoint": eps["display"][0], "web": "", "exit_at_end": False},

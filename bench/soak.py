@@ -79,7 +79,7 @@ eof_linger_s = 0.0
 endpoints = ["tcp://127.0.0.1:{ports["detector"]}"]
 [classifier]
 endpoints = ["tcp://127.0.0.1:{ports["classifier"]}"]
-model = "models/fer2013_emonet.tflite"
+model = {json.dumps(str(ROOT / "models" / "fer2013_emonet.tflite"))}
 [display]
 endpoint = "tcp://127.0.0.1:{ports["display"]}"
 web = "127.0.0.1:{ports["web"]}"

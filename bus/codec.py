@@ -15,6 +15,8 @@ Frames (parts)
   ``seq``   sequence number within the source, int >= 0.
   ``ts``    capture time, float seconds since the epoch (``time.time()``).
   ``live``  bool: a live source (camera, stream) whose stale frames may be dropped.
+  ``path``  the file a frame was read from, str, on frames of a folder or image source
+            (absent otherwise); carried to the events record so results trace back to files.
   ``image`` absent, or ``{"shape": [h, w, c], "fmt": "bgr8" | "jpeg"}``: the next
             buffer holds the pixels (raw row-major uint8 BGR, or a JPEG file); or
             ``{"shape", "fmt": "shm", "ring": str, "slot": int, "gen": int}``: no buffer,
@@ -90,6 +92,7 @@ MAX_TIME = 1e10  # s since the epoch: the year 2286
 MAX_STAGES = 16
 MAX_SRC = 128
 MAX_NAME = 64
+MAX_PATH = 4096  # a folder source's file path (``path``)
 MAX_INT = 1 << 63
 QUOTE = 40
 KINDS = ("frame", "drop", "eos")
@@ -153,6 +156,7 @@ class Message:
     crops: np.ndarray | None = None
     labels: list[str] | None = None
     uncertain_below: float | None = None
+    path: str | None = None  # the image file the frame came from (folder and image sources)
     t: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     frames: int | None = None
@@ -235,7 +239,7 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
     if msg.faces:
         header["faces"] = [f.to_wire() for f in msg.faces]
-    for key in ("labels", "uncertain_below", "reason", "frames", "dropped"):
+    for key in ("labels", "uncertain_below", "path", "reason", "frames", "dropped"):
         value = getattr(msg, key)
         if value is not None:
             header[key] = value
@@ -347,6 +351,8 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if not isinstance(t, dict) or len(t) > MAX_STAGES:
         raise CodecError(f"t: expected a map of at most {MAX_STAGES} stages")
     msg.t = {_text(k, "t"): _num(v, "t", 0.0, MAX_TIME) for k, v in t.items()}
+    path = h.get("path")
+    msg.path = None if path is None else _text(path, "path", MAX_PATH)
     reason = h.get("reason")
     msg.reason = None if reason is None else _text(reason, "reason")
     for key in ("frames", "dropped"):

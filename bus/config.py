@@ -5,6 +5,10 @@ built-in defaults (every endpoint on loopback). Environment overrides for the co
 ``SOURCE`` (camera index, file, folder or URL: replaces the capture sources with that one) and
 ``EVENTS`` (path: turns on the JSON-lines events sink).
 
+Relative paths (models, sources, events, video, keys) written in a config file are relative to that
+file's folder; defaults are relative to the shipped files (:mod:`bus.paths`), never to the current
+folder. ``SOURCE`` / ``EVENTS`` / ``VIDEO`` are the user's, relative to the current folder.
+
 Unknown sections or keys, wrong types, numbers out of range (:data:`RANGES`, one row per number)
 and miswired endpoints raise :class:`ConfigError` naming the section and key, so a stage fails at
 start-up with one clear line.
@@ -19,6 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bus import paths
 
 LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 SMOOTHING = ("ema", "window", "off")
@@ -334,7 +340,7 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
     if path is None:
         path = env.get("BUS_CONFIG") or ("bus.toml" if Path("bus.toml").is_file() else None)
     if path is None:
-        cfg = validate(Config())
+        cfg = resolve_paths(validate(Config()), {}, None)
     else:
         p = Path(path)
         try:
@@ -344,10 +350,41 @@ def load(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, st
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
         try:
-            cfg = parse(table, str(p))
+            cfg = resolve_paths(parse(table, str(p)), table, p.resolve().parent)
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
     return apply_env(cfg, env)
+
+
+def resolve_paths(cfg: Config, table: dict[str, Any], folder: Path | None) -> Config:
+    """Relative paths made absolute: those written in ``table`` (the file in ``folder``) against
+    ``folder``, defaults against the shipped files; ``keys_dir`` always sits with the config file."""
+    shipped = paths.shipped_root()
+
+    def base(section: str, key: str) -> Path:
+        written = isinstance(table.get(section), dict) and key in table[section]
+        return folder if written and folder is not None else shipped
+
+    d, c = cfg.detector, cfg.classifier
+    sources = tuple(
+        dataclasses.replace(s, uri=paths.resolve(s.uri, base("capture", "sources"))) if paths.is_path_uri(s.uri) else s
+        for s in cfg.capture.sources
+    )
+    detector_model = paths.resolve(d.model, base("detector", "model")) if d.model.endswith(".tflite") else d.model
+    return dataclasses.replace(
+        cfg,
+        bus=dataclasses.replace(
+            cfg.bus, keys_dir=paths.resolve(cfg.bus.keys_dir, folder) if folder else cfg.bus.keys_dir
+        ),
+        capture=dataclasses.replace(cfg.capture, sources=sources),
+        detector=dataclasses.replace(d, model=detector_model),
+        classifier=dataclasses.replace(c, model=paths.resolve(c.model, base("classifier", "model"))),
+        display=dataclasses.replace(
+            cfg.display,
+            video=paths.resolve(cfg.display.video, base("display", "video")),
+            events=paths.resolve(cfg.display.events, base("display", "events")),
+        ),
+    )
 
 
 def apply_env(cfg: Config, env: typing.Mapping[str, str]) -> Config:

@@ -203,6 +203,7 @@ class ImageFolder:
             raise SourceError(f"folder {cfg.uri} has no images")
         self.files = files
         self.index = 0
+        self.last_path: str | None = None  # the file of the frame read last (each frame's ``path`` header)
 
     def read(self, timeout: float) -> Frame | None:
         if self.index >= len(self.files):
@@ -212,6 +213,7 @@ class ImageFolder:
             self.index = 0
         path = self.files[self.index]
         self.index += 1
+        self.last_path = str(path)
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise Unreadable(f"{path}: not a readable image")

@@ -54,7 +54,8 @@ Send = Callable[[Message, bool], bool]  # (message, block) -> sent
 
 
 def frame_message(source: Source, seq: int, image: np.ndarray, ts: float) -> Message:
-    return Message(src=source.id, seq=seq, ts=ts, live=source.live, image=image, t={"capture": time.time()})
+    path = getattr(source, "last_path", None)  # folder and image sources name each frame's file
+    return Message(src=source.id, seq=seq, ts=ts, live=source.live, image=image, path=path, t={"capture": time.time()})
 
 
 def eos_message(source: Source, frames: int, dropped: int) -> Message:

@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 
 from bus.codec import Face
+from bus.paths import shipped_models
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = shipped_models()  # the repository's models/, or the installed wheel's copy
 NAMED_MODELS = {
     "full_range": "face_detection_full_range_sparse.tflite",
     "short_range": "face_detection_short_range.tflite",
@@ -40,7 +41,8 @@ class BackendError(RuntimeError):
 
 
 def model_path(name: str) -> Path:
-    """``full_range`` / ``short_range`` -> the shipped model; anything else is a path (cwd, then project)."""
+    """``full_range`` / ``short_range`` -> the shipped model; anything else is a path (cwd, then the
+    shipped files' folder; a path from a config file is already absolute, :mod:`bus.config`)."""
     if name in NAMED_MODELS:
         path = MODELS_DIR / NAMED_MODELS[name]
     else:

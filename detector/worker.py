@@ -75,6 +75,7 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, max_age_ms: int, now: 
         image=image,
         jpeg=msg.jpeg,
         shm=msg.shm,
+        path=msg.path,
         faces=faces,
         crops=crops,
         t=dict(msg.t),

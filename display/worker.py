@@ -287,14 +287,10 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
                 smoothed_uncertain=_uncertain(t.smoothed, top, below, None if below is not None else f.uncertain),
             )
         faces.append(face)
-    rec: dict[str, Any] = {
-        "v": EVENT_VERSION,
-        "src": msg.src,
-        "seq": msg.seq,
-        "ts": msg.ts,
-        "faces": faces,
-        "latency_ms": round((now - msg.ts) * 1000.0, 1),
-    }
+    rec: dict[str, Any] = {"v": EVENT_VERSION, "src": msg.src, "seq": msg.seq, "ts": msg.ts}
+    if msg.path is not None:
+        rec["path"] = msg.path  # folder and image sources: the file the frame came from
+    rec.update(faces=faces, latency_ms=round((now - msg.ts) * 1000.0, 1))
     if below is not None:
         rec["uncertain_below"] = below
     return rec

@@ -5,6 +5,11 @@
 #   BUS_CONFIG=<path>   another bus.toml;   WEB=host:port ("" = off), VIDEO=<path.mp4>: see README.md
 # Extra arguments go to `honcho start` (e.g. `./scripts/run.sh display` starts only the display).
 set -euo pipefail
+# The user's relative paths are relative to the user's folder, not to the repository we change into.
+for var in SOURCE EVENTS VIDEO BUS_CONFIG; do
+  value=${!var:-}
+  [[ -z $value || $value == /* || $value == *://* || ($var == SOURCE && $value =~ ^[0-9]+$) ]] || export "$var=$PWD/$value"
+done
 cd "$(dirname "$0")/.."
 
 if [[ ! -x .venv/bin/python ]]; then
