@@ -21,6 +21,11 @@ if [[ ${1:-} == --checkpoint ]]; then
     keep=("${files[@]}")
     [[ -f $run/final.keras ]] && keep=(final.keras progress.json history.csv)  # finished: the weights suffice
     for f in "${keep[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
+    # best = last (the newest epoch was the best so far): commit the file once, restored as both
+    last_val=$(tail -n 1 "$run/history.csv" | awk -F, '{print $(NF-1)}')
+    if [[ -f $ckpt/$name/best.keras ]] && grep -q "\"best_val_accuracy\": $last_val}" "$run/progress.json"; then
+      rm "$ckpt/$name/best.keras"
+    fi
     echo "checkpoint $name: $(cat "$run/progress.json")" >&2
   done
   exit 0
@@ -35,6 +40,9 @@ teacher() {
   if [[ ! -f runs/teachers/$name/progress.json && -f $ckpt/$name/progress.json ]]; then
     mkdir -p "runs/teachers/$name"
     for f in "${files[@]}"; do [[ -f $ckpt/$name/$f ]] && cp "$ckpt/$name/$f" "runs/teachers/$name/"; done
+    if [[ -f $ckpt/$name/last.keras && ! -f $ckpt/$name/best.keras ]]; then
+      cp "$ckpt/$name/last.keras" "runs/teachers/$name/best.keras"
+    fi
     echo "teacher $name: resuming from the committed checkpoint ($(cat "$ckpt/$name/progress.json"))" >&2
   fi
   if [[ -f runs/teachers/$name/final.keras ]]; then
