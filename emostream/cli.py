@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -90,6 +91,8 @@ def run_command(
 
     The shipped Procfile and, unless another is given, the shipped bus.toml (camera 0, live page at
     http://127.0.0.1:8000/). Stops with Ctrl-C, or by itself at the end of a file source."""
+    from bus.runtime import MANAGER_ENV, RUN_ENV
+
     env = _env()
     config = user_config(config_path) or shipped_root() / "bus.toml"
     if not config.is_file():
@@ -104,6 +107,10 @@ def run_command(
         env["WEB"] = web
     if importlib.util.find_spec("honcho") is None:
         _fail("run", "honcho is not installed (pip install honcho)")
+    # As scripts/run.sh: one run id for every stage (bus.runtime), and honcho's pid (exec keeps ours)
+    # so that every stage stops when it dies.
+    env.setdefault(RUN_ENV, secrets.token_hex(8))
+    env[MANAGER_ENV] = str(os.getpid())
     procfile = shipped_root() / "Procfile"
     _exec("honcho", ["start", "-f", str(procfile), "-d", os.getcwd(), *processes], env)
 

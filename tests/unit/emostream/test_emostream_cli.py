@@ -119,3 +119,32 @@ def test_train_without_tensorflow_says_which_extra(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(main, ["train", "--source", "ck"])
     assert result.exit_code == 2
     assert "needs TensorFlow: pip install 'emostream[training]'" in result.output
+
+
+def test_run_hands_honcho_the_users_paths_a_run_id_and_its_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import emostream.cli as cli
+
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def fake_exec(module: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        calls.append((module, args, env or {}))
+
+    monkeypatch.setattr(cli, "_exec", fake_exec)
+    monkeypatch.delenv("EMOSTREAM_RUN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.toml").write_text("")
+    args = ["run", "display", "--config", "my.toml", "--source", "clips/a.mp4", "--events", "e.jsonl", "--web", ""]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    ((module, argv, env),) = calls
+    assert module == "honcho"
+    assert argv == ["start", "-f", str(ROOT / "Procfile"), "-d", str(tmp_path), "display"]
+    assert env["BUS_CONFIG"] == str(tmp_path / "my.toml")
+    assert (env["SOURCE"], env["EVENTS"], env["WEB"]) == (str(tmp_path / "clips/a.mp4"), str(tmp_path / "e.jsonl"), "")
+    assert len(env["EMOSTREAM_RUN"]) == 16 and env["EMOSTREAM_MANAGER_PID"] == str(os.getpid())
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    calls.clear()
+    CliRunner().invoke(main, ["run", "--source", "0"], env={"EMOSTREAM_RUN": "feedfeedfeedfeed", "BUS_CONFIG": ""})
+    ((_, argv, env),) = calls
+    assert env["SOURCE"] == "0" and env["EMOSTREAM_RUN"] == "feedfeedfeedfeed"
+    assert env["BUS_CONFIG"] == str(ROOT / "bus.toml")  # no ./bus.toml here: the shipped one
