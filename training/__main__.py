@@ -21,6 +21,13 @@ SOURCES = click.Choice(["ck", "fer", "ferplus"])
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"  # written only with --ship
 
 
+def _check_checkout() -> None:
+    if not (SHIPPED_MODELS.parent / "pyproject.toml").is_file():
+        raise click.UsageError(
+            "--ship replaces the models of a source checkout; an installed package has none: use --models-dir"
+        )
+
+
 def _setup(mixed: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (no GPU here, ...)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -154,6 +161,7 @@ def cli(
     data = data or Path(DEFAULT_DATA[source])
     out = out or Path("runs") / f"{source}-{model_name}"
     if ship:
+        _check_checkout()
         models_dir = SHIPPED_MODELS
     elif models_dir is None and not no_export:
         models_dir = out / "models"
@@ -234,6 +242,8 @@ def export(
     """Export a .keras model to full-integer int8 TFLite + JSON sidecar, and evaluate both."""
     if ship and models_dir is not None:
         raise click.UsageError("--ship exports into models/: leave out --models-dir")
+    if ship:
+        _check_checkout()
     models_dir = SHIPPED_MODELS if ship else models_dir or model_path.parent / "models"
     _setup("off")
     from training.pipelines import export_file

@@ -26,6 +26,7 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 2-fold CV + export: ~100 s alone, 300+ s on a loaded 2-core machine
 def test_ck_smoke_train_export_roundtrip(tmp_path: Path) -> None:
     data = make_ck(tmp_path / "ck")
     out, models = tmp_path / "run", tmp_path / "models"
