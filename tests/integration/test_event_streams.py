@@ -166,7 +166,7 @@ def wait_http(port: int, timeout_s: float) -> None:
 def drain_sub(sub: zmq.Socket, until: float) -> list[tuple[bytes, dict[str, Any]]]:
     out = []
     while time.monotonic() < until:
-        if not sub.poll(200):
+        if not sub.poll(50):
             continue
         topic, data = sub.recv_multipart()
         out.append((topic, json.loads(data)))
@@ -224,9 +224,10 @@ def test_every_frame_reaches_zmq_sse_and_mqtt(tmp_path, bus_toml, ports, stages,
     try:
         got = drain_sub(sub, time.monotonic() + 1.0)
         rc = stages.wait_exit(display, 150, "display")
-        got += drain_sub(sub, time.monotonic() + 1.0)
+        deadline = time.monotonic() + 10  # a loaded machine: the last records may still be on their way
+        while time.monotonic() < deadline and (len(got) < FRAMES or len(mqtt_sub.events()) < FRAMES):
+            got += drain_sub(sub, time.monotonic() + 0.2)
         sse.close()
-        time.sleep(0.5)
     finally:
         mqtt_sub.close()
         sub.close(linger=0)
