@@ -143,7 +143,7 @@ class VideoSink:
         self.dropped = 0
         self.error: OSError | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.queue: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(VIDEO_QUEUE)
+        self.queue: queue.Queue[tuple[str, np.ndarray | None] | None] = queue.Queue(VIDEO_QUEUE)  # None image: forget
         self.thread = threading.Thread(target=self._encode, name="video", daemon=True)
         self.thread.start()
 
@@ -170,9 +170,12 @@ class VideoSink:
 
     def _encode(self) -> None:
         while (item := self.queue.get()) is not None:
-            if self.error is None:
+            src, image = item
+            if image is None:
+                self._release(src)
+            elif self.error is None:
                 try:
-                    self._frame(*item)
+                    self._frame(src, image)
                 except (OSError, cv2.error) as e:
                     self.error = e if isinstance(e, OSError) else OSError(str(e))
 
@@ -193,7 +196,12 @@ class VideoSink:
         writer.write(image)
 
     def forget(self, src: str) -> None:
-        """The display evicted ``src``: close its video (a later frame opens it again)."""
+        """The display evicted ``src``: close its video (a later frame opens it again). Done by the
+        encoder thread, after the frames queued before it (releasing here could free the writer
+        under a frame being encoded)."""
+        self.queue.put((src, None))
+
+    def _release(self, src: str) -> None:
         entry = self.writers.pop(src, None)
         if entry is not None:
             entry[0].release()

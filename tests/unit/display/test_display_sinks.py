@@ -126,3 +126,17 @@ def test_live_frames_never_wait_for_a_slow_encoder(tmp_path, monkeypatch):
     assert sink.dropped >= 49
     gate.set()
     sink.close()
+
+
+def test_forget_closes_a_video_after_its_queued_frames(tmp_path):
+    """forget() runs in the encoder thread, in order: the frames queued before it are in the file."""
+    sink = VideoSink(tmp_path / "a.mp4", config(tmp_path), LOG)
+    write_frames(sink, "cam0", 5)
+    sink.forget("cam0")
+    sink.close()
+    cap = cv2.VideoCapture(str(sink.path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5 and sink.writers == {}
