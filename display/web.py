@@ -146,6 +146,13 @@ class Hub:
                 c.queue.append((seq, data))
             self.cond.notify_all()
 
+    def forget(self, src: str) -> None:
+        """Worker side: drop a source's image and state (the display evicted it: issue 11 case 10)."""
+        with self.cond:
+            self.slots.pop(src, None)
+            self.states.pop(src, None)
+            self.cond.notify_all()
+
     def subscribe(self) -> EventClient:
         c = EventClient(collections.deque())
         with self.cond:
@@ -431,6 +438,9 @@ class WebSink:
     def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.hub.publish(msg.src, image, state_of(msg, event))
         self.hub.publish_event(event)
+
+    def forget(self, src: str) -> None:
+        self.hub.forget(src)
 
     def close(self) -> None:
         if self.hub.sse_dropped:

@@ -363,3 +363,15 @@ def test_two_event_clients_unsubscribe_each_their_own():
     assert hub.clients == [a] and hub.clients[0] is a
     hub.unsubscribe(a)
     assert hub.clients == []
+
+
+def test_an_evicted_source_leaves_the_page_and_frees_its_image() -> None:
+    """Issue 11 case 10 with the page on: the hub kept one image per source id for ever (300 forged
+    ids: +270 MiB). The display's eviction now reaches it through ``forget``."""
+    hub = Hub()
+    for i in range(300):
+        hub.publish(f"forged{i}", np.zeros((480, 640, 3), np.uint8), {"src": f"forged{i}", "seq": 0})
+    hub.publish("cam0", np.zeros((480, 640, 3), np.uint8), {"src": "cam0", "seq": 0})
+    for i in range(300):
+        hub.forget(f"forged{i}")
+    assert set(hub.slots) == {"cam0"} and [s["src"] for s in hub.state()["sources"]] == ["cam0"]
