@@ -32,12 +32,13 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from bus.codec import CodecError, Message, decode, drop_marker
+from bus.codec import RUN, CodecError, Message, decode, drop_marker
 from bus.config import Config, DisplayConfig
-from bus.runtime import RateLimited, Stall, Stats
+from bus.runtime import RateLimited, RuntimeDirError, Stall, Stats
 from bus.shm import Rings, ShmError
 from bus.sockets import recv
 from display.draw import annotate
+from display.journal import Journal
 from display.smooth import Smoother
 from display.track import Follow, Tracked, Tracker
 
@@ -165,7 +166,10 @@ class Ledger:
     the newest seq that arrived; what is missing of those is ``in flight`` (or lost: the display
     cannot tell which), never hidden."""
 
-    def __init__(self, sources: Iterable[str], waiting: Sequence[str]):
+    def __init__(
+        self, sources: Iterable[str], waiting: Sequence[str], record: Callable[[list[Any]], None] | None = None
+    ):
+        self.record = record  # each update also goes here (display.journal), so a restart can replay it
         self.sources: dict[str, SourceCount] = {s: SourceCount() for s in sources}
         self.waiting = tuple(waiting)
         self.evicted = SourceCount()  # the counts of every evicted source, summed
@@ -184,15 +188,41 @@ class Ledger:
 
     def frame(self, src: str, now: float, seq: int | None = None, capture_dropped: int | None = None) -> None:
         self._get(src, now, seq, capture_dropped).received += 1
+        if self.record is not None:
+            self.record(["f", src, seq, capture_dropped])
 
     def drop(
         self, src: str, reason: str, now: float, seq: int | None = None, capture_dropped: int | None = None
     ) -> None:
         self._get(src, now, seq, capture_dropped).drops[reason] += 1
+        if self.record is not None:
+            self.record(["d", src, seq, capture_dropped, reason])
 
     def eos(self, src: str, read: int, capture_dropped: int, now: float) -> None:
         c = self._get(src, now)
         c.read, c.capture_dropped = read, capture_dropped
+        if self.record is not None:
+            self.record(["e", src, read, capture_dropped])
+
+    def replay(self, updates: Iterable[list[Any]], now: float) -> int:
+        """Apply the updates an earlier display of this run recorded (not recorded again); how many."""
+        record, self.record = self.record, None
+        n = 0
+        try:
+            for u in updates:
+                kind, src = u[0], str(u[1])
+                if kind == "f":
+                    self.frame(src, now, u[2], u[3])
+                elif kind == "d":
+                    self.drop(src, str(u[4]), now, u[2], u[3])
+                elif kind == "e":
+                    self.eos(src, int(u[2]), int(u[3]), now)
+                else:
+                    continue
+                n += 1
+        finally:
+            self.record = record
+        return n
 
     def evict(self, src: str) -> None:
         """Forget a source, keeping its counts in :attr:`evicted`."""
@@ -316,6 +346,17 @@ def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
     return msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms
 
 
+def _journal(cfg: Config, log: logging.Logger) -> Journal | None:
+    """The run's ledger journal (display.journal); none without a run id or a usable runtime dir."""
+    if not RUN:
+        return None
+    try:
+        return Journal(RUN, cfg.display.events)
+    except (OSError, RuntimeDirError) as e:
+        log.warning("no ledger journal (a restarted display would start counting again): %s", e)
+        return None
+
+
 class Display:
     """The loop's state: ledger, sinks, counters. ``handle`` takes one raw message."""
 
@@ -328,7 +369,14 @@ class Display:
         wall: Callable[[], float] = time.time,
     ):
         self.cfg, self.sinks, self.stats, self.log, self.wall = cfg, list(sinks), stats, log, wall
-        self.ledger = Ledger(cfg.source_ids(), waiting_sources(cfg))
+        self.journal = _journal(cfg, log)
+        self.ledger = Ledger(
+            cfg.source_ids(), waiting_sources(cfg), None if self.journal is None else self.journal.write
+        )
+        if self.journal is not None:
+            n = self.ledger.replay(self.journal.replay(), time.monotonic())
+            if n:
+                log.info("restarted within run %s: %d earlier frames, drops and ends carried over", RUN[:16], n)
         self.warn = RateLimited(log)
         self.draw = any(s.wants_image for s in self.sinks)
         self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
@@ -502,6 +550,8 @@ def run(
     finally:
         disp.close()
         disp.ledger.finalise()
+        if disp.journal is not None:  # the run is over for the display only when it ended by itself
+            disp.journal.close(done=cfg.display.exit_at_end and disp.ledger.done(clock(), cfg.display.drain_timeout_s))
         log.info("final stats: %s", stats.line())
         for line in disp.ledger.lines():
             log.info("final %s", line)

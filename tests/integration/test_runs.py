@@ -302,14 +302,7 @@ class Sizes(threading.Thread):
     "order",
     [
         ("capture", "detector", "classifier"),
-        pytest.param(
-            ("capture", "detector", "classifier", "display"),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a restarted display starts a new ledger (its final line counts only what it saw: "
-                "102 lines in the events file, 'in events 70 ... lost 36'); remove this mark when it survives a restart",
-            ),
-        ),
+        pytest.param(("capture", "detector", "classifier", "display"), id="all-four"),
     ],
     ids=["capture-detector-classifier", "all-four"],
 )
