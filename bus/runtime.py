@@ -12,6 +12,8 @@ Environment set by the process managers (``scripts/run.sh``, ``python -m bus.sup
 from __future__ import annotations
 
 import collections
+import contextlib
+import hashlib
 import logging
 import os
 import select
@@ -240,3 +242,30 @@ class Stall:
             elif key in self.quiet and t > self.quiet[key]:
                 self.log.info("%s %s: flowing again after %.1f s of silence", self.what, key, t - self.quiet.pop(key))
         return silent
+
+
+RUN_FILE_KEEP_S = 7 * 86400.0  # per-run state files older than this belong to runs long over
+
+
+def open_run_file(kind: str, key: str, append: bool = False, base: Path | None = None) -> tuple[Path, int]:
+    """A run's state file ``<runtime dir>/<kind>/<hash of key>`` (capture's progress, the display's
+    ledger journal): owner-only, never through a symlink; files of ``kind`` older than
+    :data:`RUN_FILE_KEEP_S` are swept first. Returns its path and an open read-write descriptor."""
+    folder = (base or runtime_dir()) / kind
+    folder.mkdir(mode=0o700, exist_ok=True)
+    cutoff = time.time() - RUN_FILE_KEEP_S
+    for old in folder.iterdir():
+        with contextlib.suppress(OSError):  # another stage may sweep it at the same time
+            if old.lstat().st_mtime < cutoff:
+                old.unlink()
+    path = folder / hashlib.sha256(key.encode()).hexdigest()[:32]
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else 0)
+    return path, os.open(path, flags, 0o600)
+
+
+def close_run_file(path: Path, fd: int, done: bool) -> None:
+    """Close a run's state file; ``done`` (the run is over for this stage): remove it too."""
+    os.close(fd)
+    if done:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -20,8 +20,6 @@ in flight when capture died is lost, never repeated. The eos counts every frame 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +37,7 @@ import zmq
 from bus import sockets
 from bus.codec import CodecError, Message, encode
 from bus.config import Config
-from bus.runtime import RateLimited, RuntimeDirError, Stats, runtime_dir
+from bus.runtime import RateLimited, RuntimeDirError, Stats, close_run_file, open_run_file
 from bus.shm import DEFAULT_MAX_BYTES, Ring, sweep
 from bus.shm import create as create_ring
 from capture.sources import Source, Unreadable
@@ -193,32 +191,19 @@ class Progress:
     """One source's place in the current run, on disk: ``<runtime dir>/progress/<hash of run, source
     id, uri>``, 16 bytes (frames read, frames dropped) rewritten in place with one ``pwrite`` (a killed
     process cannot tear it). Without a run id (``run = ""``) it keeps nothing: an unrelated later run
-    must never resume from it. Files of runs older than :data:`KEEP_S` are removed."""
+    must never resume from it. Files of runs long over are swept (:func:`bus.runtime.open_run_file`)."""
 
     RECORD = struct.Struct("<QQ")
-    KEEP_S = 7 * 86400.0
 
     def __init__(self, run: str, source_id: str, uri: str, base: Path | None = None):
         self.frames = self.dropped = 0
         self.fd: int | None = None
         if not run:
             return
-        folder = (base or runtime_dir()) / "progress"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        self._sweep(folder)
-        key = hashlib.sha256("\0".join((run, source_id, uri)).encode()).hexdigest()[:32]
-        self.path = folder / key
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.path, self.fd = open_run_file("progress", "\0".join((run, source_id, uri)), base=base)
         raw = os.pread(self.fd, self.RECORD.size, 0)
         if len(raw) == self.RECORD.size:
             self.frames, self.dropped = self.RECORD.unpack(raw)
-
-    def _sweep(self, folder: Path) -> None:
-        cutoff = time.time() - self.KEEP_S
-        for p in folder.iterdir():
-            with contextlib.suppress(OSError):  # another capture may sweep it at the same time
-                if p.lstat().st_mtime < cutoff:
-                    p.unlink()
 
     def save(self, frames: int, dropped: int) -> None:
         if self.fd is not None:
@@ -226,13 +211,9 @@ class Progress:
 
     def close(self, done: bool) -> None:
         """``done``: the run is over for this capture (a clean exit): forget the progress."""
-        if self.fd is None:
-            return
-        os.close(self.fd)
-        self.fd = None
-        if done:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        if self.fd is not None:
+            close_run_file(self.path, self.fd, done)
+            self.fd = None
 
 
 def progress_for(run: str, source: Source) -> Progress:

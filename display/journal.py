@@ -7,48 +7,34 @@ unbuffered ``write``: a killed process leaves at most a torn last line, which re
 at start-up, the same updates again for a fresh :class:`display.worker.Ledger`. Kept in
 ``<runtime dir>/ledger/<hash of run id and events path>`` (owner-only, like capture's progress), only
 when the run has an id (``EMOSTREAM_RUN``): without one a later, unrelated run must never inherit
-counts. A clean end of the run removes it; files older than :data:`KEEP_S` are swept.
+counts. A clean end of the run removes it; old files are swept (:func:`bus.runtime.open_run_file`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bus.runtime import runtime_dir
-
-KEEP_S = 7 * 86400.0
+from bus.runtime import close_run_file, open_run_file
 
 
 class Journal:
     def __init__(self, run: str, events: str, base: Path | None = None):
-        folder = (base or runtime_dir()) / "ledger"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        cutoff = time.time() - KEEP_S
-        for p in folder.iterdir():
-            with contextlib.suppress(OSError):
-                if p.lstat().st_mtime < cutoff:
-                    p.unlink()
-        key = hashlib.sha256(f"{run}\0{events}".encode()).hexdigest()[:32]
-        self.path = folder / key
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.fd: int | None = os.open(self.path, flags, 0o600)
+        self.fd: int | None
+        self.path, self.fd = open_run_file("ledger", f"{run}\0{events}", append=True, base=base)
 
     def replay(self) -> Iterator[list[Any]]:
         """The updates of the displays of this run before this one (a torn last line skipped)."""
         with open(self.path, "rb") as f:
             data = f.read()
-        lines = data.split(b"\n")
-        if not data.endswith(b"\n") and lines[-1]:
-            lines = lines[:-1]  # torn by a kill
+        *lines, torn = data.split(b"\n")  # torn: what follows the last newline (a kill's half line, or b"")
+        if torn:
             assert self.fd is not None
-            os.ftruncate(self.fd, len(data) - len(data.split(b"\n")[-1]))
+            os.ftruncate(self.fd, len(data) - len(torn))
         for line in lines:
             if line:
                 with contextlib.suppress(ValueError):
@@ -60,10 +46,6 @@ class Journal:
 
     def close(self, done: bool) -> None:
         """``done``: the run ended and was accounted for: the journal is not needed any more."""
-        if self.fd is None:
-            return
-        os.close(self.fd)
-        self.fd = None
-        if done:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        if self.fd is not None:
+            close_run_file(self.path, self.fd, done)
+            self.fd = None
