@@ -5,13 +5,14 @@ Every input goes through four targets, in this order:
 
 - ``decode``: :func:`bus.codec.decode` returns a :class:`~bus.codec.Message` or raises
   :class:`~bus.codec.CodecError`; anything else is a crash.
-- ``detector``: what :func:`detector.worker.run` does with one message: ``decode`` (a CodecError is
-  counted there and the message dropped), ``_step_shared``, ``step`` with a fake backend that
-  returns the message's own faces as its detections (so crops are cut at fuzzed boxes), then
-  ``encode`` of the result (a CodecError there is logged and dropped by ``run``).
-- ``classifier``: what :func:`classifier.worker.run` does: ``decode``, ``is_stale``, ``step`` with
-  a fake 3-label model on 8x8 grey crops (ValueError/RuntimeError become ``classify_error``
-  drops, as in ``run``), ``encode``.
+- ``detector``: what :func:`bus.stage.run` does with one message for the detector:
+  :func:`bus.stage.receive` (garbage counted), :func:`bus.stage.handle` (pixels in place, age,
+  ``step`` with a fake backend that returns the message's own faces as its detections, so crops
+  are cut at fuzzed boxes), then ``encode`` of the result (a CodecError there is counted by the
+  stage's :class:`bus.stage.Sender`).
+- ``classifier``: the same for the classifier: ``receive``, ``handle`` with ``step`` on a fake
+  3-label model on 8x8 grey crops (ValueError/RuntimeError become ``classify_error`` drops),
+  ``encode``.
 - ``display``: :meth:`display.worker.Display.handle` itself, with its state kept across inputs as
   in a running stage (ledger, sequence windows, source eviction, tracking, smoothing, drawing), an
   events sink writing to ``/dev/null`` and a sink that fails the run when an events record is not
@@ -50,11 +51,12 @@ import click
 import msgpack
 import numpy as np
 
-from bus.codec import VERSION, CodecError, Face, Message, decode, encode
+from bus.codec import VERSION, CodecError, DropReason, Face, Message, decode, encode
 from bus.config import Config, SourceConfig, validate
 from bus.runtime import RateLimited, Stats
 from bus.shm import Rings
 from bus.sidecar import ModelSpec
+from bus.stage import handle, receive
 from classifier import worker as classifier_worker
 from detector import worker as detector_worker
 from display.sinks import EventsSink
@@ -213,7 +215,7 @@ def _valid() -> list[Parts]:
     msgs = [
         Message("cam0", 7, ts, live=True, image=img, faces=faces, crops=crops),
         Message("cam0", 8, ts, image=img[:, :, :1], labels=["a", "b", "c"], faces=faces[:1], t={"capture": ts}),
-        Message("s", 3, ts, kind="drop", reason="stale", t={"capture": ts, "detector": ts}),
+        Message("s", 3, ts, kind="drop", reason=DropReason.STALE, t={"capture": ts, "detector": ts}),
         Message("s", 9, ts, kind="eos", frames=10, dropped=1),
     ]
     out = [[bytes(p) for p in encode(m)] for m in msgs]
@@ -344,6 +346,7 @@ class Targets:
         self.model = FakeModel()
         self.rings = Rings()
         self.limited = RateLimited(LOG)
+        self.stats = Stats(LOG, 1e9)
         self.strict = StrictJsonSink()
         self.display = Display(
             display_config(), [EventsSink(os.devnull), self.strict], Stats(LOG, 1e9), LOG, wall=lambda: 1.7e9
@@ -358,34 +361,40 @@ class Targets:
         return True
 
     def detector_stage(self, parts: Parts) -> None:
-        try:
-            msg = decode(parts)
-        except CodecError:
+        msg = receive(parts, self.stats, self.limited)
+        if msg is None:
             return
         self.detector.faces = list(msg.faces)
-        out = detector_worker._step_shared(msg, self.rings, self.limited) or detector_worker.step(
-            msg, self.detector, self.spec, 500, 1.7e9
+        out = handle(
+            msg,
+            lambda m: detector_worker.step(m, self.detector, self.spec),
+            DropReason.DETECT_ERROR,
+            1.7e9,
+            500,
+            self.stats,
+            self.limited,
+            self.rings,
         )
         if msg.shm is not None:
             self.rings.release(msg.shm)
         out.t["detector"] = 1.7e9
-        with contextlib.suppress(CodecError):  # run() logs and drops it (a frame over the size limit)
+        with contextlib.suppress(CodecError):  # the Sender counts it and sends an `encode` marker
             encode(out, None)
 
     def classifier_stage(self, parts: Parts) -> None:
-        try:
-            msg = decode(parts)
-        except CodecError:
+        msg = receive(parts, self.stats, self.limited)
+        if msg is None:
             return
-        out = msg
-        if classifier_worker.is_stale(msg, 1.7e9, 500):
-            out = classifier_worker.drop_marker(msg, "stale")
-        elif msg.kind == "frame":
-            try:
-                out = classifier_worker.step(msg, self.model)
-            except (ValueError, RuntimeError):  # run() turns these into classify_error drops
-                out = classifier_worker.drop_marker(msg, "classify_error")
-        with contextlib.suppress(CodecError):  # as in run(): logged and dropped
+        out = handle(
+            msg,
+            lambda m: classifier_worker.step(m, self.model),
+            DropReason.CLASSIFY_ERROR,
+            1.7e9,
+            500,
+            self.stats,
+            self.limited,
+        )
+        with contextlib.suppress(CodecError):  # as in the Sender: counted, an `encode` marker instead
             encode(out, None)
 
     def display_stage(self, parts: Parts) -> None:

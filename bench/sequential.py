@@ -65,7 +65,7 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
                 now = time.time()
                 msg = Message(src="ref", seq=seq, ts=now, image=image, t={"capture": now})
                 out = classify_step(
-                    detect_step(msg, backend, spec, 0, now, DetectorConfig.align),
+                    detect_step(msg, backend, spec, DetectorConfig.align),
                     emotions,
                     ClassifierConfig.uncertain_below,
                 )

@@ -41,7 +41,8 @@ Frames (parts)
             refuses what carries another (or none when it has one): :class:`ForeignRun`, so
             a second pipeline started on the same endpoints cannot feed frames or an
             end-of-stream into this one.
-  ``reason``  why a ``drop`` was dropped (str); ``frames``/``dropped`` ints on ``eos``.
+  ``reason``  why a ``drop`` was dropped: one of :class:`DropReason` (str; a reader maps a
+            name it does not know to ``unknown``); ``frames``/``dropped`` ints on ``eos``.
             ``dropped`` also on capture's frames (and the markers that stand for them): the
             frames of this source capture itself dropped before this one, so that a source
             without an eos (camera, looped file) is accounted for too.
@@ -64,6 +65,22 @@ sees a number it cannot draw or a string that forges a log line):
   escaped, so what a stage logs or writes is what was sent. A refused value is quoted in the
   error at most ``QUOTE`` characters long.
 
+Drop reasons (:class:`DropReason`; also the keys every stage counts drops under in its stats line):
+
+- capture: ``unreadable`` (a frame the source could not decode), ``ring_full`` (every shared-memory
+  slot busy), ``eos`` (an end-of-stream marker not sent; counted only);
+- any sender: ``send`` (the next stage's queue full or no stage there), ``encode`` (a frame that
+  cannot be encoded);
+- any receiver: ``garbage`` (undecodable, or another run's message; counted only), ``stale`` (a live
+  frame older than ``[bus] max_age_ms``), ``shm_missing`` (its shared-memory ring is not there),
+  ``overwritten`` (its slot was reused before it was read);
+- detector: ``no_image``, ``bad_image``, ``detect_error``, ``crop_error``, ``excess_faces`` (faces
+  beyond ``max_faces``, counted only);
+- classifier: ``no_crops``, ``crop_shape``, ``classify_error``;
+- display (counted only): ``seq_window``, ``too_many_sources``, ``evicted_source``, ``display_error``
+  (and ``sink_<name>`` per failing sink);
+- ``unknown``: a reason this reader does not know (a newer writer's).
+
 Readers ignore header keys they do not know, so a newer writer can add keys without breaking
 older readers; a change of meaning bumps ``v``.
 """
@@ -72,6 +89,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import cv2
@@ -98,6 +116,42 @@ QUOTE = 40
 KINDS = ("frame", "drop", "eos")
 MAX_RUN = 64
 RUN = os.environ.get(RUN_ENV, "")[:MAX_RUN]  # this process's pipeline run ("" = none given)
+
+
+class DropReason(StrEnum):
+    """Why a frame was dropped (see the module docstring): a ``drop`` marker's ``reason``, and the
+    key a stage counts it under. A str, so it packs and compares as its name."""
+
+    UNREADABLE = "unreadable"
+    RING_FULL = "ring_full"
+    EOS = "eos"
+    SEND = "send"
+    ENCODE = "encode"
+    GARBAGE = "garbage"
+    STALE = "stale"
+    SHM_MISSING = "shm_missing"
+    OVERWRITTEN = "overwritten"
+    NO_IMAGE = "no_image"
+    BAD_IMAGE = "bad_image"
+    DETECT_ERROR = "detect_error"
+    CROP_ERROR = "crop_error"
+    EXCESS_FACES = "excess_faces"
+    NO_CROPS = "no_crops"
+    CROP_SHAPE = "crop_shape"
+    CLASSIFY_ERROR = "classify_error"
+    SEQ_WINDOW = "seq_window"
+    TOO_MANY_SOURCES = "too_many_sources"
+    EVICTED_SOURCE = "evicted_source"
+    DISPLAY_ERROR = "display_error"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def read(cls, name: str) -> DropReason:
+        """The member called ``name``; :attr:`UNKNOWN` for a name this reader does not know."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.UNKNOWN
 
 
 class CodecError(ValueError):
@@ -158,7 +212,7 @@ class Message:
     uncertain_below: float | None = None
     path: str | None = None  # the image file the frame came from (folder and image sources)
     t: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
+    reason: DropReason | None = None
     frames: int | None = None
     dropped: int | None = None
 
@@ -354,7 +408,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     path = h.get("path")
     msg.path = None if path is None else _text(path, "path", MAX_PATH)
     reason = h.get("reason")
-    msg.reason = None if reason is None else _text(reason, "reason")
+    msg.reason = None if reason is None else DropReason.read(_text(reason, "reason"))
     for key in ("frames", "dropped"):
         v = h.get(key)
         setattr(msg, key, None if v is None else _count(v, key))
@@ -379,7 +433,7 @@ def _shm(spec: dict[str, Any]) -> ShmRef:
     return ShmRef(ring, slot, gen, _shape(spec.get("shape")))  # type: ignore[arg-type]
 
 
-def drop_marker(msg: Message, reason: str) -> Message:
+def drop_marker(msg: Message, reason: DropReason) -> Message:
     """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
     so that the stage where the journey ends can release the slot)."""
     return Message(

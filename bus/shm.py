@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bus.codec import ShmRef
+from bus.codec import DropReason, ShmRef
 
 log = logging.getLogger("bus.shm")
 
@@ -100,13 +100,13 @@ class ShmError(ValueError):
     """A reference to a ring or slot that is not there (another host, a closed ring, garbage) or
     a file that is not a ring of ours."""
 
-    reason = "shm_missing"  # the drop reason a stage counts
+    reason = DropReason.SHM_MISSING  # the drop reason a stage counts
 
 
 class Overwritten(ShmError):
     """The slot holds a newer frame: capture took it back before we read it."""
 
-    reason = "overwritten"
+    reason = DropReason.OVERWRITTEN
 
 
 class ShmSpaceError(OSError):

@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from bus import sockets
-from bus.codec import CodecError, Message, encode
+from bus.codec import CodecError, DropReason, Message, encode
 from bus.config import Config
 from bus.runtime import RateLimited, RuntimeDirError, Stats, close_run_file, open_run_file
 from bus.shm import DEFAULT_MAX_BYTES, Ring, sweep
@@ -270,7 +270,7 @@ def pump(
         try:
             got = source.read(READ_TIMEOUT_S)
         except Unreadable as e:
-            shared.drop("unreadable", "source %s: skipped %s", source.id, e)
+            shared.drop(DropReason.UNREADABLE, "source %s: skipped %s", source.id, e)
             continue
         if got is None:
             if source.ended:
@@ -299,7 +299,9 @@ def pump(
         if not pixels.attach(msg, source.live, stop):
             dropped += 1
             progress.save(frames, dropped)
-            shared.drop("ring_full", "source %s: frame %d dropped: every shared-memory slot busy", source.id, msg.seq)
+            shared.drop(
+                DropReason.RING_FULL, "source %s: frame %d dropped: every shared-memory slot busy", source.id, msg.seq
+            )
             continue
         if source.live:
             sent = send(msg, False)
@@ -314,10 +316,10 @@ def pump(
             pixels.release(msg)
             dropped += 1
             progress.save(frames, dropped)
-            shared.drop("send", "source %s: frame %d not sent (downstream full or absent)", source.id, msg.seq)
+            shared.drop(DropReason.SEND, "source %s: frame %d not sent (downstream full or absent)", source.id, msg.seq)
     if source.ended:
         if not _send_patiently(send, eos_message(source, frames, dropped), stop, peer_wait_s):
-            shared.drop("eos", "source %s: end-of-stream marker not sent", source.id)
+            shared.drop(DropReason.EOS, "source %s: end-of-stream marker not sent", source.id)
         log.info("source %s ended: %d frames, %d not sent, %d downscaled", source.id, frames, dropped, downscaled)
     return frames, dropped
 

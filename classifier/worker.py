@@ -4,27 +4,24 @@ Consumes detector messages (``faces`` + ``crops``, image forwarded); produces th
 ``face.label``/``face.probs`` (in ``labels`` order, calibrated)/``face.uncertain``, ``msg.labels``,
 ``msg.uncertain_below`` and no crops, and sends it to the
 display. ``drop`` and ``eos`` markers pass through untouched; a frame this stage cannot classify
-becomes a ``drop`` marker with the reason, so the display can account for it.
+becomes a ``drop`` marker with the reason, so the display can account for it. The loop around
+:func:`step` (age, sending, markers) is :mod:`bus.stage`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 import zmq
 
-from bus.codec import CodecError, Message, decode, drop_marker, encode
+from bus import stage
+from bus.codec import DropReason, Message, drop_marker
 from bus.config import Config
-from bus.owed import Owed
-from bus.runtime import RateLimited, Stats
-from bus.shm import Rings
-from bus.sockets import recv, send, send_patiently
-
-POLL_MS = 100
+from bus.runtime import Stats
 
 
 class Classifier(Protocol):
@@ -35,34 +32,34 @@ class Classifier(Protocol):
     def classify(self, crops: np.ndarray) -> np.ndarray: ...
 
 
-def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
-    """A live frame older than ``max_age_ms`` (0 = never stale)."""
-    return msg.kind == "frame" and msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms
-
-
 def step(msg: Message, model: Classifier, uncertain_below: float = 0.0) -> Message:
     """Label every face of a frame in one batch; a face whose top probability is below
-    ``uncertain_below`` is flagged ``uncertain`` (its label is kept). Pure: no sockets, no clock."""
+    ``uncertain_below`` is flagged ``uncertain`` (its label is kept). Pure: no sockets, no clock,
+    and ``msg`` is left as it was (the result is a new message with new faces)."""
     if msg.kind != "frame":
         return msg
-    msg.labels = list(model.labels)
-    msg.uncertain_below = uncertain_below
-    if not msg.faces:
-        msg.crops = None
-        return msg
-    crops = msg.crops
-    if crops is None:
-        return drop_marker(msg, "no_crops")
-    expected = (len(msg.faces), model.size, model.size, model.channels)
-    if crops.shape != expected:
-        return drop_marker(msg, "crop_shape")
-    probs = model.classify(crops)
-    for face, p in zip(msg.faces, probs, strict=True):
-        face.probs = [float(v) for v in p]
-        face.label = model.labels[int(np.argmax(p))]
-        face.uncertain = bool(np.max(p) < uncertain_below)
-    msg.crops = None
-    return msg
+    if msg.faces and msg.crops is None:
+        return drop_marker(msg, DropReason.NO_CROPS)
+    if msg.faces:
+        assert msg.crops is not None
+        expected = (len(msg.faces), model.size, model.size, model.channels)
+        if msg.crops.shape != expected:
+            return drop_marker(msg, DropReason.CROP_SHAPE)
+        probs = model.classify(msg.crops)
+        faces = [
+            replace(
+                face,
+                probs=[float(v) for v in p],
+                label=model.labels[int(np.argmax(p))],
+                uncertain=bool(np.max(p) < uncertain_below),
+            )
+            for face, p in zip(msg.faces, probs, strict=True)
+        ]
+    else:
+        faces = []
+    return replace(
+        msg, faces=faces, crops=None, labels=list(model.labels), uncertain_below=uncertain_below, t=dict(msg.t)
+    )
 
 
 def run(
@@ -74,60 +71,17 @@ def run(
     stats: Stats,
     log: logging.Logger,
 ) -> None:
-    """Receive, classify, forward until ``stop`` is set; one stats line on the way out."""
-    warn = RateLimited(log)
-    jpeg = cfg.bus.jpeg_quality or None
-    owed = Owed()  # markers for what could not be sent (bus.owed)
-    rings = Rings(max_bytes=cfg.bus.shm_max_bytes)  # opened only to free the slot of a frame not sent
-
-    def now_or_never(p: list[Any]) -> bool:
-        return send(out_sock, p, block=False)
-
-    while not stop.is_set():
-        stats.maybe_log()
-        parts = recv(in_sock, POLL_MS)
-        if parts is None:
-            owed.flush(now_or_never)
-            continue
-        try:
-            msg = decode(parts)
-        except CodecError as e:
-            stats.drop("garbage")
-            warn.warning("garbage", "undecodable message dropped: %s", e)
-            continue
-        out = msg
-        if is_stale(msg, time.time(), cfg.bus.max_age_ms):
-            out = drop_marker(msg, "stale")
-        elif msg.kind == "frame":
-            try:
-                out = step(msg, model, cfg.classifier.uncertain_below)
-            except (ValueError, RuntimeError) as e:
-                warn.warning("classify", "%s#%d: classification failed: %s", msg.src, msg.seq, e)
-                out = drop_marker(msg, "classify_error")
-        if out.kind == "frame":
-            stats.frame(out.ts)
-            out.t["classifier"] = time.time()
-        elif out.kind == "drop" and msg.kind == "frame":
-            stats.drop(out.reason or "unknown")
-        try:
-            wire = encode(out, jpeg)
-        except CodecError as e:
-            stats.drop("encode")
-            warn.warning("encode", "%s#%d: cannot encode: %s", out.src, out.seq, e)
-            if msg.shm is not None:
-                rings.release(msg.shm)
-            continue
-        owed.flush(now_or_never)
-        sent = send(out_sock, wire, block=out.kind != "frame") if out.live else send_patiently(out_sock, wire, stop)
-        if not sent:
-            stats.drop("send_full")
-            warn.warning("send", "%s#%d: display not keeping up, %s not sent", out.src, out.seq, out.kind)
-            if msg.shm is not None:
-                rings.release(msg.shm)  # the display will never see it: free the slot now
-            marker = encode(drop_marker(out, "send_full")) if out.kind == "frame" else wire
-            if not now_or_never(marker):
-                owed.add(marker)
-    owed.flush(now_or_never)
-    if len(owed) or owed.forgotten:
-        log.warning("%d drop/eos message(s) never sent to the display (%d forgotten)", len(owed), owed.forgotten)
-    log.info("final stats: %s", stats.line())
+    """Run :func:`bus.stage.run` with :func:`step` until ``stop``; a model that raises on a frame
+    makes it a ``classify_error`` drop."""
+    below = cfg.classifier.uncertain_below
+    stage.run(
+        cfg,
+        "classifier",
+        in_sock,
+        out_sock,
+        lambda m: step(m, model, below),
+        DropReason.CLASSIFY_ERROR,
+        stop,
+        stats,
+        log,
+    )

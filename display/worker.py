@@ -32,17 +32,17 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from bus.codec import RUN, CodecError, Message, decode, drop_marker
+from bus.codec import RUN, DropReason, Message
 from bus.config import Config, DisplayConfig
 from bus.runtime import RateLimited, RuntimeDirError, Stall, Stats
-from bus.shm import Rings, ShmError
+from bus.shm import Rings
 from bus.sockets import recv
+from bus.stage import POLL_MS, is_stale, receive, take_pixels
 from display.draw import annotate
 from display.journal import Journal
 from display.smooth import Smoother
 from display.track import Follow, Tracked, Tracker
 
-POLL_MS = 100
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2", ".avif")
 
 
@@ -78,7 +78,6 @@ def waiting_sources(cfg: Config) -> list[str]:
     return files or cfg.source_ids()
 
 
-MAX_REASONS = 32  # distinct drop reasons counted by name; further ones count as "other"
 SEQ_AHEAD = 3000  # frames a source's seq may jump forward (capture drops make gaps: ~100 s at 30 fps)
 SEQ_BEHIND = 10_000  # frames a message may arrive behind the newest (parallel detectors, drop markers owed)
 SEQ_REANCHOR = 30  # rejected messages in a row, within SEQ_AHEAD of each other, that become the new numbering
@@ -342,10 +341,6 @@ def step(msg: Message, now: float, draw: bool = True, tracked: Sequence[Tracked]
     return Output(event(msg, now, tracked), image)
 
 
-def is_stale(msg: Message, now: float, max_age_ms: int) -> bool:
-    return msg.live and max_age_ms > 0 and (now - msg.ts) * 1000.0 > max_age_ms
-
-
 def _journal(cfg: Config, log: logging.Logger) -> Journal | None:
     """The run's ledger journal (display.journal); none without a run id or a usable runtime dir."""
     if not RUN:
@@ -387,24 +382,6 @@ class Display:
         self.max_others = max(0, cfg.display.max_sources - len(self.configured))
         self.rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
 
-    def _pixels(self, msg: Message) -> str | None:
-        """A frame in shared memory: copy its pixels out (what the sinks and the tracker see) and
-        release the slot -- the frame's journey ends here. Returns a drop reason when they are gone."""
-        ref = msg.shm
-        if ref is None:
-            return None
-        try:
-            if msg.kind != "frame":
-                return None
-            try:
-                msg.image = np.array(self.rings.view(ref))
-            except ShmError as e:
-                self.warn.warning(e.reason, "%s#%d: %s", msg.src, msg.seq, e)
-                return e.reason
-            return None if self.rings.valid(ref) else "overwritten"
-        finally:
-            self.rings.release(ref)
-
     def _admit(self, msg: Message) -> bool:
         """Room for ``msg``'s source (evicting the least recently used other source), and its seq
         inside the source's window. False: rejected (counted)."""
@@ -415,7 +392,7 @@ class Display:
             else:
                 self.warn.warning("unknown_src", "messages from %r, a source not in the config", src)
                 if self.max_others == 0:
-                    self.stats.drop("too_many_sources")
+                    self.stats.drop(DropReason.TOO_MANY_SOURCES)
                     return False
                 while len(self.others) >= self.max_others:
                     self._evict(self.others.popitem(last=False)[0])
@@ -427,8 +404,8 @@ class Display:
             self.log.warning("%s: numbering restarted at seq %d (%d messages in a row)", src, msg.seq, SEQ_REANCHOR)
             self.follow.pop(src, None)  # the tracker's frame order starts over with it
         if not ok:
-            self.stats.drop("seq_window")
-            self.warn.warning("seq_window", "%s#%d: seq far from the source's newest: rejected", src, msg.seq)
+            self.stats.drop(DropReason.SEQ_WINDOW)
+            self.warn.warning(DropReason.SEQ_WINDOW, "%s#%d: seq far from the source's newest: rejected", src, msg.seq)
         return ok
 
     def _evict(self, src: str) -> None:
@@ -440,25 +417,20 @@ class Display:
             forget = getattr(sink, "forget", None)  # sinks with per-source state (video writers, web slots)
             if forget is not None:
                 forget(src)
-        self.stats.drop("evicted_source")
+        self.stats.drop(DropReason.EVICTED_SOURCE)
         self.warn.warning("evicted", "source %r evicted: more than %d sources", src, self.cfg.display.max_sources)
 
     def handle(self, parts: list[Any], now: float) -> None:
-        try:
-            msg = decode(parts)
-        except CodecError as e:
-            self.stats.drop("garbage")
-            self.warn.warning("garbage", "undecodable message ignored: %s", e)
+        got = receive(parts, self.stats, self.warn)
+        if got is None:
             return
-        lost = self._pixels(msg)
-        if lost is not None:
-            msg = drop_marker(msg, lost)
+        msg = take_pixels(got, self.rings, self.warn)  # the frame's journey ends here: its slot is freed
         if not self._admit(msg):
             return
         capture_dropped = msg.dropped if msg.kind != "eos" else None  # capture's count so far, on its frames
         if msg.kind == "eos":
             if msg.frames is None:
-                self.stats.drop("garbage")
+                self.stats.drop(DropReason.GARBAGE)
                 self.warn.warning("eos", "%s: eos without a frame count ignored", msg.src)
                 return
             self.ledger.eos(msg.src, msg.frames, msg.dropped or 0, now)
@@ -466,15 +438,13 @@ class Display:
                 "%s: end of source after %d frames (%d dropped at capture)", msg.src, msg.frames, msg.dropped or 0
             )
         elif msg.kind == "drop":
-            reason = msg.reason or "unknown"
-            if reason not in self.stats.drops and len(self.stats.drops) >= MAX_REASONS:
-                reason = "other"  # distinct reasons are bounded: each one is a key in every stats line
+            reason = msg.reason or DropReason.UNKNOWN  # a name bus.codec does not know is UNKNOWN already
             self.ledger.drop(msg.src, reason, now, msg.seq, capture_dropped)
             self.stats.drop(reason)
         elif is_stale(msg, self.wall(), self.cfg.bus.max_age_ms):
-            self.ledger.drop(msg.src, "stale", now, msg.seq, capture_dropped)
-            self.stats.drop("stale")
-            self.warn.warning("stale", "%s#%d: stale live frame dropped", msg.src, msg.seq)
+            self.ledger.drop(msg.src, DropReason.STALE, now, msg.seq, capture_dropped)
+            self.stats.drop(DropReason.STALE)
+            self.warn.warning(DropReason.STALE, "%s#%d: stale live frame dropped", msg.src, msg.seq)
         else:
             self._show(msg, now, capture_dropped)
 
@@ -487,9 +457,11 @@ class Display:
             tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels, msg.image)
             out = step(msg, self.wall(), self.draw, tracked)
         except Exception as e:  # a bug in tracking or drawing must not end the run: count it, go on
-            self.ledger.drop(msg.src, "display_error", now, msg.seq, capture_dropped)
-            self.stats.drop("display_error")
-            self.warn.warning("display_error", "%s#%d: not shown: %s: %s", msg.src, msg.seq, type(e).__name__, e)
+            self.ledger.drop(msg.src, DropReason.DISPLAY_ERROR, now, msg.seq, capture_dropped)
+            self.stats.drop(DropReason.DISPLAY_ERROR)
+            self.warn.warning(
+                DropReason.DISPLAY_ERROR, "%s#%d: not shown: %s: %s", msg.src, msg.seq, type(e).__name__, e
+            )
             return
         self.ledger.frame(msg.src, now, msg.seq, capture_dropped)
         self.stats.frame(msg.ts)

@@ -139,7 +139,7 @@ class EmotionRecognizer:
         """The pipeline's detector and classifier steps on one uint8 BGR frame."""
         d, c = self.config.detector, self.config.classifier
         msg = Message(src="api", seq=0, ts=0.0, image=bgr)
-        msg = detect_step(msg, self._detector, self.model.spec, 0, 0.0, d.align)
+        msg = detect_step(msg, self._detector, self.model.spec, d.align)
         if msg.kind == "frame":
             msg = classify_step(msg, self.model, c.uncertain_below)
         if msg.kind != "frame":

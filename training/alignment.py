@@ -63,7 +63,7 @@ def stability(video: Path, model: Path, align: bool) -> dict[str, Any]:
         for seq, image in enumerate(_frames(video)):
             frames += 1
             msg = Message(src="v", seq=seq, ts=0.0, image=image)
-            out = classify_step(detect_step(msg, backend, spec, 0, 0.0, align), emotions)
+            out = classify_step(detect_step(msg, backend, spec, align), emotions)
             if out.kind != "frame":
                 continue
             for face, t in zip(out.faces, follow.faces(seq, out.faces, out.labels, image), strict=True):

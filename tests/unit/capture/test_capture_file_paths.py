@@ -64,7 +64,7 @@ class OneFace:
 def test_detector_forwards_the_path_and_the_display_writes_it() -> None:
     spec = ModelSpec(name="m", labels=("a", "b"), size=8, colour="grey")
     msg = Message(src="f", seq=0, ts=1.0, image=np.zeros((10, 10, 3), np.uint8), path="x/img2.png")
-    out = detect_step(msg, OneFace(), spec, 0, 1.0)
+    out = detect_step(msg, OneFace(), spec)
     assert out.kind == "frame" and out.path == "x/img2.png"
     out.faces[0].label, out.faces[0].probs, out.labels = "a", [0.7, 0.3], ["a", "b"]
     record = event(out, 1.5)

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import zmq
 
-from bus import shm
+from bus import shm, stage
 from bus.codec import Face, Message, decode, encode
 from bus.config import Config
 from bus.runtime import Stats
-from classifier import worker
 from classifier.worker import run
 
 LOG = logging.getLogger("test.classifier")
@@ -90,7 +89,7 @@ def test_run_forwards_results_markers_and_eos(wired):
 
 def test_live_frames_the_display_had_no_room_for_reach_it_as_drop_markers():
     """Issue 11 case 14: a live result the display's queue had no room for was only counted here
-    (`send_full`); the display saw it as lost. Its marker is owed and goes out when there is room."""
+    (`send`); the display saw it as lost. Its marker is owed and goes out when there is room."""
     ctx = zmq.Context()
     tag = time.monotonic_ns()
     inner, feed = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
@@ -109,7 +108,7 @@ def test_live_frames_the_display_had_no_room_for_reach_it_as_drop_markers():
         for seq in range(n):
             feed.send_multipart(encode(msg(seq, live=True)))
         time.sleep(1.0)
-        assert stats.drops["send_full"] > 0
+        assert stats.drops["send"] > 0
         while sink.poll(1000):
             got.append(decode(sink.recv_multipart()))
     finally:
@@ -119,13 +118,13 @@ def test_live_frames_the_display_had_no_room_for_reach_it_as_drop_markers():
             s.close(linger=0)
         ctx.term()
     assert sorted(m.seq for m in got) == list(range(n))
-    assert sum(m.kind == "drop" and m.reason == "send_full" for m in got) == stats.drops["send_full"]
+    assert sum(m.kind == "drop" and m.reason == "send" for m in got) == stats.drops["send"]
 
 
 def test_run_frees_the_slot_of_a_live_frame_the_display_did_not_take(tmp_path, monkeypatch):
     """Issue 11 case 4: a live frame the display could not take held its shared-memory slot until
     capture took it back 10 s later (nothing downstream would ever release it)."""
-    monkeypatch.setattr(worker, "Rings", partial(shm.Rings, directory=tmp_path), raising=False)
+    monkeypatch.setattr(stage, "Rings", partial(shm.Rings, directory=tmp_path))
     ring = shm.Ring(2, 8 * 8 * 3, directory=tmp_path)
     ctx = zmq.Context()
     tag = time.monotonic_ns()
@@ -148,7 +147,7 @@ def test_run_frees_the_slot_of_a_live_frame_the_display_did_not_take(tmp_path, m
         deadline = time.monotonic() + 3.0
         while ring.busy() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ring.busy() == 0 and stats.drops["send_full"] == 1, dict(stats.drops)
+        assert ring.busy() == 0 and stats.drops["send"] == 1, dict(stats.drops)
     finally:
         stop.set()
         t.join(2)

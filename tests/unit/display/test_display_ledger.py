@@ -12,9 +12,9 @@ CASES = [
     ("eos-before-last", [("f", "a"), ("e", "a", 3, 0), ("f", "a")], False, {"a": (2, {}, 1)}),
     (
         "drops-count",
-        [("f", "a"), ("d", "a", "stale"), ("d", "a", "send_full"), ("e", "a", 3, 0)],
+        [("f", "a"), ("d", "a", "stale"), ("d", "a", "send"), ("e", "a", 3, 0)],
         True,
-        {"a": (1, {"stale": 1, "send_full": 1}, 0)},
+        {"a": (1, {"stale": 1, "send": 1}, 0)},
     ),
     ("capture-dropped", [("f", "a"), ("e", "a", 3, 2)], True, {"a": (1, {}, 0)}),
     ("no-eos", [("f", "a"), ("f", "a"), ("t", 99)], False, {"a": (2, {}, 0)}),
