@@ -56,7 +56,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from bus.config import BusConfig, ConfigError
+from bus.cli import fail
+from bus.config import BusConfig, Config, ConfigError
 
 LINGER_MS = 200
 HEARTBEAT_IVL_MS = 1000
@@ -269,3 +270,75 @@ def retry(attempt: Callable[[], bool], stop: threading.Event, wait_s: float = PE
             return True
         if stop.is_set() or time.monotonic() >= deadline:
             return False
+
+
+STAGES = ("capture", "detector", "classifier", "display")
+
+
+class StageSockets:
+    """One stage's sockets, opened from the config the way every ``__main__`` needs them: a PULL
+    bound on the stage's own endpoint (``[<stage>] endpoints[instance]``; the display's
+    ``[display] endpoint``; capture binds none) and ``pushes`` PUSH sockets connected to every
+    endpoint of the next stage (the display pushes nothing).
+
+    Made early, it checks ``instance`` and loads the CURVE keys (:func:`security`, kept as
+    :attr:`security` for the stage's other servers); entered, it binds and connects; left, it closes
+    the PULL at once and the PUSHes with their short linger (a queued marker or eos can still go),
+    then terminates the context. A mistake in any of these is a start-up failure: one line naming
+    the stage and the culprit on stderr, exit 2 (:func:`bus.cli.fail`)."""
+
+    def __init__(self, stage: str, cfg: Config, instance: int = 0, pushes: int = 1):
+        self.stage, self.cfg, self.instance, self.pushes = stage, cfg, instance, pushes
+        nxt = STAGES.index(stage) + 1
+        self.peer = STAGES[nxt] if nxt < len(STAGES) else None
+        self.bind: str | None = None
+        if stage == "display":
+            self.bind = cfg.display.endpoint
+        elif stage != "capture":
+            endpoints: tuple[str, ...] = getattr(cfg, stage).endpoints
+            if not 0 <= instance < len(endpoints):
+                fail(stage, f"--instance {instance}: [{stage}] endpoints has {len(endpoints)} entries")
+            self.bind = endpoints[instance]
+        try:
+            self.security = security(cfg.bus, stage, peer=self.peer, serves=self.bind is not None)
+        except ConfigError as e:
+            fail(stage, str(e))
+        self.targets: tuple[str, ...] = ()
+        if self.peer == "display":
+            self.targets = (cfg.display.endpoint,)
+        elif self.peer is not None:
+            self.targets = getattr(cfg, self.peer).endpoints
+        self.ctx: Context | None = None
+        self.pull: zmq.Socket | None = None
+        self.push: list[zmq.Socket] = []
+
+    def __enter__(self) -> StageSockets:
+        bus = self.cfg.bus
+        self.ctx = Context()
+        try:
+            if self.bind is not None:
+                try:
+                    self.pull = pull(self.ctx, self.bind, bus.hwm, self.security)
+                except zmq.ZMQError as e:
+                    fail(self.stage, f"cannot bind {self.bind}: {e}")
+            if self.targets:
+                for _ in range(self.pushes):
+                    self.push.append(push(self.ctx, self.targets, bus.hwm, bus.send_timeout_ms, self.security))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.pull is not None:
+            self.pull.close(linger=0)
+            self.pull = None
+        for s in self.push:
+            s.close()  # LINGER_MS: what is queued gets a moment to go
+        self.push = []
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None

@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 from contextlib import ExitStack
-from typing import NoReturn
 
 import click
 
@@ -20,10 +19,6 @@ from bus.config import ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from capture.sources import Source, SourceError, open_source
 from capture.worker import printer, run, socket_sender
-
-
-def _fail(message: str) -> NoReturn:
-    fail("capture", message)
 
 
 @click.command()
@@ -47,9 +42,10 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
         env["SOURCE"] = source
     try:
         cfg = load(config_path, env)
-        security = sockets.security(cfg.bus, "capture", peer="detector", serves=False)
     except ConfigError as e:
-        _fail(str(e))
+        fail("capture", str(e))
+    # one PUSH per source (each source's thread sends on its own); a missing key: exit 2 here
+    plumbing = None if print_only else sockets.StageSockets("capture", cfg, pushes=len(cfg.capture.sources))
     log = setup_logging("capture")
     single_threaded_opencv()
     with ExitStack() as stack:
@@ -58,7 +54,7 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
             try:
                 src = open_source(sc, (cfg.capture.reconnect_s, cfg.capture.reconnect_max_s))
             except SourceError as e:
-                _fail(f"cannot open source {sc.id!r}: {e}")
+                fail("capture", f"cannot open source {sc.id!r}: {e}")
             stack.callback(src.close)
             opened.append(src)
         stats = Stats(log, cfg.bus.stats_interval_s)
@@ -66,13 +62,9 @@ def main(config_path: str | None, source: str | None, print_only: bool) -> None:
             lock = threading.Lock()
             run(cfg, opened, [printer(sys.stdout, lock) for _ in opened], stop, stats, linger_s=0, shm=False)
             return
-        ctx = sockets.Context()
-        stack.callback(ctx.term)
-        senders = []
-        for _ in opened:
-            sock = sockets.push(ctx, cfg.detector.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
-            stack.callback(sock.close)  # the socket's short linger lets a queued eos out
-            senders.append(socket_sender(sock, cfg.bus.jpeg_quality))
+        assert plumbing is not None
+        socks = stack.enter_context(plumbing)  # closed first: the sockets' short linger lets a queued eos out
+        senders = [socket_sender(sock, cfg.bus.jpeg_quality) for sock in socks.push]
         log.info("%d source(s) -> %s (run %s)", len(opened), ", ".join(cfg.detector.endpoints), codec.RUN or "-")
         run(cfg, opened, senders, stop, stats, run_id=codec.RUN)
 

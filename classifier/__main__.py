@@ -22,27 +22,20 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import click
 import cv2
 import numpy as np
-import zmq
 
 from bus.cli import config_option, fail, instance_option
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
 from bus.preprocess import crop_face, eye_angle, to_model_pixels, to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
-from bus.sockets import Context, Security, pull, push
-from bus.sockets import security as stage_security
+from bus.sockets import StageSockets
 from classifier.model import EmotionModel, ModelError
 from classifier.worker import run
-
-
-def _fail(msg: str) -> NoReturn:
-    fail("classifier", msg)
-
 
 CROP_COVER = 0.25  # measured: face crops with the pipeline's 20 % margin 0.61-0.88, whole photos <= 0.08
 
@@ -103,33 +96,21 @@ def _image_detector(cfg: Config, off: bool) -> Iterator[Detector | None]:
     try:
         backend = open_backend(d.backend, d.model, d.min_confidence, d.max_faces)
     except BackendError as e:
-        _fail(f"{e} (--no-detect takes every image as a face crop)")
+        fail("classifier", f"{e} (--no-detect takes every image as a face crop)")
     with backend:
         yield backend
 
 
-def serve(cfg: Config, instance: int, model: EmotionModel, security: Security | None = None) -> None:
+def serve(cfg: Config, model: EmotionModel, plumbing: StageSockets) -> None:
     log = setup_logging("classifier")
     single_threaded_opencv()
     log.info("loaded %s", model.info)
     stop = threading.Event()
     install_stop(stop)
-    ctx = Context()
-    try:
-        endpoint = cfg.classifier.endpoints[instance]
-        try:
-            in_sock = pull(ctx, endpoint, cfg.bus.hwm, security)
-        except zmq.ZMQError as e:
-            _fail(f"cannot bind {endpoint}: {e}")
-        out_sock = push(ctx, [cfg.display.endpoint], cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
-        log.info("instance %d: pulling on %s, pushing to %s", instance, endpoint, cfg.display.endpoint)
-        try:
-            run(cfg, in_sock, out_sock, model, stop, Stats(log, cfg.bus.stats_interval_s), log)
-        finally:
-            in_sock.close(linger=0)
-            out_sock.close()
-    finally:
-        ctx.term()
+    with plumbing as socks:
+        assert socks.pull is not None
+        log.info("instance %d: pulling on %s, pushing to %s", plumbing.instance, socks.bind, cfg.display.endpoint)
+        run(cfg, socks.pull, socks.push[0], model, stop, Stats(log, cfg.bus.stats_interval_s), log)
 
 
 @click.command()
@@ -156,14 +137,13 @@ def main(
     """Classify the emotion of every detected face (int8 TFLite, one batch per frame)."""
     try:
         cfg = load(config_path)
-        if not 0 <= instance < len(cfg.classifier.endpoints):
-            raise ConfigError(
-                f"--instance {instance}: [classifier] endpoints has {len(cfg.classifier.endpoints)} entries"
-            )
-        security = None if images else stage_security(cfg.bus, "classifier", peer="display")
+    except ConfigError as e:
+        fail("classifier", str(e))
+    plumbing = None if images else StageSockets("classifier", cfg, instance)  # a bad --instance or key: exit 2
+    try:
         model = EmotionModel(model_path or cfg.classifier.model, threads=cfg.classifier.threads)
-    except (ConfigError, ModelError) as e:
-        _fail(str(e))
+    except ModelError as e:
+        fail("classifier", str(e))
     if images:
         try:
             with _image_detector(cfg, no_detect) as detector:
@@ -172,11 +152,12 @@ def main(
                     model, images, detector, say, cfg.detector.align, cfg.classifier.uncertain_below
                 )
         except ValueError as e:
-            _fail(str(e))
+            fail("classifier", str(e))
         for r in results:
             click.echo(json.dumps(r))
         return
-    serve(cfg, instance, model, security)
+    assert plumbing is not None
+    serve(cfg, model, plumbing)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn
 
 import click
 import cv2
 import numpy as np
-import zmq
 
 from bus import sockets
 from bus.cli import config_option, fail, instance_option
@@ -29,24 +26,20 @@ from bus.runtime import Stats, install_stop, setup_logging, single_threaded_open
 from bus.sidecar import SidecarError, load_spec
 
 
-def _fail(message: str) -> NoReturn:
-    fail("detector", message)
-
-
 def _image_frames(path: str) -> Iterator[np.ndarray]:
     raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if raw is None:
-        _fail(f"cannot read image {path}")
+        fail("detector", f"cannot read image {path}")
     try:
         yield to_uint8_bgr(raw)
     except ValueError as e:
-        _fail(f"{path}: {e}")
+        fail("detector", f"{path}: {e}")
 
 
 def _video_frames(path: str, stop: threading.Event) -> Iterator[np.ndarray]:
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
-        _fail(f"cannot open video {path}")
+        fail("detector", f"cannot open video {path}")
     try:
         while not stop.is_set():
             ok, frame = cap.read()
@@ -63,17 +56,17 @@ def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) ->
     from detector.faces import BackendError
 
     if not Path(path).is_file():
-        _fail(f"no such file: {path}")
+        fail("detector", f"no such file: {path}")
     frames = _video_frames(path, stop) if is_video else _image_frames(path)
     first = next(frames, None)  # fail on an unreadable file before loading the model
     if first is None:
-        _fail(f"no frames could be read from {path}")
+        fail("detector", f"no frames could be read from {path}")
     try:
         backend = open_backend(
             cfg.detector.backend, cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces
         )
     except BackendError as e:
-        _fail(str(e))
+        fail("detector", str(e))
     with backend:
         for seq, frame in enumerate(itertools.chain([first], frames)):
             faces = [f.to_wire() for f in backend.detect(frame)]
@@ -95,16 +88,15 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
     try:
         cfg = load(config_path)
     except ConfigError as e:
-        _fail(str(e))
+        fail("detector", str(e))
     if model is not None:
         cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, model=model))
     if image is not None or video is not None:
         if image is not None and video is not None:
-            _fail("give --image or --video, not both")
+            fail("detector", "give --image or --video, not both")
         standalone(cfg, image or video or "", video is not None, stop)
         return
-    if not 0 <= instance < len(cfg.detector.endpoints):
-        _fail(f"--instance {instance}: [detector] endpoints has {len(cfg.detector.endpoints)} entries")
+    plumbing = sockets.StageSockets("detector", cfg, instance)  # a bad --instance or key: exit 2 here
     log = setup_logging(f"detector[{instance}]")
     single_threaded_opencv()
     from detector.backend import open_backend
@@ -113,35 +105,24 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
 
     try:
         spec = load_spec(cfg.classifier.model)
-        security = sockets.security(cfg.bus, "detector", peer="classifier")
         backend = open_backend(
             cfg.detector.backend, cfg.detector.model, cfg.detector.min_confidence, cfg.detector.max_faces
         )
     except (SidecarError, BackendError, ConfigError) as e:
-        _fail(str(e))
-    endpoint = cfg.detector.endpoints[instance]
-    with ExitStack() as stack:
-        stack.enter_context(backend)
-        ctx = sockets.Context()
-        stack.callback(ctx.term)
-        try:
-            in_sock = sockets.pull(ctx, endpoint, cfg.bus.hwm, security)
-        except zmq.ZMQError as e:
-            _fail(f"cannot bind {endpoint}: {e}")
-        stack.callback(in_sock.close, 0)
-        out_sock = sockets.push(ctx, cfg.classifier.endpoints, cfg.bus.hwm, cfg.bus.send_timeout_ms, security)
-        stack.callback(out_sock.close)
+        fail("detector", str(e))
+    with backend, plumbing as socks:
+        assert socks.pull is not None
         log.info(
             "%s on %s -> %s (crops %dx%d %s; %s backend)",
             backend.model,
-            endpoint,
-            ", ".join(cfg.classifier.endpoints),
+            socks.bind,
+            ", ".join(socks.targets),
             spec.size,
             spec.size,
             spec.colour,
             cfg.detector.backend,
         )
-        run(cfg, in_sock, out_sock, backend, stop, Stats(log, cfg.bus.stats_interval_s), spec)
+        run(cfg, socks.pull, socks.push[0], backend, stop, Stats(log, cfg.bus.stats_interval_s), spec)
 
 
 if __name__ == "__main__":

@@ -15,25 +15,19 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import cv2
-import zmq
 
 from bus.cli import config_option, fail
 from bus.codec import Face
 from bus.config import Config, ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
-from bus.sockets import Context, Security, pull
-from bus.sockets import security as stage_security
+from bus.sockets import StageSockets
 from display.draw import annotate
 from display.sinks import open_sinks
 from display.worker import run
-
-
-def _fail(msg: str) -> NoReturn:
-    fail("display", msg)
 
 
 def _objects(text: str) -> list[Any]:
@@ -98,30 +92,19 @@ def draw_file(image: str, faces_path: str, out: str) -> int:
     return len(faces)
 
 
-def serve(cfg: Config, security: Security | None = None) -> None:
+def serve(cfg: Config, plumbing: StageSockets) -> None:
     log = setup_logging("display")
     single_threaded_opencv()
     stop = threading.Event()
     install_stop(stop)
-    try:
-        sinks = open_sinks(cfg, stop, log, security)
-    except OSError as e:
-        _fail(f"cannot start a sink: {e}")
-    ctx = Context()
-    try:
+    with plumbing as socks:
+        assert socks.pull is not None
         try:
-            in_sock = pull(ctx, cfg.display.endpoint, cfg.bus.hwm, security)
-        except zmq.ZMQError as e:
-            for s in sinks:
-                s.close()
-            _fail(f"cannot bind {cfg.display.endpoint}: {e}")
-        log.info("pulling on %s; sinks: %s", cfg.display.endpoint, ", ".join(s.name for s in sinks) or "none")
-        try:
-            run(cfg, in_sock, sinks, stop, Stats(log, cfg.bus.stats_interval_s), log)
-        finally:
-            in_sock.close(linger=0)
-    finally:
-        ctx.term()
+            sinks = open_sinks(cfg, stop, log, socks.security)
+        except OSError as e:
+            fail("display", f"cannot start a sink: {e}")
+        log.info("pulling on %s; sinks: %s", socks.bind, ", ".join(s.name for s in sinks) or "none")
+        run(cfg, socks.pull, sinks, stop, Stats(log, cfg.bus.stats_interval_s), log)
 
 
 @click.group(invoke_without_command=True)
@@ -144,23 +127,22 @@ def main(
     With a command: `analyze VIDEO` runs the pipeline on a video and writes reports."""
     if ctx.invoked_subcommand is not None:
         if image or faces_path or out:
-            _fail(f"--image/--faces/--out do not go with {ctx.invoked_subcommand}")
+            fail("display", f"--image/--faces/--out do not go with {ctx.invoked_subcommand}")
         return
     if image or faces_path or out:
         if not (image and faces_path and out):
-            _fail("--image, --faces and --out go together")
+            fail("display", "--image, --faces and --out go together")
         try:
             n = draw_file(image, faces_path, out)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            _fail(str(e))
+            fail("display", str(e))
         click.echo(f"drew {n} face(s) into {out}")
         return
     try:
         cfg = load(config_path)
-        security = stage_security(cfg.bus, "display")
     except ConfigError as e:
-        _fail(str(e))
-    serve(cfg, security)
+        fail("display", str(e))
+    serve(cfg, StageSockets("display", cfg))
 
 
 @main.command("analyze")
