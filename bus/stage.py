@@ -126,13 +126,12 @@ class Sender:
         self.idle()
         out.t[self.stage] = time.time()
         try:
-            parts: list[Any] | None = encode(out, self.jpeg)
+            parts = encode(out, self.jpeg)
         except CodecError as e:
             self.stats.drop(DropReason.ENCODE)
             self.warn.warning(DropReason.ENCODE, "src %s seq %d: cannot encode: %s", out.src, out.seq, e)
             self._instead(out, DropReason.ENCODE, None)
             return False
-        assert parts is not None
         sent = (
             sockets.send(self.sock, parts, block=out.kind != "frame")
             if out.live
@@ -147,7 +146,7 @@ class Sender:
         self._instead(out, DropReason.SEND, parts)
         return False
 
-    def _instead(self, out: Message, reason: DropReason, parts: list[Any] | None) -> None:
+    def _instead(self, out: Message, reason: DropReason, parts: list[bytes | memoryview] | None) -> None:
         """``out`` did not go: free its slot, and send its marker (a frame's, or the drop/eos
         itself), now or later."""
         if out.shm is not None:

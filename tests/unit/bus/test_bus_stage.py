@@ -5,16 +5,18 @@ reasons on the wire. The loop over real sockets is tested through the stages tha
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from bus.codec import DropReason, Face, Message, ShmRef, decode, encode
 from bus.runtime import RateLimited, Stats
 from bus.shm import Ring, Rings
-from bus.stage import handle, is_stale, receive, take_pixels, view_pixels
+from bus.stage import Sender, handle, is_stale, receive, take_pixels, view_pixels
 
 LOG = logging.getLogger("test.stage")
 NOW = 1_000_000.0
@@ -165,3 +167,23 @@ def test_every_reason_travels_as_its_name(reason: DropReason) -> None:
 @pytest.mark.parametrize("name", ["send_full", "decode", "?", "a_newer_writers_reason"])
 def test_a_reason_this_reader_does_not_know_is_unknown(name: str) -> None:
     assert decode(wire_reason(name)).reason is DropReason.UNKNOWN
+
+
+def test_a_frame_that_cannot_be_encoded_goes_on_as_an_encode_marker(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    sink, out = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    sink.bind("inproc://stage-encode")
+    out.connect("inproc://stage-encode")
+    stats = Stats(LOG, 60.0)
+    sender = Sender("detector", out, threading.Event(), stats, RateLimited(LOG), Rings(directory=tmp_path))
+    try:
+        too_wide = Message(src="cam", seq=4, ts=NOW, image=np.zeros((1, 8193, 3), np.uint8))
+        assert sender.send(too_wide) is False
+        assert sink.poll(2000)
+        got = decode(sink.recv_multipart())
+    finally:
+        for s in (sink, out):
+            s.close(0)
+        ctx.term()
+    assert (got.kind, got.seq, got.reason) == ("drop", 4, "encode") and "detector" in got.t
+    assert dict(stats.drops) == {"encode": 1}
