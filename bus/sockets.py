@@ -37,7 +37,7 @@ the public key of the stage it connects to (``keys_dir/<peer>.key``). A peer wit
 completes no handshake: it can neither inject messages nor receive any. Keys come from
 ``python -m bus.keys generate DIR``. Build the :class:`Security` once per process with
 :func:`security` and open sockets on a :class:`Context` (it stops the ZAP handler before it
-terminates).
+terminates). A stage's ``__main__`` does all of this through :class:`StageSockets`.
 """
 
 from __future__ import annotations
