@@ -97,14 +97,21 @@ def serve(cfg: Config, plumbing: StageSockets) -> None:
     single_threaded_opencv()
     stop = threading.Event()
     install_stop(stop)
-    with plumbing as socks:
-        assert socks.pull is not None
-        try:
-            sinks = open_sinks(cfg, stop, log, socks.security)
-        except OSError as e:
-            fail("display", f"cannot start a sink: {e}")
-        log.info("pulling on %s; sinks: %s", socks.bind, ", ".join(s.name for s in sinks) or "none")
-        run(cfg, socks.pull, sinks, stop, Stats(log, cfg.bus.stats_interval_s), log)
+    try:  # before the bind: once the display's endpoint answers, its web page does too
+        sinks = open_sinks(cfg, stop, log, plumbing.security)
+    except OSError as e:
+        fail("display", f"cannot start a sink: {e}")
+    bound = False
+    try:
+        with plumbing as socks:
+            bound = True
+            assert socks.pull is not None
+            log.info("pulling on %s; sinks: %s", socks.bind, ", ".join(s.name for s in sinks) or "none")
+            run(cfg, socks.pull, sinks, stop, Stats(log, cfg.bus.stats_interval_s), log)  # closes the sinks
+    finally:
+        if not bound:  # the bind failed (one line, exit 2): run() never had them to close
+            for s in sinks:
+                s.close()
 
 
 @click.group(invoke_without_command=True)

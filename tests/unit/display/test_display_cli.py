@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 from click.testing import CliRunner
 
+from bus.config import Config, DisplayConfig
+from bus.sockets import StageSockets
+from display import __main__ as display_main
 from display.__main__ import load_faces, main
 
 DETECTOR_LINE = {"src": "img.png", "seq": 0, "faces": [{"box": [10, 10, 40, 40], "score": 0.9, "kp": [[20, 20]]}]}
@@ -85,3 +90,52 @@ def test_bad_faces_file_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["--image", str(img), "--faces", str(faces), "--out", str(tmp_path / "o.jpg")])
     assert result.exit_code == 2
     assert "box must be" in result.output
+
+
+class RecordingSink:
+    name, wants_image = "rec", False
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def write(self, *args: object) -> None:
+        pass
+
+    def close(self) -> None:
+        self.order.append("sinks closed")
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_the_display_binds_after_its_sinks_are_up_and_closes_them_when_it_cannot(monkeypatch, taken: bool) -> None:
+    """A display whose endpoint answers has its web page up (tests and launchers wait for the
+    endpoint); a bind that fails still closes the sinks it opened."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    cfg = Config(display=DisplayConfig(endpoint=endpoint))
+    order: list[str] = []
+    monkeypatch.setattr(display_main, "open_sinks", lambda *a: order.append("sinks up") or [RecordingSink(order)])
+
+    def fake_run(cfg, pull, sinks, stop, stats, log):
+        for s in sinks:
+            s.close()
+
+    class Recorded(StageSockets):
+        def __enter__(self) -> StageSockets:
+            order.append("bind")
+            return super().__enter__()
+
+    monkeypatch.setattr(display_main, "run", fake_run)
+    squatter = zmq.Context.instance().socket(zmq.PULL)
+    if taken:
+        squatter.bind(endpoint)
+    try:
+        if taken:
+            with pytest.raises(SystemExit) as e:
+                display_main.serve(cfg, Recorded("display", cfg))
+            assert e.value.code == 2
+        else:
+            display_main.serve(cfg, Recorded("display", cfg))
+    finally:
+        squatter.close(0)
+    assert order == ["sinks up", "bind", "sinks closed"]
