@@ -13,11 +13,13 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,35 @@ class Supervised(Launched):
             self.proc.wait(30)
         codes = re.findall(r"(?:INFO|WARN) exited: display \(exit status (\d+);", self.log())
         return int(codes[-1]) if codes else -1
+
+
+STEERING = (
+    "BUS_CONFIG",
+    "SOURCE",
+    "EVENTS",
+    "WEB",
+    "VIDEO",
+    "SUPERVISORD_CONF",
+    "EMOSTREAM_RUN",
+    "EMOSTREAM_MANAGER_PID",
+)
+
+
+def clean_env(runtime: Path, **extra: str) -> dict[str, str]:
+    """This process's environment less the variables that steer a run (:data:`STEERING`), with the
+    repository on PYTHONPATH and ``runtime`` (a private temp dir) as XDG_RUNTIME_DIR; then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in STEERING}
+    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "XDG_RUNTIME_DIR": str(runtime), **extra}
+
+
+@contextlib.contextmanager
+def private_runtime() -> Iterator[Path]:
+    """A short private directory for XDG_RUNTIME_DIR (ipc:// paths are limited to 107 bytes), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="es-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _popen(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -14,10 +14,8 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +23,19 @@ from pathlib import Path
 
 import pytest
 
-from bus.runtime import MANAGER_ENV, RUN_ENV
 from bus.sockets import _listening
-from tests.integration.managers import LAUNCHERS, Launched, Launcher, Supervised, alive, honcho, lone, supervisord
+from tests.integration.managers import (
+    LAUNCHERS,
+    Launched,
+    Launcher,
+    Supervised,
+    alive,
+    clean_env,
+    honcho,
+    lone,
+    private_runtime,
+    supervisord,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -40,9 +48,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 @pytest.fixture
 def runtime() -> Iterator[Path]:
     """A short private XDG_RUNTIME_DIR for the default ``ipc://{runtime}/...`` endpoints."""
-    path = Path(tempfile.mkdtemp(prefix="es-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with private_runtime() as path:
+        yield path
 
 
 @pytest.fixture
@@ -53,11 +60,7 @@ def launch(tmp_path: Path, runtime: Path) -> Iterator[Callable[..., Launched]]:
     def start(cfg: Path, launcher: Launcher = supervisord, name: str = "a", **extra: str) -> Launched:
         folder = tmp_path / name
         folder.mkdir()
-        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-        for key in (RUN_ENV, MANAGER_ENV):
-            env.pop(key, None)
-        env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", XDG_RUNTIME_DIR=str(runtime), **extra)
-        run = launcher(cfg, folder, env)
+        run = launcher(cfg, folder, clean_env(runtime, **extra))
         runs.append(run)
         return run
 

@@ -19,17 +19,14 @@ import configparser
 import json
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from bus.runtime import MANAGER_ENV, RUN_ENV
-from tests.integration.managers import LIVE, ROOT, Supervised, supervisord
+from tests.integration.managers import LIVE, ROOT, Supervised, clean_env, private_runtime, supervisord
 
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 CONF = ROOT / "deploy" / "supervisord.conf"
@@ -54,22 +51,17 @@ def seqs(events: Path) -> list[int]:
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
     """``start(cfg, **env)``: supervisord on ``cfg`` with a private runtime dir; stopped at teardown."""
-    runtime = Path(tempfile.mkdtemp(prefix="es-", dir="/tmp"))  # short: ipc:// paths are limited to 107 bytes
     runs: list[Supervised] = []
+    with private_runtime() as runtime:
 
-    def go(cfg: Path, **extra: str) -> Supervised:
-        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-        for key in (RUN_ENV, MANAGER_ENV, "SUPERVISORD_CONF"):
-            env.pop(key, None)
-        env.update(PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=str(runtime), **extra)
-        run = supervisord(cfg, tmp_path, env)
-        runs.append(run)
-        return run
+        def go(cfg: Path, **extra: str) -> Supervised:
+            run = supervisord(cfg, tmp_path, clean_env(runtime, **extra))
+            runs.append(run)
+            return run
 
-    yield go
-    for run in runs:
-        run.close()
-    shutil.rmtree(runtime, ignore_errors=True)
+        yield go
+        for run in runs:
+            run.close()
 
 
 def config(bus_toml, tmp_path: Path, video: Path, model: Path = MODEL, loop: bool = False) -> Path:

@@ -20,7 +20,7 @@ from bus.runtime import RateLimited, Stats
 from bus.shm import Ring, Rings
 from bus.sidecar import ModelSpec
 from detector import worker
-from detector.faces import limit_faces
+from detector.backend import limit_faces
 from detector.worker import _step_shared, step
 from detector.worker import run as run_worker
 
