@@ -42,10 +42,11 @@ import click
 import zmq
 
 from bench.pipeline import Setup
-from bench.procs import ROOT, BenchError
+from bench.procs import BenchError
 from bench.report import tables
+from bus.paths import research_data
 
-DEFAULT_DATA = ROOT / "../shared/data/media"
+DEFAULT_DATA = research_data() / "media"
 ONE_FACE = "asl_signer_concat10.mp4"
 CROWD = "face-demographics-walking-and-pause.gif"
 MODELS = ("full_range", "short_range")

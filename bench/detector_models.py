@@ -20,10 +20,11 @@ import click
 import cv2
 import numpy as np
 
+from bus.paths import research_data
 from bus.preprocess import to_uint8_bgr
 from detector.backend import BACKENDS, open_backend
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/media"
+DEFAULT_DATA = research_data() / "media"
 MODELS = ("full_range", "short_range")
 CONFIDENCES = (0.5, 0.6)
 ONE_FACE_VIDEOS = ("asl_signer_concat10.mp4", "asl_book.mkv")

@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bus.paths import research_data
 from display.sinks import FALLBACK, PLAYABLE, choose_codec
 
-DEFAULT = Path(__file__).resolve().parents[1] / "../shared/data/media/videos/asl_signer_concat10.mp4"
+DEFAULT = research_data() / "media/videos/asl_signer_concat10.mp4"
 FRAMES = 60
 
 

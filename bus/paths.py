@@ -13,6 +13,8 @@ so ``--config /abs/bus.toml`` or a stage started from anywhere reads the same fi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 CODE_ROOT = Path(__file__).resolve().parents[1]  # the repository root, or site-packages when installed
@@ -27,6 +29,16 @@ def shipped_root() -> Path:
 
 def shipped_models() -> Path:
     return shipped_root() / "models"
+
+
+DATA_ENV = "EMOSTREAM_DATA"
+
+
+def research_data(env: Mapping[str, str] | None = None) -> Path:
+    """The research data (datasets and media for training, benchmarks and tests; never shipped,
+    never copied): ``$EMOSTREAM_DATA``, else ``../shared/data`` beside the repository."""
+    env = os.environ if env is None else env
+    return Path(env[DATA_ENV]).resolve() if env.get(DATA_ENV) else (CODE_ROOT.parent / "shared" / "data").resolve()
 
 
 def is_path_uri(uri: str) -> bool:

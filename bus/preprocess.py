@@ -46,9 +46,9 @@ def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[i
     x, y, w, h = box
     side = max(w, h) * (1.0 + margin)
     cx, cy = x + w / 2.0, y + h / 2.0
-    x0 = int(round(cx - side / 2.0))
-    y0 = int(round(cy - side / 2.0))
-    s = max(1, int(round(side)))
+    x0 = round(cx - side / 2.0)
+    y0 = round(cy - side / 2.0)
+    s = max(1, round(side))
     return x0, y0, x0 + s, y0 + s
 
 

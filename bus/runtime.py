@@ -1,7 +1,8 @@
 """Process plumbing shared by every stage: logging, stop-on-signal (and on the death of the process
 manager that started the stage), the private runtime directory, rate-limited warnings, stats.
 
-Environment set by the process managers (``scripts/run.sh``, ``python -m bus.supervise``):
+Environment set by the scripts that start a process manager (``scripts/run.sh``: honcho,
+``scripts/supervisord.sh``: supervisord):
 
 - ``EMOSTREAM_RUN``: the pipeline run every stage belongs to (see :mod:`bus.codec`, ``run``);
 - ``EMOSTREAM_MANAGER_PID``: the manager's pid. A stage that has it as an ancestor stops when it
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,25 @@ def watch_manager(
     thread = threading.Thread(target=watch, name="manager-watch", daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def native_stderr(into: list[str] | None = None) -> Iterator[None]:
+    """Hide what native code writes on fd 2 meanwhile (LiteRT and MediaPipe print notices while a
+    model loads), so that a start-up failure stays one line; the lines go to ``into`` when given, to
+    find the native error behind an exception. Python's own errors still arrive as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if into is not None:
+                tmp.seek(0)
+                into.extend(tmp.read().decode(errors="replace").splitlines())
 
 
 class RuntimeDirError(OSError):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from bus.calibration import T_RANGE
-from bus.preprocess import SCALING
+from bus.preprocess import SCALING, Colour
 
 
 class SidecarError(ValueError):
@@ -32,7 +32,7 @@ class ModelSpec:
     name: str
     labels: tuple[str, ...]
     size: int
-    colour: str
+    colour: Colour
     scaling: str = SCALING
     crop_margin: float = 0.2
     dataset: str = ""
@@ -75,11 +75,14 @@ def load_spec(model: str | Path) -> ModelSpec:
     try:
         labels = d["labels"]
         inp = d["input"]
+        colour = inp["colour"]
+        if colour not in get_args(Colour):
+            raise SidecarError(f"{path}: input.colour must be 'grey' or 'rgb', got {colour!r}")
         spec = ModelSpec(
             name=str(d.get("name", path.stem)),
             labels=tuple(labels),
             size=int(inp["size"]),
-            colour=str(inp["colour"]),
+            colour=colour,
             scaling=str(inp.get("scaling", SCALING)),
             crop_margin=float(inp.get("crop_margin", 0.2)),
             dataset=str(d.get("dataset", "")),
@@ -87,12 +90,12 @@ def load_spec(model: str | Path) -> ModelSpec:
             temperature=float(d.get("calibration", {}).get("temperature", 1.0)),
             calibration=dict(d.get("calibration", {})),
         )
+    except SidecarError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise SidecarError(f"{path}: missing or invalid field: {e}") from None
     if not spec.labels or not all(isinstance(x, str) and x for x in spec.labels):
         raise SidecarError(f"{path}: labels must be a non-empty list of strings")
-    if spec.colour not in ("grey", "rgb"):
-        raise SidecarError(f"{path}: input.colour must be 'grey' or 'rgb', got {spec.colour!r}")
     if spec.scaling != SCALING:
         raise SidecarError(f"{path}: input.scaling {spec.scaling!r} is not supported (only {SCALING!r})")
     lo, hi = T_RANGE

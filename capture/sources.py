@@ -32,37 +32,13 @@ import cv2
 import numpy as np
 
 from bus.config import SourceConfig
+from bus.media import is_image_name
 from bus.preprocess import to_uint8_bgr
 
 log = logging.getLogger("capture")
 
 DEFAULT_FPS = 30.0
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-IMAGE_SUFFIXES = frozenset(
-    {
-        ".png",
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".bmp",
-        ".dib",
-        ".tif",
-        ".tiff",
-        ".webp",
-        ".ppm",
-        ".pgm",
-        ".pbm",
-        ".pnm",
-        ".pfm",
-        ".jp2",
-        ".exr",
-        ".hdr",
-        ".pic",
-        ".sr",
-        ".ras",
-        ".avif",
-    }
-)
 OPEN_TIMEOUT_MS = 5000  # streams: give up connecting / reading after this long
 FAILED_READS = 3  # a live source that fails this many reads in a row is reopened
 
@@ -358,7 +334,7 @@ def kind(uri: str) -> str:
     path = Path(uri)
     if path.is_dir():
         return "folder"
-    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+    return "image" if is_image_name(path.name) else "video"
 
 
 @contextlib.contextmanager

@@ -68,13 +68,13 @@ def classify_images(
             warn(f"{p} is not a face crop: {len(faces)} face(s) found; classifying each detected face")
             for i, f in enumerate(faces):
                 angle = eye_angle(f.kp) if align else 0.0
-                crops.append(crop_face(img, f.box, model.size, model.spec.colour, model.spec.crop_margin, angle))  # type: ignore[arg-type]
+                crops.append(crop_face(img, f.box, model.size, model.spec.colour, model.spec.crop_margin, angle))
                 box = [round(float(v), 1) for v in f.box]
                 entries.append({"image": p, "face": i, "box": box, "score": round(float(f.score), 4)})
             continue
         if faces is not None and not faces:
             warn(f"{p}: the face detector finds no face; classified as one face crop")
-        crops.append(to_model_pixels(img, model.size, model.spec.colour))  # type: ignore[arg-type]
+        crops.append(to_model_pixels(img, model.size, model.spec.colour))
         entries.append({"image": p})
     probs = model.classify(np.stack(crops))
     for entry, row in zip(entries, probs, strict=True):
@@ -89,8 +89,7 @@ def _image_detector(cfg: Config, off: bool) -> Iterator[Detector | None]:
     if off:
         yield None
         return
-    from detector.backend import open_backend  # debugging mode only (see the module docstring)
-    from detector.faces import BackendError
+    from detector.backend import BackendError, open_backend  # debugging mode only (see the module docstring)
 
     d = cfg.detector
     try:

@@ -12,11 +12,7 @@ state cold), so a single interpreter that is resized on change is kept.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from bus.calibration import apply_temperature
+from bus.runtime import native_stderr
 from bus.sidecar import ModelSpec, SidecarError, load_spec
 from classifier.preprocess import InputQuantizer, dequantize, normalise
 
@@ -38,22 +35,6 @@ def _channels(colour: str) -> int:
     return 1 if colour == "grey" else 3
 
 
-@contextlib.contextmanager
-def _quiet_runtime() -> Iterator[None]:
-    """LiteRT's C++ runtime writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to fd 2
-    while an interpreter is made; without it a start-up failure stays ONE line on stderr. Load
-    errors still arrive, as exceptions."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 class EmotionModel:
     """Load ``model_path`` and its sidecar, check they agree, classify batches of crops."""
 
@@ -66,7 +47,7 @@ class EmotionModel:
         except SidecarError as e:
             raise ModelError(str(e)) from None
         try:
-            with _quiet_runtime():
+            with native_stderr():
                 self._it = Interpreter(model_path=str(path), num_threads=max(1, threads))
                 self._it.allocate_tensors()
         except (ValueError, RuntimeError) as e:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from bus.codec import Face
-from detector.faces import BackendError, limit_faces, model_path
+from detector.backend import BackendError, limit_faces, model_path
 
 NMS_IOU = 0.3
 SCORE_CLIP = 100.0

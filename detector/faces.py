@@ -13,51 +13,18 @@ face in the lower half of the frame, where wrong anchors find nothing).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.abc
 import importlib.machinery
-import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
 from bus.codec import Face
-from bus.paths import shipped_models
-
-MODELS_DIR = shipped_models()  # the repository's models/, or the installed wheel's copy
-NAMED_MODELS = {
-    "full_range": "face_detection_full_range_sparse.tflite",
-    "short_range": "face_detection_short_range.tflite",
-}
-
-
-class BackendError(RuntimeError):
-    """The detector model cannot be found or loaded (start-up failure)."""
-
-
-def model_path(name: str) -> Path:
-    """``full_range`` / ``short_range`` -> the shipped model; anything else is a path (cwd, then the
-    shipped files' folder; a path from a config file is already absolute, :mod:`bus.config`)."""
-    if name in NAMED_MODELS:
-        path = MODELS_DIR / NAMED_MODELS[name]
-    else:
-        path = Path(name)
-        if not path.is_absolute() and not path.exists():
-            path = MODELS_DIR.parent / path
-    if not path.is_file():
-        raise BackendError(f"detector model not found: {path}")
-    return path
-
-
-def limit_faces(faces: list[Face], max_faces: int) -> tuple[list[Face], int]:
-    """The ``max_faces`` best-scoring faces sorted left to right, and how many were left out."""
-    kept = sorted(faces, key=lambda f: -f.score)[:max_faces] if len(faces) > max_faces else faces
-    return sorted(kept, key=lambda f: (f.box[0], f.box[1])), len(faces) - len(kept)
+from bus.runtime import native_stderr
+from detector.backend import BackendError, limit_faces, model_path
 
 
 class _NoTensorFlow(importlib.abc.MetaPathFinder):
@@ -81,26 +48,16 @@ def _import_mediapipe() -> tuple[Any, Any, Any]:
     try:
         import mediapipe
         from mediapipe.tasks.python import BaseOptions, vision
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.partition(".")[0] != "mediapipe":
+            raise
+        raise BackendError(
+            "[detector] backend = \"mediapipe\" needs the mediapipe package: pip install 'emostream[mediapipe]'"
+        ) from None
     finally:
         if hide:
             sys.meta_path.remove(finder)
     return mediapipe, BaseOptions, vision
-
-
-@contextlib.contextmanager
-def _native_stderr_to(buffer: list[str]) -> Iterator[None]:
-    """Collect what native code writes on fd 2 (model loading prints dozens of notices)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            buffer.extend(tmp.read().decode(errors="replace").splitlines())
 
 
 class FaceBackend:
@@ -117,7 +74,7 @@ class FaceBackend:
         )
         notices: list[str] = []
         try:
-            with _native_stderr_to(notices):
+            with native_stderr(notices):
                 self._detector = vision.FaceDetector.create_from_options(options)
                 self._detector.detect(self._image(np.zeros((64, 64, 3), np.uint8)))  # warm-up: first call allocates
         except (RuntimeError, ValueError) as e:
@@ -147,7 +104,7 @@ class FaceBackend:
         return kept
 
     def close(self) -> None:
-        with _native_stderr_to([]):
+        with native_stderr():
             self._detector.close()
 
     def __enter__(self) -> FaceBackend:

@@ -116,11 +116,11 @@ def annotate(
     if out.ndim == 2 or out.shape[2] == 1:
         out = np.asarray(cv2.cvtColor(out, cv2.COLOR_GRAY2BGR))
     scale = max(0.4, min(out.shape[:2]) / 900.0)
-    th = max(1, int(round(scale * 2)))
+    th = max(1, round(scale * 2))
     for i, face in enumerate(faces):
         if not all(math.isfinite(v) and abs(v) <= MAX_COORD for v in face.box):
             continue  # nothing to draw (decode refuses these; a faces file given to --faces may not)
-        x, y, w, h = (int(round(v)) for v in face.box)
+        x, y, w, h = (round(v) for v in face.box)
         if x >= out.shape[1] or y >= out.shape[0] or x + w <= 0 or y + h <= 0:
             continue  # wholly off the frame: nothing to point at
         cap = caption(face, labels, None if tracked is None else tracked[i], uncertain_below)

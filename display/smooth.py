@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bus.config import DisplayConfig
+
 MODES = ("ema", "window", "off")
 
 
@@ -40,8 +42,17 @@ class _State:
     recent: collections.deque[tuple[int, np.ndarray]] = field(default_factory=collections.deque)
 
 
+D = DisplayConfig  # the defaults are [display]'s, written once in bus/config.py
+
+
 class Smoother:
-    def __init__(self, mode: str = "ema", alpha: float = 0.1, window: int = 20, hold: int = 5):
+    def __init__(
+        self,
+        mode: str = D.smoothing,
+        alpha: float = D.smoothing_alpha,
+        window: int = D.smoothing_window,
+        hold: int = D.smoothing_hold,
+    ):
         if mode not in MODES:
             raise ValueError(f"smoothing mode must be one of {MODES}, got {mode!r}")
         if not 0.0 < alpha <= 1.0 or window < 1 or hold < 1:

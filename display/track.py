@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from bus.codec import Face
+from bus.config import DisplayConfig
 from display.smooth import Smoother
 
 Box = tuple[float, float, float, float]  # x, y, w, h
@@ -96,7 +97,7 @@ class Track:
 class Tracker:
     """The tracks of one source. ``update`` once per frame, in ``seq`` order (late frames are read-only)."""
 
-    def __init__(self, iou_min: float = 0.3, max_missed: int = 10):
+    def __init__(self, iou_min: float = DisplayConfig.track_iou, max_missed: int = DisplayConfig.track_max_missed):
         if not 0.0 < iou_min < 1.0 or max_missed < 0:
             raise ValueError("iou_min must be in (0, 1) and max_missed >= 0")
         self.iou_min, self.max_missed = iou_min, max_missed
@@ -121,11 +122,11 @@ class Tracker:
         predicted = [t.predict(seq) for t in self.tracks]
         ids: list[int | None] = [None] * len(boxes)
         for r, c in greedy_pairs(iou_matrix(predicted, boxes), self.iou_min):
-            self.tracks[r].update(seq, tuple(boxes[c]))  # type: ignore[arg-type]
+            self.tracks[r].update(seq, boxes[c])
             ids[c] = self.tracks[r].id
         for c, box in enumerate(boxes):
             if ids[c] is None:
-                track = Track(self.next_id, tuple(box), seq, seq)  # type: ignore[arg-type]
+                track = Track(self.next_id, box, seq, seq)
                 self.next_id += 1
                 self.tracks.append(track)
                 ids[c] = track.id

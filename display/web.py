@@ -278,7 +278,7 @@ class Handler(BaseHTTPRequestHandler):
     def srv(self) -> Server:
         return cast(Server, self.server)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's signature)
+    def log_message(self, format: str, *args: Any) -> None:
         self.srv.log.debug("web: %s " + format, self.address_string(), *args)
 
     def end_headers(self) -> None:
@@ -286,10 +286,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         super().end_headers()
 
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_HEAD(self) -> None:
         self.route(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.route(head=False)
 
     def send_body(self, code: int, body: bytes, ctype: str, head: bool, cache: bool = False) -> None:

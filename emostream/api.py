@@ -33,8 +33,7 @@ from bus.preprocess import to_uint8_bgr
 from capture.sources import SourceError, Unreadable, kind, open_source
 from classifier.model import EmotionModel, ModelError
 from classifier.worker import step as classify_step
-from detector.backend import open_backend
-from detector.faces import BackendError
+from detector.backend import BackendError, open_backend
 from detector.worker import step as detect_step
 
 ImageLike = str | os.PathLike[str] | np.ndarray

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import click
 
-DEFAULT_DATA = {"ck": "../shared/data/ck48", "fer": "../shared/data/fer2013", "ferplus": "../shared/data/fer2013"}
+from bus.paths import research_data
+
+DATA = research_data()  # $EMOSTREAM_DATA, else ../shared/data beside the repository
+DEFAULT_DATA = {"ck": DATA / "ck48", "fer": DATA / "fer2013", "ferplus": DATA / "fer2013"}
 SOURCES = click.Choice(["ck", "fer", "ferplus"])
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"  # written only with --ship
 
@@ -38,7 +41,11 @@ def _setup(mixed: str) -> None:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--source", type=SOURCES, help="dataset: CK+48 folders, FER2013 CSV, or FER2013 with FER+ labels")
-@click.option("--data", type=click.Path(path_type=Path), help="dataset path (default: ../shared/data/...)")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="dataset path (default: $EMOSTREAM_DATA or ../shared/data: ck48, fer2013)",
+)
 @click.option("--model", "model_name", default="emonet", show_default=True, help="emonet | mini_xception | mobilenetv2")
 @click.option("--epochs", type=int, help="training epochs (default: 40 for FER, 60 for CK+)")
 @click.option("--batch", type=int, default=128, show_default=True)
@@ -158,7 +165,7 @@ def cli(
     from training.pipelines import RunSpec, run_ck, run_fer
     from training.train import TrainConfig
 
-    data = data or Path(DEFAULT_DATA[source])
+    data = data or DEFAULT_DATA[source]
     out = out or Path("runs") / f"{source}-{model_name}"
     if ship:
         _check_checkout()
@@ -214,7 +221,7 @@ def evaluate(model_path: Path, source: str, data: Path | None, out: Path | None,
     _setup(mixed)
     from training.pipelines import evaluate_file
 
-    click.echo(evaluate_file(model_path, source, data or Path(DEFAULT_DATA[source]), out))
+    click.echo(evaluate_file(model_path, source, data or DEFAULT_DATA[source], out))
 
 
 @cli.command()
@@ -248,12 +255,16 @@ def export(
     _setup("off")
     from training.pipelines import export_file
 
-    click.echo(export_file(model_path, source, data or Path(DEFAULT_DATA[source]), name, models_dir, recalibrate_bn))
+    click.echo(export_file(model_path, source, data or DEFAULT_DATA[source], name, models_dir, recalibrate_bn))
 
 
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--data", type=click.Path(path_type=Path), help="FER2013 folder (default: ../shared/data/fer2013)")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="FER2013 folder (default: $EMOSTREAM_DATA or ../shared/data: fer2013)",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -267,13 +278,17 @@ def ensemble(models: tuple[Path, ...], data: Path | None, out: Path, no_tta: boo
     _setup("off")
     from training.distill import ensemble as run_ensemble
 
-    report = run_ensemble(list(models), data or Path(DEFAULT_DATA["fer"]), out, tta=not no_tta)
+    report = run_ensemble(list(models), data or DEFAULT_DATA["fer"], out, tta=not no_tta)
     click.echo(json.dumps(report, indent=2))
 
 
 @cli.command()
 @click.argument("model_path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--data", type=click.Path(path_type=Path), help="FER2013 folder (default: ../shared/data/fer2013)")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="FER2013 folder (default: $EMOSTREAM_DATA or ../shared/data: fer2013)",
+)
 @click.option("--ck", type=click.Path(path_type=Path), help="also the cross-dataset check on this CK+48 folder")
 @click.option("--dry-run", is_flag=True, help="report only; leave the sidecar as it is")
 def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: bool) -> None:
@@ -287,7 +302,7 @@ def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: boo
 
     try:
         source = "ferplus" if load_spec(model_path).dataset == "ferplus" else "fer"
-        splits = load_source(source, data or Path(DEFAULT_DATA["fer"]))
+        splits = load_source(source, data or DEFAULT_DATA["fer"])
         result: dict = {"calibration": fit(model_path, splits["val"], splits["test"], write=not dry_run)}
         if ck is not None:
             result["ck48_cross_dataset"] = cross_dataset(model_path, load_source("ck", ck)["all"])
@@ -302,7 +317,7 @@ def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: boo
     "videos",
     multiple=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="videos for label stability (default: the two head-pose clips in ../shared/data/media/videos)",
+    help="videos for label stability (default: the two head-pose clips in $EMOSTREAM_DATA/media/videos)",
 )
 @click.option(
     "--model",
@@ -318,7 +333,7 @@ def align_check(videos: tuple[Path, ...], model: Path, fer: Path | None, ck: Pat
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     from training.alignment import check
 
-    media = Path("../shared/data/media/videos")
+    media = DATA / "media" / "videos"
     chosen = list(videos) or [media / f"head-pose-face-detection-{s}.mp4" for s in ("male", "female")]
     report = check(chosen, model, fer, ck)
     text = json.dumps(report, indent=2)

@@ -113,7 +113,7 @@ def upright(images: np.ndarray, labels: np.ndarray, classes: list[str], model: P
         probs = np.concatenate([emotions.classify(x[i : i + 256]) for i in range(0, len(x), 256)])
         acc[name] = round(float((probs.argmax(1) == y).mean()), 4)
     return {
-        "images": int(len(y)),
+        "images": len(y),
         "accuracy_as_is": acc["as_is"],
         "accuracy_aligned": acc["aligned"],
         "eyes_found": round(float((angles_ != 0).mean()), 4),

@@ -31,7 +31,7 @@ UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 def _raw_probs(path: Path, data: Dataset, spec: ModelSpec) -> np.ndarray:
     """The model's probabilities before its sidecar temperature (undo it: T is applied at load)."""
-    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))  # type: ignore[arg-type]
+    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))
     return apply_temperature(p, 1.0 / spec.temperature) if spec.temperature != 1.0 else p
 
 
@@ -95,10 +95,10 @@ def cross_dataset(path: Path, ck: Dataset) -> dict[str, Any]:
     keep = np.isin(np.array(ck.classes)[ck.labels], shared)
     data = ck.subset(np.flatnonzero(keep))
     y = np.array([names.index(ck.classes[i]) for i in data.labels], np.int64)
-    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))  # type: ignore[arg-type]
+    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))
     m = metrics(y, p.argmax(1), names)
     result = {
-        "images": int(len(y)),
+        "images": len(y),
         "classes": shared,
         "accuracy": round(m["accuracy"], 4),
         "recall": {c: m["per_class"][c]["recall"] for c in shared},

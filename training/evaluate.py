@@ -150,7 +150,7 @@ def tflite_predict(path: Path, pixels: np.ndarray, batch: int = 256) -> np.ndarr
 
 def evaluate_tflite(path: Path, data: Dataset, out: Path) -> dict[str, Any]:
     spec = load_spec(path)
-    x = grey_to_model_pixels(data.images, spec.size, spec.colour)  # type: ignore[arg-type]
+    x = grey_to_model_pixels(data.images, spec.size, spec.colour)
     p = tflite_predict(path, x)
     if list(spec.labels) != data.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {data.classes}")

@@ -91,7 +91,7 @@ def export_and_check(
     rep = model_pixels(
         train.subset(rng.choice(len(train), min(500, len(train)), replace=False)),
         info.size,
-        info.colour,  # type: ignore[arg-type]
+        info.colour,
     )
     f32 = float32_copy(model)
     graph = with_flip_tta(f32) if tta else f32

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from bus.preprocess import Colour
+
 log = logging.getLogger("training.models")
 
 
@@ -22,7 +24,7 @@ log = logging.getLogger("training.models")
 class ModelInfo:
     build: Callable[..., keras.Model]
     size: int
-    colour: str  # "grey" | "rgb", as in bus.preprocess.Colour
+    colour: Colour
 
 
 def _conv_bn(x, filters: int, kernel: int = 3):

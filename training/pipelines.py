@@ -94,7 +94,7 @@ def _load_or_train(
             log.info("fine-tuning from %s (fresh head, peak lr %g)", init, cfg.lr)
     else:
         model = build(model_name, len(train.classes))
-    fit(model, train, val, out, cfg, info.size, info.colour)  # type: ignore[arg-type]
+    fit(model, train, val, out, cfg, info.size, info.colour)
     return model, True
 
 
@@ -158,7 +158,7 @@ def run_ck(run: RunSpec, cfg: TrainConfig) -> str:
         results.append(
             {
                 "fold": k,
-                "test_images": int(len(test_idx)),
+                "test_images": len(test_idx),
                 "test_subjects": sorted(int(s) for s in set(ck.groups[test_idx])),
                 "accuracy_flip_tta": rep["accuracy"],
                 "accuracy_single_pass": rep["accuracy_no_tta"],
@@ -226,7 +226,7 @@ def export_file(path: Path, source: str, data: Path, name: str, models_dir: Path
     if recalibrate:
         from training.train import model_pixels, recalibrate_bn
 
-        n = recalibrate_bn(model, model_pixels(splits["train"], info.size, info.colour))  # type: ignore[arg-type]
+        n = recalibrate_bn(model, model_pixels(splits["train"], info.size, info.colour))
         log.info("batch-norm statistics of %d layers recalibrated on %d training images", n, len(splits["train"]))
         model.save(path.with_name(path.stem + ".recalibrated.keras"))
     report = evaluate_model(model, splits["test"], info, path.parent / "eval-float", "float")

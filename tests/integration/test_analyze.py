@@ -1,5 +1,6 @@
 """``python -m display analyze`` on real media: real capture/detector/classifier processes, the
-reports, track-id stability, smoothing, and clean shutdown on Ctrl-C. Skips without ../shared/data.
+reports, track-id stability, smoothing, and clean shutdown on Ctrl-C. Skips without the research
+data ($EMOSTREAM_DATA, else ../shared/data: tests/conftest.py).
 
 Every run is its own process group, killed as a whole if it overruns, so a hang fails the test
 and leaves no stage behind.
@@ -8,6 +9,7 @@ and leaves no stage behind.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import signal
 import subprocess
@@ -160,7 +162,7 @@ def test_scene_cuts_end_the_tracks_on_the_asl_clip(asl):
     tracks = pd.read_csv(asl / "tracks.csv")
     bounds = [0, *ASL_CUTS, 648]
     assert [(t.first_frame, t.last_frame) for t in tracks.itertuples()] == [
-        (a, b - 1) for a, b in zip(bounds, bounds[1:], strict=False)
+        (a, b - 1) for a, b in itertools.pairwise(bounds)
     ]
 
 

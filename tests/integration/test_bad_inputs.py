@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bus.keys import STAGES, generate
+from tests.conftest import SHARED_DATA
 from tests.integration.conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def sidecar_size(path: Path, size: int) -> None:
 def media(tmp: Path, kind: str) -> Path:
     if kind == "header_only_video":
         p = tmp / "cut.mp4"
-        p.write_bytes((ROOT / "../shared/data/media/videos/asl_book.mkv").resolve().read_bytes()[:300])
+        p.write_bytes((SHARED_DATA / "media/videos/asl_book.mkv").read_bytes()[:300])
     elif kind == "junk_folder":
         p = tmp / "junk"
         p.mkdir()
@@ -82,8 +83,8 @@ def test_start_up_failure_is_one_line_and_exit_2(tmp_path: Path, stage: str, fau
     }
     args: list[str] = []
     if fault in ("header_only_video", "junk_folder"):
-        if not (ROOT / "../shared/data").is_dir() and fault == "header_only_video":
-            pytest.skip("shared data not found")
+        if not SHARED_DATA.is_dir() and fault == "header_only_video":
+            pytest.skip(f"shared data not found at {SHARED_DATA}")
         args = ["--source", str(media(tmp_path, fault))]
     elif fault == "missing_detector_model":
         sections["detector"] = {"model": str(tmp_path / "missing.tflite")}

@@ -48,7 +48,7 @@ class Camera(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
         for i in range(100_000):
-            ok, buf = cv2.imencode(".jpg", np.full((48, 64, 3), i % 256, np.uint8))
+            _ok, buf = cv2.imencode(".jpg", np.full((48, 64, 3), i % 256, np.uint8))
             data = buf.tobytes()
             try:
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))

@@ -1,6 +1,6 @@
 """Shared memory and config limits with the real stages (issue 11 cases 4, 5 and 12):
 
-- a live source under ``bus.supervise``: events flow within 2 s of the detector being ready, at
+- a live source under supervisord: events flow within 2 s of the detector being ready, at
   start-up and after the detector is killed with SIGKILL (a frame that was not sent, or that died
   in the killed stage, held its ring slot for 10 s);
 - a 64 MiB ``/dev/shm`` (a private tmpfs in a mount namespace, as Docker's default) with a 1080p
@@ -13,14 +13,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import os
 import re
-import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +27,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.integration.managers import Supervised, clean_env, private_runtime, supervisord
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 STAGES = ("display", "classifier", "detector", "capture")
@@ -37,43 +36,21 @@ FINAL = re.compile(r"final (\S+): read (\d+)  in events (\d+)  dropped (.+?)  lo
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def supervise(
-    tmp_path: Path, cfg: Path, wrap: list[str] | None = None
-) -> tuple[subprocess.Popen[bytes], Callable[[], str]]:
-    """``python -m bus.supervise`` on the four stages (``wrap``: a command line to run it under)."""
-    procfile = tmp_path / "Procfile"
-    py, conf = shlex.quote(sys.executable), shlex.quote(str(cfg))
-    procfile.write_text("".join(f"{s}: {py} -m {s} --config {conf}\n" for s in STAGES))
-    log = tmp_path / "supervise.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "bus.supervise", "--procfile", str(procfile), "--backoff", "0.2"]
-    with log.open("wb") as out:
-        p = subprocess.Popen(
-            [*(wrap or []), *cmd], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return p, lambda: log.read_text(errors="replace")
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
+    """``supervised(cfg, wrap=None)``: the four stages under supervisord (``scripts/supervisord.sh``,
+    ``wrap``: a command line to run it under); stopped at teardown."""
+    runs: list[Supervised] = []
+    with private_runtime() as runtime:
 
+        def start(cfg: Path, wrap: list[str] | None = None) -> Supervised:
+            run = supervisord(cfg, tmp_path, clean_env(runtime), wrap)
+            runs.append(run)
+            return run
 
-@contextlib.contextmanager
-def reaped(p: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    """Stop the supervisor (SIGTERM) and then everything in its session (SIGKILL) at the end."""
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait(5)
-
-
-def kill_stage_groups(log: str) -> None:
-    for pid in re.findall(r"started \w+ \(pid (\d+)\)", log):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(pid), signal.SIGKILL)
+        yield start
+        for run in runs:
+            run.close()
 
 
 def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
@@ -100,7 +77,7 @@ class Mjpeg(http.server.BaseHTTPRequestHandler):
         i = 0
         try:
             while not getattr(self.server, "stopping", False):
-                ok, jpg = cv2.imencode(".jpg", np.full((240, 320, 3), (i * 7) % 256, np.uint8))
+                _ok, jpg = cv2.imencode(".jpg", np.full((240, 320, 3), (i * 7) % 256, np.uint8))
                 data = jpg.tobytes()
                 head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                 self.wfile.write(head + data + b"\r\n")
@@ -122,7 +99,7 @@ def mjpeg_url() -> Iterator[str]:
 
 
 def test_live_events_resume_within_2_s_of_the_detector_being_ready_at_start_and_after_sigkill(
-    tmp_path, bus_toml, ports, mjpeg_url
+    tmp_path, bus_toml, ports, mjpeg_url, supervised
 ) -> None:
     events = tmp_path / "events.jsonl"
     cfg = bus_toml(
@@ -134,7 +111,8 @@ def test_live_events_resume_within_2_s_of_the_detector_being_ready_at_start_and_
             "display": {"endpoint": f"tcp://127.0.0.1:{ports['display']}", "web": "", "events": str(events)},
         }
     )
-    p, log = supervise(tmp_path, cfg)
+    run = supervised(cfg)
+    log = run.log
     ready = re.compile(r"detector\[0\] INFO .* on tcp://")
 
     def lines() -> int:
@@ -147,17 +125,13 @@ def test_live_events_resume_within_2_s_of_the_detector_being_ready_at_start_and_
         wait_for(f"{what}: an event", lambda: lines() > before, log, 15)
         return time.monotonic() - t_ready
 
-    with reaped(p):
-        try:
-            first = resumed_after("the detector is ready", 1)
-            time.sleep(1.0)
-            (old,) = re.findall(r"started detector \(pid (\d+)\)", log())
-            os.kill(int(old), signal.SIGKILL)
-            again = resumed_after("the restarted detector is ready", 2)
-        finally:
-            kill_stage_groups(log())
+    first = resumed_after("the detector is ready", 1)
+    time.sleep(1.0)
+    wait_for("the detector up for startsecs", lambda: run.state("detector") == "RUNNING", log, 30)
+    os.kill(run.pids()["detector"][0], signal.SIGKILL)
+    again = resumed_after("the restarted detector is ready", 2)
     print(f"\nfirst event {first:.2f} s after the detector was ready; {again:.2f} s after its restart")
-    assert "detector killed by SIGKILL" in log()
+    assert "exited: detector (terminated by SIGKILL; not expected)" in log()
     assert first < 2.0, f"start-up: {first:.2f} s without events\n{log()[-3000:]}"
     assert again < 2.0, f"after the restart: {again:.2f} s without events\n{log()[-3000:]}"
 
@@ -207,7 +181,7 @@ def write_video(path: Path, frames: int, width: int, height: int) -> Path:
     ids=["1080p", "2160p"],
 )
 def test_a_64_mib_dev_shm_runs_to_the_end_or_says_why_and_never_crash_loops(
-    tmp_path, bus_toml, ports, width: int, height: int, frames: int, expect: str
+    tmp_path, bus_toml, ports, supervised, width: int, height: int, frames: int, expect: str
 ) -> None:
     why = _private_shm_works()
     if why is not None:
@@ -230,16 +204,15 @@ def test_a_64_mib_dev_shm_runs_to_the_end_or_says_why_and_never_crash_loops(
     # Docker's default: a 64 MiB tmpfs on /dev/shm, here private to the pipeline's processes
     wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm && exec "$@"', "sh"]  # fmt: skip
-    p, log = supervise(tmp_path, cfg, wrap)
-    with reaped(p):
-        try:
-            rc = p.wait(180)
-        except subprocess.TimeoutExpired:
-            kill_stage_groups(log())
-            pytest.fail(f"the run did not end:\n{log()[-4000:]}")
-    text = log()
+    run = supervised(cfg, wrap)
+    try:
+        rc = run.wait(180)  # the display's exit code
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the run did not end:\n{run.log()[-4000:]}")
+    text = run.log()
     print("\n" + "\n".join(line for line in text.splitlines() if "shared-memory" in line or "final" in line))
-    assert not re.search(r"restart \d+/|Bus error|exited with code [^02]", text), f"a stage crashed:\n{text[-4000:]}"
+    crashed = re.search(r"Bus error|exited: \w+ \((terminated by|exit status [^02])", text)
+    assert not crashed and all(run.spawned(s) == 1 for s in STAGES), f"a stage crashed:\n{text[-4000:]}"
     assert rc == 0, text[-4000:]
     assert len(re.findall(expect, text)) == 1, f"no (or more than one) line saying why:\n{text[-4000:]}"
     src, read, in_events, dropped, lost = FINAL.findall(text)[-1]

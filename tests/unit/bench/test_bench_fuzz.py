@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("atheris")
 
-from bench.fuzz import Targets, build, fuzz, one  # noqa: E402
-from bus.codec import CodecError, decode  # noqa: E402
+from bench.fuzz import Targets, build, fuzz, one
+from bus.codec import CodecError, decode
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,7 +27,7 @@ def blob_rows(crop: np.ndarray) -> tuple[float, float]:
     """Rows of the centroids of the dark pixels in the left and right halves of a grey crop."""
     g = crop[:, :, 0].astype(float)
     dark = g < 110
-    h, w = dark.shape
+    _h, w = dark.shape
     rows = []
     for half in (dark[:, : w // 2], dark[:, w // 2 :]):
         ys, _ = np.nonzero(half)

@@ -77,3 +77,9 @@ def test_environment_overrides_are_the_users(tmp_path: Path) -> None:
     cfg = load(ROOT / "bus.toml", env={"SOURCE": "clip.mp4", "EVENTS": "e.jsonl"})
     assert cfg.capture.sources[0].uri == "clip.mp4"  # opened by the stage, relative to where it runs
     assert cfg.display.events == "e.jsonl"
+
+
+def test_the_research_data_is_beside_the_repository_unless_emostream_data_says_where(tmp_path: Path) -> None:
+    assert paths.research_data({}) == (paths.CODE_ROOT / ".." / "shared" / "data").resolve()
+    assert paths.research_data({paths.DATA_ENV: ""}) == paths.research_data({})
+    assert paths.research_data({paths.DATA_ENV: str(tmp_path)}) == tmp_path

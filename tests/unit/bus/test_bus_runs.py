@@ -16,8 +16,7 @@ import zmq
 from bus import codec, sockets
 from bus.codec import CodecError, ForeignRun, Message, decode, encode
 from bus.config import ConfigError, parse
-from bus.runtime import MANAGER_ENV, RUN_ENV, RuntimeDirError, runtime_dir
-from bus.supervise import run_env
+from bus.runtime import MANAGER_ENV, RuntimeDirError, runtime_dir
 
 
 def _eos() -> Message:
@@ -56,13 +55,6 @@ def test_a_malformed_run_is_garbage(run: object) -> None:
     header["run"] = run
     with pytest.raises(CodecError, match="run: expected a string"):
         decode([msgpack.packb(header), *parts[1:]])
-
-
-def test_the_supervisor_gives_every_process_one_run_and_its_pid() -> None:
-    env = run_env({"PATH": "/bin"}, 4242)
-    assert len(env[RUN_ENV]) == 16 and env[MANAGER_ENV] == "4242" and env["PATH"] == "/bin"
-    assert run_env({}, 1)[RUN_ENV] != env[RUN_ENV]  # a new run each start
-    assert run_env({RUN_ENV: "pinned"}, 1)[RUN_ENV] == "pinned"  # kept when the operator sets it
 
 
 def test_the_runtime_dir_is_made_private(tmp_path: Path) -> None:
@@ -117,7 +109,7 @@ def test_runtime_endpoints_expand_or_fail_at_start_up(tmp_path: Path, monkeypatc
     cfg = parse({"display": {"endpoint": "ipc://{runtime}/display"}})
     assert cfg.display.endpoint == f"ipc://{tmp_path}/emostream/display"
     (tmp_path / "emostream").chmod(0o777)
-    with pytest.raises(ConfigError, match="endpoints: runtime directory .* has mode 777"):
+    with pytest.raises(ConfigError, match=r"endpoints: runtime directory .* has mode 777"):
         parse({"display": {"endpoint": "ipc://{runtime}/display"}})
 
 

@@ -179,7 +179,7 @@ def test_context_term_stops_the_zap_handler(keys: Path) -> None:
 def test_a_curve_server_needs_the_bus_context(keys: Path) -> None:
     ctx = zmq.Context()
     try:
-        with pytest.raises(TypeError, match="bus.sockets.Context"):
+        with pytest.raises(TypeError, match=r"bus\.sockets\.Context"):
             sockets.pull(ctx, f"tcp://127.0.0.1:{free_port()}", 4, sockets.security(bus(keys), "display"))
     finally:
         ctx.destroy(linger=0)

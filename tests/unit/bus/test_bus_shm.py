@@ -295,7 +295,7 @@ def test_a_ring_file_must_have_mode_0600(tmp_path: Path, rings: list[Ring], mode
 def test_a_ring_file_of_another_user_is_refused(tmp_path: Path, rings: list[Ring]) -> None:
     path = plant(tmp_path, make(rings, tmp_path))
     os.chown(path, 65534, 65534)  # nobody
-    with pytest.raises(ShmError, match="not a ring of ours .*found uid 65534"):
+    with pytest.raises(ShmError, match=r"not a ring of ours .*found uid 65534"):
         Rings(directory=tmp_path).view(ShmRef(path.name, 0, 0, (1, 1, 3)))
 
 
@@ -368,7 +368,7 @@ def test_create_caps_the_ring_at_max_bytes(tmp_path: Path) -> None:
         assert "shm_max_bytes = 33554432" in ring.note
     finally:
         ring.close()
-    with pytest.raises(bus.shm.ShmSpaceError, match="no room for 2 frames of 5.9 MiB within \\[bus\\] shm_max_bytes"):
+    with pytest.raises(bus.shm.ShmSpaceError, match=r"no room for 2 frames of 5\.9 MiB within \[bus\] shm_max_bytes"):
         bus.shm.create(16, frame, max_bytes=10 << 20, directory=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -408,7 +408,7 @@ def test_an_over_committed_directory_fails_at_creation_not_at_the_first_write(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(bus.shm.os, "posix_fallocate", full)
-    with pytest.raises(bus.shm.ShmSpaceError, match="cannot allocate a ring of .*No space left on device"):
+    with pytest.raises(bus.shm.ShmSpaceError, match=r"cannot allocate a ring of .*No space left on device"):
         bus.shm.create(4, 1000, directory=tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -93,5 +93,5 @@ def test_runtime_applies_the_sidecar_temperature(shipped_copy: Path) -> None:
 @pytest.mark.parametrize("t", [0.0, -1.0, 100.0])
 def test_absurd_temperature_is_a_sidecar_error(shipped_copy: Path, t: float) -> None:
     _set_temperature(shipped_copy, t)
-    with pytest.raises(SidecarError, match="calibration.temperature"):
+    with pytest.raises(SidecarError, match=r"calibration\.temperature"):
         load_spec(shipped_copy)

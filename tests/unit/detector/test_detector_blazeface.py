@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from bus.codec import Face
-from detector.backend import BACKENDS, open_backend
+from detector.backend import BACKENDS, MODELS_DIR, BackendError, open_backend
 from detector.blazeface import ANCHORS, BlazeFaceBackend, anchor_centres, decode, letterbox, weighted_nms
-from detector.faces import MODELS_DIR, BackendError, FaceBackend
+from detector.faces import FaceBackend
 
 VIDEOS = "media/videos"
 

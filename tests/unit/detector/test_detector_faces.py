@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from detector.faces import MODELS_DIR, BackendError, FaceBackend, model_path
+from detector.backend import MODELS_DIR, BackendError, model_path
+from detector.faces import FaceBackend
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -93,3 +94,26 @@ def test_mediapipe_is_imported_without_tensorflow() -> None:
         "sys.exit(any(m.split('.')[0] == 'tensorflow' for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_the_mediapipe_backend_without_mediapipe_says_how_to_install_it() -> None:
+    """mediapipe is an optional extra: choosing its backend without it is one line (a BackendError,
+    which the stages turn into exit 2), not a traceback."""
+    code = """
+import importlib.abc, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] == "mediapipe":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Absent())
+from detector.backend import BackendError, open_backend
+try:
+    open_backend("mediapipe", "full_range", 0.6, 8)
+except BackendError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == (
+        "[detector] backend = \"mediapipe\" needs the mediapipe package: pip install 'emostream[mediapipe]'\n"
+    )

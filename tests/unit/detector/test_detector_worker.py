@@ -19,7 +19,7 @@ from bus.config import BusConfig, Config
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
 from bus.sidecar import ModelSpec
-from detector.faces import limit_faces
+from detector.backend import limit_faces
 from detector.worker import run as run_worker
 from detector.worker import step
 

@@ -33,7 +33,7 @@ def test_annotate(shape, faces):
     image = np.full(shape, 50, np.uint8)
     before = image.copy()
     out = annotate(image, faces, LABELS)
-    assert out.shape == shape[:2] + (3,)
+    assert out.shape == (*shape[:2], 3)
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(image, before)  # the input is never modified
     visible = any(x < shape[1] and y < shape[0] and x + w > 0 and y + h > 0 for x, y, w, h in (f.box for f in faces))

@@ -288,7 +288,7 @@ def test_a_nan_score_still_gives_valid_json(web):
 def test_a_bogus_huge_seq_does_not_freeze_the_page(web):
     """Issue 11: after a frame with seq = 10**12 every later frame was 'older' and ignored."""
     publish(web, 10**12, ["a", "b"])
-    s, f, status = open_stream(web, "/stream.mjpg?src=cam0")
+    s, f, _status = open_stream(web, "/stream.mjpg?src=cam0")
     try:
         read_part(f)
         for seq in (3, 4):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bus.codec import Face, Message, encode
-from bus.config import Config, ConfigError, SourceConfig, parse, validate
+from bus.config import Config, ConfigError, DisplayConfig, SourceConfig, parse, validate
 from bus.runtime import Stats
 from display.draw import annotate
 from display.smooth import Smoother
@@ -289,3 +289,11 @@ def test_display_config_keys(table, error):
 def test_display_config_defaults_smooth_with_ema():
     d = Config().display
     assert (d.smoothing, d.smoothing_alpha, d.smoothing_hold, d.track_iou) == ("ema", 0.1, 8, 0.3)
+
+
+def test_the_library_defaults_are_the_config_defaults() -> None:
+    """Smoother() and Tracker() behave as an empty [display] section says (one place for each default)."""
+    d = DisplayConfig()
+    s, t = Smoother(), Tracker()
+    assert (s.mode, s.alpha, s.window, s.hold) == (d.smoothing, d.smoothing_alpha, d.smoothing_window, d.smoothing_hold)
+    assert (t.iou_min, t.max_missed) == (d.track_iou, d.track_max_missed)

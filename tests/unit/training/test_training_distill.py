@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from training.data import Dataset  # noqa: E402
-from training.data.fer import FER_CLASSES, FERPLUS_COLUMNS, ferplus_blend, load_fer  # noqa: E402
-from training.distill import DistillLoss, attach_teacher, hard_accuracy  # noqa: E402
-from training.train import mix_batch, read_progress  # noqa: E402
+from training.data import Dataset
+from training.data.fer import FER_CLASSES, FERPLUS_COLUMNS, ferplus_blend, load_fer
+from training.distill import DistillLoss, attach_teacher, hard_accuracy
+from training.train import mix_batch, read_progress
 
 K = 3
 

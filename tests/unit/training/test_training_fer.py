@@ -78,7 +78,7 @@ def test_empty_or_wrong_files(tmp_path: Path, content: str, match: str) -> None:
 def test_missing(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
         load_fer(tmp_path / "nope.csv")
-    with pytest.raises(DatasetError, match="no fer2013.csv"):
+    with pytest.raises(DatasetError, match=r"no fer2013\.csv"):
         load_fer(tmp_path)
 
 

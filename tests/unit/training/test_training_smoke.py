@@ -222,7 +222,7 @@ def test_keep_head_class_count_mismatch(tmp_path: Path, init_models: dict[int, P
     from training.train import TrainConfig
 
     train = Dataset(np.zeros((7, 48, 48), np.uint8), np.arange(7), CK_LABELS)
-    with pytest.raises(ValueError, match="--keep-head: .* has 8 outputs, the dataset 7 classes"):
+    with pytest.raises(ValueError, match=r"--keep-head: .* has 8 outputs, the dataset 7 classes"):
         _load_or_train("emonet", train, None, tmp_path / "run", TrainConfig(), False, init_models[8], True)
     assert not (tmp_path / "run").exists()
     # Through the CLI: a one-line error, exit code 1.
