@@ -214,8 +214,9 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the stage processes")
-def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
+def analyze_running(shared_data: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    """analyze on the long clip, once its three stages are up and bound (detector and classifier bind
+    their PULL sockets after they start watching their manager; capture watches it first thing)."""
     if not MODEL.is_file():
         pytest.skip(f"the classifier model {MODEL} is not there")
     p = start([str(shared_data / VIDEOS / "asl_signer_concat10.mp4"), "--out", str(tmp_path / "report")], tmp_path)
@@ -223,6 +224,15 @@ def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
     while len(kids := children_of(p.pid)) < 3 and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.1)
     assert len(kids) == 3, f"expected capture, detector and classifier; got {kids}"
+    while len(listening_of(kids)) < 2 and time.monotonic() < deadline + 60 and p.poll() is None:
+        time.sleep(0.1)
+    assert len(listening_of(kids)) == 2, "detector and classifier never bound their sockets"
+    return p, kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the stage processes")
+def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
+    p, kids = analyze_running(shared_data, tmp_path)
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
     code, _, stderr = finish(p, 30)
@@ -235,17 +245,7 @@ def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
 def test_the_stages_stop_when_analyze_is_killed(shared_data, tmp_path):
     """SIGKILL leaves no handler to run: the stages see their manager (analyze, through the launcher's
     EMOSTREAM_MANAGER_PID) die and stop by themselves instead of holding their endpoints."""
-    if not MODEL.is_file():
-        pytest.skip(f"the classifier model {MODEL} is not there")
-    p = start([str(shared_data / VIDEOS / "asl_signer_concat10.mp4"), "--out", str(tmp_path / "report")], tmp_path)
-    deadline = time.monotonic() + 30
-    while len(kids := children_of(p.pid)) < 3 and time.monotonic() < deadline and p.poll() is None:
-        time.sleep(0.1)
-    assert len(kids) == 3, f"expected capture, detector and classifier; got {kids}"
-    # detector and classifier bind their PULL sockets after they watch their manager (capture does first)
-    while len(listening_of(kids)) < 2 and time.monotonic() < deadline + 60 and p.poll() is None:
-        time.sleep(0.1)
-    assert len(listening_of(kids)) == 2, "detector and classifier never bound their sockets"
+    p, kids = analyze_running(shared_data, tmp_path)
     p.kill()
     p.communicate(timeout=10)
     deadline = time.monotonic() + 10

@@ -21,6 +21,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from bus import sockets
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -84,8 +85,7 @@ def supervised(tmp_path: Path) -> Iterator[Callable[[Path], tuple[subprocess.Pop
         py, conf = shlex.quote(sys.executable), shlex.quote(str(cfg))
         procfile.write_text("".join(f"{s}: {py} -m {s} --config {conf}\n" for s in STAGES))
         log = tmp_path / "supervise.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-        env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = child_env()
         with log.open("wb") as out:
             p = subprocess.Popen(
                 [sys.executable, "-m", "bus.supervise", "--procfile", str(procfile), "--backoff", "0.2"],
@@ -154,7 +154,7 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     display, detector, capture = procs["display"], procs["detector"], procs["capture"]
 
     def log() -> str:
-        return stages.log(display)
+        return display.text()
 
     wait_for("frames at the display", lambda: shown(log()) >= 5, log, 120)
     before = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
@@ -164,7 +164,7 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
         after = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
         ages = [float(a) for a in re.findall(r"source book: nothing has arrived for ([\d.]+) s", log())]
         assert ages and max(ages) >= 5.0, log()[-3000:]
-        cap = stages.log(capture)  # capture drops (counted) what cannot go: a full ring or socket
+        cap = capture.text()  # capture drops (counted) what cannot go: a full ring or socket
         assert "every shared-memory slot busy" in cap or "not sent (downstream full or absent)" in cap, cap[-2000:]
         for s in before:  # no queue grows while the detector hangs
             assert after[s] - before[s] < 20.0, (s, before[s], after[s])
@@ -175,8 +175,8 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     wait_for("recovery", lambda: "source book: flowing again after" in log(), log, 60)
     wait_for("new frames", lambda: shown(log()) > frozen, log, 30)
     for s in ("capture", "detector", "classifier", "display"):
-        assert stages.stop(procs[s], timeout=5) == 0, stages.log(procs[s])[-2000:]
-    final = re.findall(r"final stats: .* drops (.*)", stages.log(capture))
+        assert procs[s].stop(5) == 0, procs[s].text()[-2000:]
+    final = re.findall(r"final stats: .* drops (.*)", capture.text())
     drops = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", final[-1])} if final else {}
     assert drops.get("ring_full", 0) + drops.get("send", 0) > 0, final  # the frames of the hang: dropped, counted
     growth = {s: round(after[s] - before[s], 1) for s in before}

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.runtime import MANAGER_ENV, RUN_ENV, ancestors
+from bus.runtime import RUN_ENV, ancestors
 from bus.sockets import _listening
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -158,10 +159,7 @@ def launch(tmp_path: Path, runtime: Path) -> Iterator[Callable[..., Launched]]:
     def start(cfg: Path, launcher: Launcher = supervise, name: str = "a", **extra: str) -> Launched:
         folder = tmp_path / name
         folder.mkdir()
-        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-        for key in (RUN_ENV, MANAGER_ENV):
-            env.pop(key, None)
-        env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", XDG_RUNTIME_DIR=str(runtime), **extra)
+        env = child_env({"XDG_RUNTIME_DIR": str(runtime), **extra})
         run = launcher(cfg, folder, env)
         runs.append(run)
         return run
