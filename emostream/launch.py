@@ -57,8 +57,8 @@ OVERRIDES = (
 
 
 class LaunchError(RuntimeError):
-    """A process exited, never became ready, or did not exit in time; the message has its log's tail.
-    ``code``: the exit code of the process that exited (None for the other cases)."""
+    """A process exited (the message ends with its log's last line; ``code`` is its exit code), its
+    endpoints were not bound in time, or it did not exit in time (the message ends with its log's tail)."""
 
     def __init__(self, message: str, code: int | None = None):
         super().__init__(message)
