@@ -45,6 +45,7 @@ from bench.pipeline import Setup
 from bench.procs import BenchError
 from bench.report import tables
 from bus.paths import research_data
+from emostream.launch import LaunchError
 
 DEFAULT_DATA = research_data() / "media"
 ONE_FACE = "asl_signer_concat10.mp4"
@@ -87,7 +88,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so every ``with Procs`` block stops its stages."""
+    """SIGTERM unwinds like Ctrl-C, so every ``with Launcher`` block stops its stages."""
 
     def handler(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -110,7 +111,7 @@ class Runner:
         log.info("pipeline run %r: %d frames (logs in %s)", setup.name, setup.frames, workdir)
         try:
             row = run(setup, workdir)
-        except (BenchError, OSError, zmq.ZMQError) as e:
+        except (BenchError, LaunchError, OSError, zmq.ZMQError) as e:
             self.errors += 1
             log.error("run %r failed: %s", setup.name, e)
             return {"name": setup.name, "error": str(e)[-2000:]}

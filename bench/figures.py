@@ -4,7 +4,7 @@ final stats lines (``bus.runtime.Stats.line``), the bench's config file and the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,27 +37,6 @@ def final_stats(log: str) -> dict[str, Any] | None:
         if sep and value.isdigit():
             parsed[key] = int(value)
     return {"frames": int(frames), "drops": parsed}
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, int | float):
-        return repr(v)
-    raise TypeError(f"no TOML for {type(v).__name__}")
-
-
-def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    return "".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()) + "\n"
-        for name, table in sections.items()
-    )
 
 
 def fmt(v: Any) -> str:

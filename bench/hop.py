@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bench.procs import free_port
 from bus import sockets
 from bus.codec import Face, Message, decode, encode
+from emostream.launch import endpoint
 
 TIMEOUT_MS = 5000
 
@@ -44,7 +44,7 @@ def hop(
     """CPU ms and wall ms per message: the median over ``chunks`` runs of ``n // chunks`` messages
     (after 20 warm-up messages), so that a burst of load from elsewhere moves one chunk only."""
     with tempfile.TemporaryDirectory(prefix="hop-", dir="/tmp") as tmp:
-        ep = f"ipc://{Path(tmp) / 'hop'}" if transport == "ipc" else f"tcp://127.0.0.1:{free_port()}"
+        ep = endpoint(transport, Path(tmp), "hop")
         ctx = zmq.Context()
         pull = sockets.pull(ctx, ep, 4)
         push = sockets.push(ctx, [ep], 4, TIMEOUT_MS)
@@ -83,15 +83,11 @@ def hop(
     }
 
 
-def _endpoint(transport: str, folder: Path, name: str) -> str:
-    return f"ipc://{folder / name}" if transport == "ipc" else f"tcp://127.0.0.1:{free_port()}"
-
-
 def one_way(transport: str, with_image: bool, n: int, shape: tuple[int, int, int] = (480, 640, 3)) -> float:
     """Median one-way latency in microseconds (half a round trip, encode and decode included), over
     ``n`` round trips after 20 warm-up ones."""
     with tempfile.TemporaryDirectory(prefix="hop-", dir="/tmp") as tmp:
-        there, back = _endpoint(transport, Path(tmp), "there"), _endpoint(transport, Path(tmp), "back")
+        there, back = endpoint(transport, Path(tmp), "there"), endpoint(transport, Path(tmp), "back")
         ctx = zmq.Context()
         socks = [sockets.pull(ctx, there, 4), sockets.push(ctx, [back], 4, TIMEOUT_MS)]
         socks += [sockets.pull(ctx, back, 4), sockets.push(ctx, [there], 4, TIMEOUT_MS)]

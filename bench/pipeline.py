@@ -27,11 +27,12 @@ from typing import Any
 import zmq
 
 from bench import figures
-from bench.procs import BenchError, Procs, cpu_seconds, free_port, peak_rss_mb
+from bench.procs import BenchError, cpu_seconds, peak_rss_mb
 from bus import sockets
 from bus.codec import CodecError, decode
 from bus.paths import shipped_root
 from bus.shm import Rings
+from emostream.launch import Launcher, endpoint, write_config
 
 log = logging.getLogger("bench")
 
@@ -59,11 +60,7 @@ class Setup:
 def endpoints(setup: Setup, sockdir: Path) -> dict[str, list[str]]:
     """Fresh endpoints for every bound socket: free loopback ports, or socket files in ``sockdir``."""
     counts = {"detector": setup.detectors, "classifier": setup.classifiers, "display": 1}
-    if setup.transport == "ipc":
-        return {role: [f"ipc://{sockdir}/{role}{i}" for i in range(n)] for role, n in counts.items()}
-    if setup.transport != "tcp":
-        raise ValueError(f"transport must be tcp or ipc, got {setup.transport!r}")
-    return {role: [f"tcp://127.0.0.1:{free_port()}" for _ in range(n)] for role, n in counts.items()}
+    return {role: [endpoint(setup.transport, sockdir, f"{role}{i}") for i in range(n)] for role, n in counts.items()}
 
 
 def config(setup: Setup, eps: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
@@ -119,11 +116,11 @@ def _hops(t: dict[str, float], now: float) -> dict[str, float]:
     return out
 
 
-def _cpu(procs: Procs) -> dict[str, float | None]:
+def _cpu(procs: Launcher) -> dict[str, float | None]:
     return {p.name: cpu_seconds(p.pid) for p in procs.procs}
 
 
-def _start_profiles(procs: Procs, workdir: Path, seconds: float) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
+def _start_profiles(procs: Launcher, workdir: Path, seconds: float) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
     from bench.profile import start
 
     out = []
@@ -138,20 +135,19 @@ def run(setup: Setup, workdir: Path) -> dict[str, Any]:
     """Start the pipeline, sink ``setup.frames`` frames, stop it; the figures of the run."""
     sockdir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))  # short: a socket path has <= 107 bytes
     eps = endpoints(setup, sockdir)
-    cfg_path = workdir / "bus.toml"
-    cfg_path.write_text(figures.to_toml(config(setup, eps)))
+    cfg_path = write_config(workdir / "bus.toml", config(setup, eps))
     ctx = zmq.Context()
     sink = sockets.pull(ctx, eps["display"][0], HWM)
     profiles: list[tuple[str, subprocess.Popen[bytes], Path]] = []
     try:
-        with Procs(workdir) as procs:
+        with Launcher(workdir) as procs:
             for i in range(setup.classifiers):
-                procs.start("classifier", cfg_path, "--instance", str(i), instance=i)
+                procs.start("classifier", "--instance", str(i), config=cfg_path, instance=i)
             for i in range(setup.detectors):
-                procs.start("detector", cfg_path, "--instance", str(i), instance=i)
+                procs.start("detector", "--instance", str(i), config=cfg_path, instance=i)
             procs.wait_bound(eps["classifier"] + eps["detector"], START_TIMEOUT_S)
             time.sleep(0.5)  # let the detectors' PUSH sockets finish connecting to the classifiers
-            procs.start("capture", cfg_path)
+            procs.start("capture", config=cfg_path)
             result = _sink(setup, sink, procs, workdir, profiles)
             result["peak_rss_mb"] = {p.name: peak_rss_mb(p.pid) for p in procs.procs}
             procs.stop()
@@ -178,7 +174,7 @@ def run(setup: Setup, workdir: Path) -> dict[str, Any]:
 def _sink(
     setup: Setup,
     sink: zmq.Socket,
-    procs: Procs,
+    procs: Launcher,
     workdir: Path,
     profiles: list[tuple[str, subprocess.Popen[bytes], Path]],
 ) -> dict[str, Any]:
@@ -197,7 +193,7 @@ def _sink(
         parts = sockets.recv(sink, POLL_MS)
         now_m = time.monotonic()
         if parts is None:
-            procs.check_alive()
+            procs.check()
             limit = START_TIMEOUT_S if seen == 0 else STALL_TIMEOUT_S
             if now_m - last > limit:
                 raise BenchError(f"nothing reached the sink for {limit:.0f} s after {seen} frames")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.pipeline import CLASSIFIER_MODEL
-from bench.procs import ROOT, BenchError
+from bench.procs import BenchError
 from bus.codec import Message
 from bus.config import ClassifierConfig, DetectorConfig
 from bus.preprocess import to_uint8_bgr
@@ -29,6 +29,7 @@ from classifier.model import EmotionModel
 from classifier.worker import step as classify_step
 from detector.backend import open_backend
 from detector.worker import step as detect_step
+from emostream.launch import ROOT
 
 
 def looped(path: Path, frames: int) -> Iterator[np.ndarray]:

@@ -16,49 +16,22 @@ soak itself gets SIGTERM/SIGINT. Exit 0 when every stage stayed up, 1 when one d
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.procs import fd_count, rss_mb
+from emostream.launch import ROOT, Launcher, LaunchError, Proc, endpoint, free_port, write_config
+
 DEFAULT_VIDEO = ROOT / "../shared/data/media/videos/asl_signer_concat10.mp4"
 STAGES = ("classifier", "display", "detector", "capture")  # start order: sinks first
 START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory now (VmRSS) in MiB, or None when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def fd_count(pid: int) -> int | None:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
 
 
 def growth(first: float | None, last: float | None) -> float | None:
@@ -68,84 +41,29 @@ def growth(first: float | None, last: float | None) -> float | None:
     return round(100.0 * (last - first) / first, 2)
 
 
-def config_text(video: Path, fps: float, ports: dict[str, int]) -> str:
-    return f"""
-[bus]
-stats_interval_s = 60.0
-[capture]
-sources = [{{ id = "soak", uri = {json.dumps(str(video))}, loop = true, realtime = true, fps = {fps} }}]
-eof_linger_s = 0.0
-[detector]
-endpoints = ["tcp://127.0.0.1:{ports["detector"]}"]
-[classifier]
-endpoints = ["tcp://127.0.0.1:{ports["classifier"]}"]
-model = {json.dumps(str(ROOT / "models" / "fer2013_emonet.tflite"))}
-[display]
-endpoint = "tcp://127.0.0.1:{ports["display"]}"
-web = "127.0.0.1:{ports["web"]}"
-exit_at_end = false
-"""
+def config(video: Path, fps: float, eps: dict[str, str], web: int) -> dict[str, dict[str, Any]]:
+    return {
+        "bus": {"stats_interval_s": 60.0},
+        "capture": {
+            "sources": [{"id": "soak", "uri": str(video), "loop": True, "realtime": True, "fps": fps}],
+            "eof_linger_s": 0.0,
+        },
+        "detector": {"endpoints": [eps["detector"]]},
+        "classifier": {"endpoints": [eps["classifier"]], "model": str(ROOT / "models" / "fer2013_emonet.tflite")},
+        "display": {"endpoint": eps["display"], "web": f"127.0.0.1:{web}", "exit_at_end": False},
+    }
 
 
-def listening(port: int) -> bool:
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 3 and cols[3] == "0A" and int(cols[1].rpartition(":")[2], 16) == port:
-                return True
-    return False
+def last(proc: Proc, text: str) -> str:
+    """The last line of ``proc``'s log containing ``text`` ("" if none)."""
+    lines = [x for x in proc.text().splitlines() if text in x]
+    return lines[-1] if lines else ""
 
 
-@dataclass
-class Stage:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def last(self, text: str) -> str:
-        """The last log line containing ``text`` ("" if none)."""
-        lines = [x for x in self.log.read_text(errors="replace").splitlines() if text in x]
-        return lines[-1] if lines else ""
-
-
-def start(name: str, cfg: Path, workdir: Path) -> Stage:
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", name, "--config", str(cfg)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return Stage(name, popen, log)
-
-
-def stop_all(stages: list[Stage]) -> None:
-    for s in reversed(stages):  # the source first
-        if s.popen.poll() is None:
-            s.popen.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for s in stages:
-        try:
-            s.popen.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            s.popen.kill()
-            s.popen.wait(STOP_TIMEOUT_S)
-
-
-def sample(stages: list[Stage], t0: float) -> dict[str, Any]:
+def sample(stages: list[Proc], t0: float) -> dict[str, Any]:
     return {
         "t_s": round(time.monotonic() - t0, 1),
-        "stages": {s.name: {"rss_mb": rss_mb(s.popen.pid), "fds": fd_count(s.popen.pid)} for s in stages},
+        "stages": {s.stage: {"rss_mb": rss_mb(s.pid), "fds": fd_count(s.pid)} for s in stages},
     }
 
 
@@ -199,21 +117,19 @@ def growth_table(per_stage: dict[str, Any]) -> str:
 
 def soak(video: Path, minutes: float, fps: float, interval_s: float, warmup_s: float, stop: threading.Event) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    ports = {k: free_port() for k in ("detector", "classifier", "display", "web")}
-    cfg = workdir / "bus.toml"
-    cfg.write_text(config_text(video, fps, ports))
-    stages: list[Stage] = []
+    eps = {k: endpoint() for k in ("detector", "classifier", "display")}
+    cfg = write_config(workdir / "bus.toml", config(video, fps, eps, free_port()))
     died: list[str] = []
     samples: list[dict[str, Any]] = []
-    try:
+    with Launcher(workdir) as run:
         for name in STAGES:
-            stages.append(start(name, cfg, workdir))
-            if name in ports:
-                deadline = time.monotonic() + START_TIMEOUT_S
-                while not listening(ports[name]):
-                    if stages[-1].popen.poll() is not None or time.monotonic() > deadline:
-                        raise click.ClickException(f"{name} did not come up:\n{stages[-1].log.read_text()[-2000:]}")
-                    time.sleep(0.2)
+            run.start(name, config=cfg)
+            if name in eps:
+                try:
+                    run.wait_bound([eps[name]], START_TIMEOUT_S)
+                except LaunchError as e:
+                    raise click.ClickException(f"{name} did not come up: {e}") from None
+        stages = run.procs
         t0 = time.monotonic()
         stop.wait(5.0)  # the first frames through every stage
         samples.append(sample(stages, t0))
@@ -223,12 +139,10 @@ def soak(video: Path, minutes: float, fps: float, interval_s: float, warmup_s: f
             stop.wait(min(interval_s, max(0.0, end - time.monotonic())))
             samples.append(sample(stages, t0))
             click.echo(f"soak: t={samples[-1]['t_s']:.0f} s {samples[-1]['stages']}", err=True)
-            died = [s.name for s in stages if s.popen.poll() is not None]
+            died = [s.stage for s in stages if s.poll() is not None]
             if died:
                 break
-    finally:
-        stop_all(stages)
-    names = [s.name for s in stages]
+    names = [s.stage for s in stages]
     return {
         "video": str(video),
         "fps": fps,
@@ -237,8 +151,8 @@ def soak(video: Path, minutes: float, fps: float, interval_s: float, warmup_s: f
         "died": died,
         "samples": samples,
         **summary(samples, names, warmup_s),
-        "final_stats": {s.name: s.last("final stats") for s in stages},
-        "display_final": [x for x in stages[1].log.read_text(errors="replace").splitlines() if "final soak" in x],
+        "final_stats": {s.stage: last(s, "final stats") for s in stages},
+        "display_final": [x for x in stages[1].text().splitlines() if "final soak" in x],
     }
 
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from bench import figures
 from bench.pipeline import START_TIMEOUT_S, Setup, config, endpoints
-from bench.procs import BenchError, Procs, rss_mb
+from bench.procs import BenchError, rss_mb
+from emostream.launch import Launcher, write_config
 
 BAR_MS = 25.0  # the p99 latency bar
 
@@ -86,18 +87,17 @@ def run(clip: Path, model: str, workdir: Path, stall_s: float = 2.0, fps: float 
     cfg = config(setup, eps)
     events_path = workdir / "events.jsonl"
     cfg["display"].update(events=str(events_path), stall_warn_s=0.0)
-    cfg_path = workdir / "bus.toml"
-    cfg_path.write_text(figures.to_toml(cfg))
+    cfg_path = write_config(workdir / "bus.toml", cfg)
     samples: list[tuple[float, dict[str, float | None]]] = []
     done = threading.Event()
     try:
-        with Procs(workdir) as procs:
-            display = procs.start("display", cfg_path)
-            procs.start("classifier", cfg_path)
-            procs.start("detector", cfg_path)
+        with Launcher(workdir) as procs:
+            display = procs.start("display", config=cfg_path)
+            procs.start("classifier", config=cfg_path)
+            procs.start("detector", config=cfg_path)
             procs.wait_bound(eps["display"] + eps["classifier"] + eps["detector"], START_TIMEOUT_S)
             time.sleep(0.5)
-            procs.start("capture", cfg_path)
+            procs.start("capture", config=cfg_path)
 
             def sample() -> None:
                 while not done.wait(0.1):
@@ -105,23 +105,23 @@ def run(clip: Path, model: str, workdir: Path, stall_s: float = 2.0, fps: float 
 
             deadline = time.monotonic() + START_TIMEOUT_S
             while not (events_path.is_file() and len(events_path.read_text().splitlines()) >= 2 * fps):
-                procs.check_alive()
+                procs.check()
                 if time.monotonic() > deadline:
                     raise BenchError("the display wrote no events")
                 time.sleep(0.2)
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             time.sleep(6.0)
-            procs.check_alive()
+            procs.check()
             t_stop = time.time()
-            display.popen.send_signal(signal.SIGSTOP)
+            display.send_signal(signal.SIGSTOP)
             try:
                 time.sleep(stall_s)
             finally:
-                display.popen.send_signal(signal.SIGCONT)
+                display.send_signal(signal.SIGCONT)
             t_resume = time.time()
             time.sleep(6.0)
-            procs.check_alive()
+            procs.check()
             done.set()
             sampler.join(2)
             procs.stop()

@@ -1,18 +1,15 @@
-"""``python -m display``: the display stage, ``--image X.jpg --faces F.json --out Y.jpg`` to draw, or
-``analyze VIDEO`` to run the whole pipeline on a video and write reports.
+"""``python -m display``: the display stage, or ``--image X.jpg --faces F.json --out Y.jpg`` to draw.
 
 Stage: binds a PULL socket on ``[display] endpoint`` and feeds the sinks ``[display]`` turns on;
 with ``exit_at_end`` it exits 0 once every file source has ended and been accounted for.
 Drawing mode: draws the faces of a JSON file (the output of ``python -m detector --image``,
 ``python -m classifier --image``, or an events line) onto an image, writes it and exits.
-Analysis: see :mod:`display.analyze` (frames/tracks tables, timeline plot, annotated video).
+The offline analysis of a video (``python -m analyze``) uses this package as a library.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -114,7 +111,7 @@ def serve(cfg: Config, plumbing: StageSockets) -> None:
                 s.close()
 
 
-@click.group(invoke_without_command=True)
+@click.command()
 @config_option
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="Draw onto this image (no sockets).")
 @click.option(
@@ -125,17 +122,8 @@ def serve(cfg: Config, plumbing: StageSockets) -> None:
     help="JSON faces to draw (detector/classifier --image output).",
 )
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the drawn image.")
-@click.pass_context
-def main(
-    ctx: click.Context, config_path: str | None, image: str | None, faces_path: str | None, out: str | None
-) -> None:
-    """Show classified frames (window, web page, video, events file) and account for every frame.
-
-    With a command: `analyze VIDEO` runs the pipeline on a video and writes reports."""
-    if ctx.invoked_subcommand is not None:
-        if image or faces_path or out:
-            fail("display", f"--image/--faces/--out do not go with {ctx.invoked_subcommand}")
-        return
+def main(config_path: str | None, image: str | None, faces_path: str | None, out: str | None) -> None:
+    """Show classified frames (window, web page, video, events file) and account for every frame."""
     if image or faces_path or out:
         if not (image and faces_path and out):
             fail("display", "--image, --faces and --out go together")
@@ -150,59 +138,6 @@ def main(
     except ConfigError as e:
         fail("display", str(e))
     serve(cfg, StageSockets("display", cfg))
-
-
-@main.command("analyze")
-@click.argument("video", type=str)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for the reports (default: <video name>-analysis in the current folder).",
-)
-@click.option("--video", "annotated", is_flag=True, help="Also write the annotated video (annotated.mp4).")
-@config_option
-@click.option("--no-plot", is_flag=True, help="Skip timeline.png (needs matplotlib).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.pass_context
-def analyze_command(
-    ctx: click.Context,
-    video: str,
-    out_dir: str | None,
-    annotated: bool,
-    config_path: str | None,
-    no_plot: bool,
-    quiet: bool,
-) -> None:
-    """Run capture, detector and classifier on VIDEO (no live view) and write per-frame and per-track
-    tables (CSV, JSON), an emotion timeline per track and, with --video, the annotated video."""
-    from display.analyze import AnalyzeError, analyze, stop_on_signals
-
-    config_path = config_path or (ctx.parent.params.get("config_path") if ctx.parent else None)
-    out = Path(out_dir) if out_dir else Path(f"{Path(video).stem}-analysis")
-    log = setup_logging("analyze", logging.WARNING)
-    stop = threading.Event()
-    try:
-        with stop_on_signals(stop):
-            result = analyze(video, out, config_path, annotated, not no_plot, not quiet, stop, log)
-    except AnalyzeError as e:
-        click.echo(f"display analyze: {e}", err=True)
-        sys.exit(e.code)
-    s = result.summary
-    click.echo(f"reports in {out}: {', '.join(result.paths)}")
-    drops = " ".join(f"{k}={v}" for k, v in sorted(s["dropped"].items())) or "0"
-    click.echo(f"frames read {s['frames_read']}, analysed {s['frames_analysed']}, dropped {drops}, lost {s['lost']}")
-    click.echo(
-        f"{len(s['tracks'])} track(s), {len(s['scene_cuts'])} scene cut(s), {s['suspected_switches']} suspected id switch(es)"
-    )
-    for t in s["tracks"]:
-        share = t.get(f"share_{t['dominant']}", 0.0)
-        click.echo(
-            f"  #{t['track']}: frames {t['first_frame']}-{t['last_frame']} ({t['frames']}), "
-            f"{t['dominant']} {100 * share:.0f}% of them; label changes raw {t['label_changes']}, "
-            f"smoothed {t['smoothed_label_changes']}"
-        )
 
 
 if __name__ == "__main__":

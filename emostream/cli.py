@@ -1,7 +1,7 @@
 """The ``emostream`` command: one click group over the project's commands.
 
 - ``run``: the four-process pipeline under honcho (the shipped Procfile), as ``scripts/run.sh`` does;
-- ``analyze``: a video through the real pipeline to reports (``python -m display analyze``), or a
+- ``analyze``: a video through the real pipeline to reports (``python -m analyze``), or a
   folder / glob / list of images to one row per face (:mod:`emostream.batch`, in-process API);
 - ``train``: ``python -m training`` (needs the ``training`` extra: TensorFlow);
 - ``bench``: ``python -m bench``.
@@ -133,7 +133,7 @@ def analyze_command(
 ) -> None:
     """Analyse a video, or images: a folder, a glob ('photos/*.jpg') or image files.
 
-    A video runs through the real pipeline (`python -m display analyze`): per-frame and per-track
+    A video runs through the real pipeline (`python -m analyze`): per-frame and per-track
     tables, an emotion timeline per track. Images are analysed in this process with the same
     detector and classifier code and written as faces.csv and faces.jsonl, one row per face with
     the image's path."""
@@ -145,7 +145,7 @@ def analyze_command(
     if "video" in kinds:
         if len(sources) != 1:
             _fail("analyze", f"give one video at a time ({VIDEO_SUFFIXES_HINT}), or only images")
-        args = ["analyze", str(Path(sources[0]).absolute())]
+        args = [str(Path(sources[0]).absolute())]
         args += ["--out", str(Path(out_dir or f"{Path(sources[0]).stem}-analysis").absolute())]
         config = user_config(config_path)
         if config is not None:
@@ -158,7 +158,7 @@ def analyze_command(
             args.append("--no-plot")
         if quiet:
             args.append("--quiet")
-        _exec("display", args)
+        _exec("analyze", args)
     _analyze_images(sources, kinds, out_dir, config_path, quiet)
 
 

@@ -54,7 +54,7 @@ check() {
 }
 check ruff check .
 check ruff format --check .
-check mypy bus capture detector classifier display training bench emostream
+check mypy bus capture detector classifier display analyze training bench emostream
 check pytest -q "$@"
 if ((${#failed[@]})); then
   echo "test.sh: FAILED: ${failed[*]}" >&2

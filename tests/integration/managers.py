@@ -28,6 +28,7 @@ from xmlrpc.client import ServerProxy
 from supervisor.xmlrpc import SupervisorTransport
 
 from bus.runtime import ancestors
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("display", "classifier", "detector", "capture")
@@ -154,23 +155,10 @@ class Supervised(Launched):
         return int(codes[-1]) if codes else -1
 
 
-STEERING = (
-    "BUS_CONFIG",
-    "SOURCE",
-    "EVENTS",
-    "WEB",
-    "VIDEO",
-    "SUPERVISORD_CONF",
-    "EMOSTREAM_RUN",
-    "EMOSTREAM_MANAGER_PID",
-)
-
-
 def clean_env(runtime: Path, **extra: str) -> dict[str, str]:
-    """This process's environment less the variables that steer a run (:data:`STEERING`), with the
-    repository on PYTHONPATH and ``runtime`` (a private temp dir) as XDG_RUNTIME_DIR; then ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in STEERING}
-    return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "XDG_RUNTIME_DIR": str(runtime), **extra}
+    """The children's environment (:func:`emostream.launch.child_env`: the variables that steer a run
+    removed, the repository on PYTHONPATH) with ``runtime`` (a private temp dir) as XDG_RUNTIME_DIR; then ``extra``."""
+    return child_env({"XDG_RUNTIME_DIR": str(runtime), **extra})
 
 
 @contextlib.contextmanager

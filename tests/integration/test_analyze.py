@@ -1,4 +1,4 @@
-"""``python -m display analyze`` on real media: real capture/detector/classifier processes, the
+"""``python -m analyze`` on real media: real capture/detector/classifier processes, the
 reports, track-id stability, smoothing, and clean shutdown on Ctrl-C. Skips without the research
 data ($EMOSTREAM_DATA, else ../shared/data: tests/conftest.py).
 
@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
+from emostream.launch import child_env
+
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -28,14 +30,12 @@ VIDEOS = "media/videos"
 
 
 def start(args: list[str], tmp: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    env["PYTHONPATH"] = str(ROOT)
     cfg = tmp / "bus.toml"
     cfg.write_text(f'[classifier]\nmodel = "{MODEL}"\n')
     return subprocess.Popen(
-        [sys.executable, "-m", "display", "analyze", *args, "--config", str(cfg), "--quiet"],
+        [sys.executable, "-m", "analyze", *args, "--config", str(cfg), "--quiet"],
         cwd=ROOT,
-        env=env,
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -176,6 +176,34 @@ def test_smoothing_cuts_label_changes_fivefold_on_the_asl_clip(asl):
     assert frames["label"].mode()[0] == frames["smoothed_label"].mode()[0]
 
 
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def listening_of(pids: list[int]) -> set[int]:
+    """The inodes of the TCP sockets in LISTEN state that ``pids`` hold."""
+    listen = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A":
+                listen.add(int(cols[9]))
+    held = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                held.add(int(target[8:-1]))
+    return listen & held
+
+
 def children_of(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -188,8 +216,9 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the stage processes")
-def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
+def analyze_running(shared_data: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
+    """analyze on the long clip, once its three stages are up and bound (detector and classifier bind
+    their PULL sockets after they start watching their manager; capture watches it first thing)."""
     if not MODEL.is_file():
         pytest.skip(f"the classifier model {MODEL} is not there")
     p = start([str(shared_data / VIDEOS / "asl_signer_concat10.mp4"), "--out", str(tmp_path / "report")], tmp_path)
@@ -197,10 +226,33 @@ def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
     while len(kids := children_of(p.pid)) < 3 and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.1)
     assert len(kids) == 3, f"expected capture, detector and classifier; got {kids}"
+    while len(listening_of(kids)) < 2 and time.monotonic() < deadline + 60 and p.poll() is None:
+        time.sleep(0.1)
+    assert len(listening_of(kids)) == 2, "detector and classifier never bound their sockets"
+    return p, kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the stage processes")
+def test_ctrl_c_stops_every_stage(shared_data, tmp_path):
+    p, kids = analyze_running(shared_data, tmp_path)
     time.sleep(1.0)
     p.send_signal(signal.SIGINT)
     code, _, stderr = finish(p, 30)
     assert code == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == "display analyze: interrupted"
-    alive = [k for k in kids if Path(f"/proc/{k}").exists() and "Z" not in Path(f"/proc/{k}/stat").read_text()[-60:]]
+    assert stderr.strip().splitlines()[-1] == "analyze: interrupted"
+    assert [k for k in kids if running(k)] == []
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the stage processes")
+def test_the_stages_stop_when_analyze_is_killed(shared_data, tmp_path):
+    """SIGKILL leaves no handler to run: the stages see their manager (analyze, through the launcher's
+    EMOSTREAM_MANAGER_PID) die and stop by themselves instead of holding their endpoints."""
+    p, kids = analyze_running(shared_data, tmp_path)
+    p.kill()
+    p.communicate(timeout=10)
+    deadline = time.monotonic() + 10
+    while (alive := [k for k in kids if running(k)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for k in alive:
+        os.kill(k, signal.SIGKILL)  # leave nothing behind, then fail
     assert alive == []

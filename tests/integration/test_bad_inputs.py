@@ -6,7 +6,6 @@ cases are unit-tested in tests/unit/capture, tests/unit/classifier and tests/uni
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bus.keys import STAGES, generate
+from emostream.launch import child_env
 from tests.conftest import SHARED_DATA
 from tests.integration.conftest import write_config
 
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def env() -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    return {**base, "PYTHONPATH": str(ROOT)}
+    return child_env()
 
 
 def model_copy(tmp: Path, edit: Callable[[Path], object] | None = None) -> Path:

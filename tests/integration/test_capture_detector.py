@@ -7,9 +7,7 @@ detector sends. asl_book.mkv has one face in every frame (see docs/detector.md).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,21 +19,10 @@ import zmq
 
 from bus.codec import Message, decode
 from bus.shm import Rings
+from emostream.launch import child_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(90)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stage_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def start(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -43,7 +30,7 @@ def start(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp / f"{args[0]}-{time.monotonic_ns()}.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", *args], cwd=tmp, env=stage_env(), stdout=subprocess.DEVNULL, stderr=err
+            [sys.executable, "-m", *args], cwd=tmp, env=child_env(), stdout=subprocess.DEVNULL, stderr=err
         )
     return proc, log
 
@@ -177,7 +164,7 @@ def test_help(stage: str, tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", stage, "--help"],
         cwd=tmp_path,
-        env=stage_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -197,7 +184,7 @@ def test_help(stage: str, tmp_path: Path) -> None:
 )
 def test_start_up_failures_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", *args], cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", *args], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=60
     )
     assert (out.returncode, out.stderr.splitlines()) == (2, [message])
 
@@ -213,7 +200,7 @@ def test_detector_without_the_classifier_sidecar_exits_2(
     out = subprocess.run(
         [sys.executable, "-m", "detector", "--config", str(cfg)],
         cwd=tmp_path,
-        env=stage_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -232,7 +219,7 @@ def test_detector_alone_on_an_image_prints_json(tmp_path: Path, shared_data: Pat
     out = subprocess.run(
         [sys.executable, "-m", "detector", "--image", str(image)],
         cwd=tmp_path,
-        env=stage_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -248,7 +235,7 @@ def test_capture_print_lists_every_frame(tmp_path: Path, pipeline_config: tuple[
     out = subprocess.run(
         [sys.executable, "-m", "capture", "--config", str(cfg), "--print"],
         cwd=tmp_path,
-        env=stage_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -63,11 +63,11 @@ def test_classifier_and_display_account_for_every_frame(tmp_path, bus_toml, port
     out.send_multipart(encode(detector_frame(20, 2, rng, size=32)))  # crops for another model: a drop marker
     out.send_multipart(encode(Message(src="clip", seq=22, ts=time.time(), kind="eos", frames=22, dropped=1)))
 
-    assert stages.wait_exit(display, 30, "display") == 0
-    log = stages.log(display)
+    assert display.wait(30) == 0
+    log = display.text()
     assert "final clip: read 22  in events 20  dropped capture=1 crop_shape=1  lost 0" in log, log
-    assert stages.stop(classifier, timeout=2.5) == 0  # SIGTERM: out within the 2 s budget
-    assert "final stats" in stages.log(classifier)
+    assert classifier.stop(2.5) == 0  # SIGTERM: out within the 2 s budget
+    assert "final stats" in classifier.text()
 
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert sorted(x["seq"] for x in lines) == list(range(20))
@@ -101,9 +101,9 @@ def test_display_counts_lost_frames_and_garbage_then_exits(tmp_path, bus_toml, p
         out.send_multipart(encode(msg))
     out.send_multipart(encode(Message(src="clip", seq=9, ts=time.time(), kind="eos", frames=5, dropped=0)))
     t0 = time.monotonic()
-    assert stages.wait_exit(display, 20, "display") == 0
+    assert display.wait(20) == 0
     assert time.monotonic() - t0 >= 0.9  # waited for the stragglers
-    log = stages.log(display)
+    log = display.text()
     assert "final clip: read 5  in events 3  dropped 0  lost 2" in log, log
     assert "garbage=2" in log
     assert len(events.read_text().splitlines()) == 3
@@ -112,6 +112,6 @@ def test_display_counts_lost_frames_and_garbage_then_exits(tmp_path, bus_toml, p
 def test_startup_errors_are_one_line_and_exit_2(tmp_path, bus_toml, ports, stages):
     cfg = config(bus_toml, ports, tmp_path / "missing.tflite")
     p = stages.start("classifier", "--config", str(cfg))
-    assert stages.wait_exit(p, 20, "classifier") == 2
+    assert p.wait(20) == 2
     # issue 11 case 17: it said "model sidecar not found: missing.json" when the model is what is missing
-    assert stages.log(p).strip().splitlines() == [f"classifier: model file not found: {tmp_path / 'missing.tflite'}"]
+    assert p.text().strip().splitlines() == [f"classifier: model file not found: {tmp_path / 'missing.tflite'}"]

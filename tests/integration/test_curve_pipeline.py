@@ -32,12 +32,12 @@ def test_pipeline_with_curve_delivers_every_frame(tmp_path, bus_toml, ports, sta
         }
     )
     procs = {s: stages.start(s, "--config", str(cfg)) for s in ("display", "classifier", "detector", "capture")}
-    assert stages.wait_exit(procs["display"], 120, "display") == 0, stages.log(procs["display"])[-3000:]
-    log = stages.log(procs["display"])
+    assert procs["display"].wait(120) == 0, procs["display"].text()[-3000:]
+    log = procs["display"].text()
     assert "final book: read 109  in events 109  dropped 0  lost 0" in log, log[-3000:]
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert sorted(x["seq"] for x in lines) == list(range(109)) and all(len(x["faces"]) == 1 for x in lines)
     for s in ("capture", "detector", "classifier"):
         t0 = time.monotonic()
-        assert stages.stop(procs[s], timeout=5) == 0, stages.log(procs[s])[-2000:]
+        assert procs[s].stop(5) == 0, procs[s].text()[-2000:]
         assert time.monotonic() - t0 < 2.0, s

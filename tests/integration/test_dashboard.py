@@ -162,7 +162,7 @@ def test_dashboard_cards_match_the_overlay_and_events_stream(bus_toml, ports, st
         stop.set()
         feeder.join(5)
     assert errors == []
-    assert stages.stop(display, timeout=2.5) == 0
+    assert display.stop(2.5) == 0
 
 
 def test_an_annotated_video_from_the_pipeline_plays_in_chromium(tmp_path, bus_toml, ports, stages, shared_data):
@@ -181,7 +181,7 @@ def test_an_annotated_video_from_the_pipeline_plays_in_chromium(tmp_path, bus_to
         }
     )
     procs = {s: stages.start(s, "--config", str(cfg)) for s in ("display", "classifier", "detector", "capture")}
-    assert stages.wait_exit(procs["display"], 150, "display") == 0, stages.log(procs["display"])[-3000:]
+    assert procs["display"].wait(150) == 0, procs["display"].text()[-3000:]
     written = sorted((tmp_path / "out").iterdir())
     assert len(written) == 1 and written[0].suffix in (".mp4", ".webm"), written
     import cv2
@@ -225,5 +225,5 @@ def test_an_annotated_video_from_the_pipeline_plays_in_chromium(tmp_path, bus_to
         server.shutdown()
         server.server_close()
     for s in ("capture", "detector", "classifier"):
-        stages.stop(procs[s])
+        procs[s].stop()
     shutil.rmtree(tmp_path / "out", ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from emostream import EmotionRecognizer
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -42,8 +43,7 @@ def test_run_a_folder_from_another_folder(
             "display": {"endpoint": f"tcp://127.0.0.1:{ports['display']}", "web": "", "drain_timeout_s": 10.0},
         }
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE", "EVENTS", "WEB", "VIDEO", "BUS_CONFIG")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = child_env()
     cmd = [sys.executable, "-m", "emostream", "run", "--config", os.path.relpath(config, user)]
     cmd += ["--source", "imgs", "--events", "out.jsonl"]
     proc = subprocess.Popen(
@@ -67,14 +67,13 @@ def test_run_a_folder_from_another_folder(
 
 
 @pytest.mark.parametrize("config", [True, False])
-def test_display_analyze_from_another_folder(tmp_path: Path, shared_data: Path, config: bool) -> None:
+def test_analyze_from_another_folder(tmp_path: Path, shared_data: Path, config: bool) -> None:
     """The issue's report: from another folder, with or without `--config /abs/bus.toml`, the model's
     relative path was read against the current folder (`model sidecar not found`)."""
     video = shared_data / "media/videos/head-pose-face-detection-male.mp4"
-    cmd = [sys.executable, "-m", "display", "analyze", str(video), "--out", "rep", "--no-plot", "--quiet"]
+    cmd = [sys.executable, "-m", "analyze", str(video), "--out", "rep", "--no-plot", "--quiet"]
     cmd += ["--config", str(ROOT / "bus.toml")] if config else []
-    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE", "EVENTS", "WEB", "VIDEO", "BUS_CONFIG")}
-    done = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     tracks = json.loads((tmp_path / "rep" / "tracks.json").read_text())["tracks"]
     assert [t["dominant"] for t in tracks] == ["happy"]

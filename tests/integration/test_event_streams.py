@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.integration.conftest import free_port
+from emostream.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -223,7 +223,7 @@ def test_every_frame_reaches_zmq_sse_and_mqtt(tmp_path, bus_toml, ports, stages,
         stages.start(stage, "--config", str(cfg))
     try:
         got = drain_sub(sub, time.monotonic() + 1.0)
-        rc = stages.wait_exit(display, 150, "display")
+        rc = display.wait(150)
         deadline = time.monotonic() + 10  # a loaded machine: the last records may still be on their way
         while time.monotonic() < deadline and (len(got) < FRAMES or len(mqtt_sub.events()) < FRAMES):
             got += drain_sub(sub, time.monotonic() + 0.2)
@@ -231,7 +231,7 @@ def test_every_frame_reaches_zmq_sse_and_mqtt(tmp_path, bus_toml, ports, stages,
     finally:
         mqtt_sub.close()
         sub.close(linger=0)
-    log = stages.log(display)
+    log = display.text()
     assert rc == 0, log[-3000:]
     assert f"final clip: read {FRAMES}  in events {FRAMES}  dropped 0  lost 0" in log, log[-3000:]
     file_records = [json.loads(x) for x in events.read_text().splitlines()]
@@ -281,11 +281,11 @@ def test_a_broker_stopped_mid_run_costs_records_not_frames(
         broker.stop()
         time.sleep(1.5)
         broker.start()  # same port: the display's client reconnects (backoff from 1 s)
-        rc = stages.wait_exit(display, 120, "display")
+        rc = display.wait(120)
         time.sleep(0.5)
     finally:
         mqtt_sub.close()
-    log = stages.log(display)
+    log = display.text()
     assert rc == 0, log[-3000:]
     assert f"final clip: read {FRAMES}  in events {FRAMES}  dropped 0  lost 0" in log, log[-3000:]
     final = [line for line in log.splitlines() if "final mqtt:" in line]

@@ -78,7 +78,7 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     display, detector, capture = procs["display"], procs["detector"], procs["capture"]
 
     def log() -> str:
-        return stages.log(display)
+        return display.text()
 
     wait_for("frames at the display", lambda: shown(log()) >= 5, log, 120)
     before = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
@@ -88,7 +88,7 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
         after = {s: rss_mb(p.pid) for s, p in procs.items() if s != "detector"}
         ages = [float(a) for a in re.findall(r"source book: nothing has arrived for ([\d.]+) s", log())]
         assert ages and max(ages) >= 5.0, log()[-3000:]
-        cap = stages.log(capture)  # capture drops (counted) what cannot go: a full ring or socket
+        cap = capture.text()  # capture drops (counted) what cannot go: a full ring or socket
         assert "every shared-memory slot busy" in cap or "not sent (downstream full or absent)" in cap, cap[-2000:]
         for s in before:  # no queue grows while the detector hangs
             assert after[s] - before[s] < 20.0, (s, before[s], after[s])
@@ -99,8 +99,8 @@ def test_a_hung_detector_is_reported_nothing_grows_and_it_resumes(
     wait_for("recovery", lambda: "source book: flowing again after" in log(), log, 60)
     wait_for("new frames", lambda: shown(log()) > frozen, log, 30)
     for s in ("capture", "detector", "classifier", "display"):
-        assert stages.stop(procs[s], timeout=5) == 0, stages.log(procs[s])[-2000:]
-    final = re.findall(r"final stats: .* drops (.*)", stages.log(capture))
+        assert procs[s].stop(5) == 0, procs[s].text()[-2000:]
+    final = re.findall(r"final stats: .* drops (.*)", capture.text())
     drops = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", final[-1])} if final else {}
     assert drops.get("ring_full", 0) + drops.get("send", 0) > 0, final  # the frames of the hang: dropped, counted
     growth = {s: round(after[s] - before[s], 1) for s in before}

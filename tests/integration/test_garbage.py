@@ -61,7 +61,7 @@ def wait_listening(port: int, proc, stages, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"stage exited with {proc.returncode}:\n{stages.log(proc)[-3000:]}")
+            pytest.fail(f"stage exited with {proc.returncode}:\n{proc.text()[-3000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -125,20 +125,20 @@ def test_stage_survives_garbage_counts_it_and_still_works(stage, tmp_path, bus_t
 
     if sink is not None:
         if not sink.poll(30000, zmq.POLLIN):
-            pytest.fail(f"no output after the garbage:\n{stages.log(proc)[-3000:]}")
+            pytest.fail(f"no output after the garbage:\n{proc.text()[-3000:]}")
         msg = decode(sink.recv_multipart())
         assert (msg.kind, msg.src, msg.seq) == ("frame", "cam", 5), msg.reason
         if stage == "classifier":
             assert msg.faces[0].label is not None and msg.labels is not None
     else:  # the end of the source: the display exits 0 once the frame is accounted for
         out.send_multipart(encode(Message("cam", 6, time.time(), kind="eos", frames=1, dropped=0)))
-        assert stages.wait_exit(proc, 30, "display") == 0
+        assert proc.wait(30) == 0
         (line,) = [json.loads(x) for x in events.read_text().splitlines()]
         assert (line["src"], line["seq"], line["faces"][0]["label"]) == ("cam", 5, "happy")
 
     assert stage == "display" or proc.poll() is None, "the stage died"
-    assert stages.stop(proc, timeout=5) == 0
-    log = stages.log(proc)
+    assert proc.stop(5) == 0
+    log = proc.text()
     final = [x for x in log.splitlines() if "final stats" in x]
     assert final and f"garbage={len(bad)}" in final[-1] and "frames 1 " in final[-1], log[-3000:]
     assert "Traceback" not in log

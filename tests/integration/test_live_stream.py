@@ -6,7 +6,6 @@ file ends a run; an eos from a live source would make the display and the superv
 from __future__ import annotations
 
 import http.server
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import zmq
 
 from bus import sockets
 from bus.codec import decode
-from bus.runtime import MANAGER_ENV, RUN_ENV
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STALL_S = 7.0  # longer than the stream's 5 s read timeout (capture.sources.OPEN_TIMEOUT_MS)
@@ -82,8 +81,7 @@ def test_a_stalled_live_stream_is_reopened_and_never_ends_the_run(tmp_path: Path
     )
     ctx = zmq.Context()
     pull = sockets.pull(ctx, ep, 64)
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", RUN_ENV, MANAGER_ENV)}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = child_env()
     log = tmp_path / "capture.log"
     with log.open("wb") as out:
         capture = subprocess.Popen(

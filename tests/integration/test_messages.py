@@ -31,8 +31,8 @@ def test_a_taken_web_port_is_named_in_the_one_line(bus_toml, ports, stages) -> N
         port = taken.getsockname()[1]
         cfg = bus_toml({"display": {"endpoint": f"tcp://127.0.0.1:{ports['display']}", "web": f"127.0.0.1:{port}"}})
         p = stages.start("display", "--config", str(cfg))
-        assert stages.wait_exit(p, 30, "display") == 2
-    assert stages.log(p).strip().splitlines() == [
+        assert p.wait(30) == 2
+    assert p.text().strip().splitlines() == [
         f"display: cannot start a sink: [display] web 127.0.0.1:{port}: Address already in use"
     ]
 
@@ -58,8 +58,8 @@ def test_a_one_image_run_that_ends_at_once_loses_nothing_and_blames_no_other_hos
     # the detector last: capture's frame waits for it, then meets its first (slow) inference while
     # capture, done at once, removes the ring
     others = [stages.start(s, "--config", str(cfg)) for s in ("classifier", "capture", "detector")]
-    assert stages.wait_exit(display, 60, "display") == 0, stages.log(display)
-    text = "".join(stages.log(p) for p in (display, *others))
+    assert display.wait(60) == 0, display.text()
+    text = "".join(p.text() for p in (display, *others))
     assert not re.search(r"not on this host|is gone|shm_missing", text), text[-3000:]
-    assert "final img: read 1  in events 1  dropped 0  lost 0" in stages.log(display)
+    assert "final img: read 1  in events 1  dropped 0  lost 0" in display.text()
     assert [json.loads(line)["seq"] for line in events.read_text().splitlines()] == [0]

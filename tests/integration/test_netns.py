@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bus.keys import STAGES, generate
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(180)
@@ -106,8 +107,7 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    return {**base, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return child_env()
 
 
 def test_curve_across_namespaces_lets_the_key_holder_in_and_nobody_else(

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from emostream.launch import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 TIMEOUT_S = 240.0
@@ -109,13 +111,8 @@ def pipeline(tmp_path: Path, bus_toml: Callable[[dict[str, dict[str, Any]]], Pat
         honcho = bindir / "honcho"
         if not honcho.is_file():
             pytest.fail(f"honcho is not installed next to {sys.executable} (pip install -e .)")
-        env = {k: v for k, v in os.environ.items() if k not in ("SOURCE", "EVENTS", "WEB", "VIDEO", "DISPLAY")}
-        env.update(
-            PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
-            PYTHONPATH=str(ROOT),
-            BUS_CONFIG=str(config),
-            PYTHONUNBUFFERED="1",
-        )
+        env = child_env({"BUS_CONFIG": str(config)})
+        env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
         log = tmp_path / "honcho.log"
         cmd = [str(honcho), "start", "--no-colour", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
         t0 = time.monotonic()

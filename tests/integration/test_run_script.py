@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from emostream.launch import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 FAKE_HONCHO = """#!/usr/bin/env python3
@@ -45,11 +47,10 @@ def repo(tmp_path: Path) -> Path:
 
 
 def run_script(repo: Path, cwd: Path, env: dict[str, str], *args: str) -> dict[str, object]:
-    base = {k: v for k, v in os.environ.items() if k not in ("SOURCE", "EVENTS", "VIDEO", "BUS_CONFIG")}
     done = subprocess.run(
         ["bash", str(repo / "scripts" / "run.sh"), *args],
         cwd=cwd,
-        env={**base, **env},
+        env=child_env(env),
         capture_output=True,
         text=True,
         timeout=60,

@@ -229,8 +229,8 @@ def test_a_64_mib_dev_shm_runs_to_the_end_or_says_why_and_never_crash_loops(
 def test_a_number_out_of_range_stops_a_stage_with_exit_2_and_one_line(tmp_path, bus_toml, stages, stage: str) -> None:
     cfg = bus_toml({"bus": {"send_timeout_ms": 10**12}, "capture": {"sources": [{"uri": str(tmp_path)}]}})
     p = stages.start(stage, "--config", str(cfg))
-    assert stages.wait_exit(p, 30, stage) == 2, stages.log(p)
-    assert stages.log(p).strip().splitlines() == [
+    assert p.wait(30) == 2, p.text()
+    assert p.text().strip().splitlines() == [
         f"{stage}: {cfg}: [bus] send_timeout_ms: must be in [1, 3600000], got 1000000000000"
     ]
 
@@ -287,7 +287,7 @@ def test_the_display_maps_no_forged_ring_a_symlink_another_users_file_or_a_huge_
     try:
         display = stages.start("display", "--config", str(cfg))
         push = sockets.push(zctx, [f"tcp://127.0.0.1:{ports['display']}"], 4, 2000)
-        wait_for("the display", lambda: "pulling on" in stages.log(display), lambda: stages.log(display), 30)
+        wait_for("the display", lambda: "pulling on" in display.text(), lambda: display.text(), 30)
         time.sleep(0.5)
         before = rss_mib(display.pid)
         for seq, path in enumerate((link, sparse[65534], sparse[os.geteuid()])):
@@ -296,11 +296,11 @@ def test_the_display_maps_no_forged_ring_a_symlink_another_users_file_or_a_huge_
         time.sleep(1.5)
         grown = rss_mib(display.pid) - before
         push.close(0)
-        stages.stop(display)
+        display.stop()
     finally:
         for path in planted:
             path.unlink(missing_ok=True)
-    log = stages.log(display)
+    log = display.text()
     print(f"\ndisplay RSS {before:.1f} MiB, grown {grown:+.1f} MiB after three forged rings")
     assert target.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
     assert "cannot open" in log and "Too many levels of symbolic links" in log, log[-3000:]

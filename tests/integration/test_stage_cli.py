@@ -6,12 +6,13 @@ The commands run as real ``python -m`` processes, the way the Procfile starts th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("capture", "detector", "classifier", "display")
@@ -19,8 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    return {**base, "PYTHONPATH": str(ROOT), **extra}
+    return child_env(extra)
 
 
 @pytest.mark.parametrize("command", [*STAGES, "training"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bus.config import load
-from bus.runtime import MANAGER_ENV, RUN_ENV
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -60,8 +60,7 @@ def test_another_user_cannot_connect_to_the_default_endpoints(xdg: Path, monkeyp
     eps = (*cfg.detector.endpoints, *cfg.classifier.endpoints, cfg.display.endpoint)
     private = xdg / "emostream"
     assert all(ep.startswith(f"ipc://{private}/") for ep in eps), eps  # the default is ipc, not a TCP port
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", RUN_ENV, MANAGER_ENV)}
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", XDG_RUNTIME_DIR=str(xdg), WEB="")
+    env = child_env({"XDG_RUNTIME_DIR": str(xdg), "WEB": ""})
     log = xdg / "display.log"
     with log.open("wb") as out:
         display = subprocess.Popen(

@@ -132,5 +132,5 @@ def test_live_page_shows_video_labels_and_bars(bus_toml, ports, stages, zctx):
         stop.set()
         feeder.join(5)
     assert errors == []  # no CSP violations, script errors or dialogs
-    assert stages.stop(display, timeout=2.5) == 0
-    assert "final cam0: read " in stages.log(display)  # a live source: no eos, no total
+    assert display.stop(2.5) == 0
+    assert "final cam0: read " in display.text()  # a live source: no eos, no total

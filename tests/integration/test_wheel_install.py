@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from emostream import __version__
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -38,9 +39,8 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> 
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """(the fresh venv's bin folder, an environment without the repository on any path)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BUS_CONFIG", "SOURCE", "EVENTS", "VIRTUAL_ENV")
-    }
+    env = child_env(importable=False)
+    env.pop("VIRTUAL_ENV", None)
     src = tmp / "src"  # a copy: building in place would leave build/ and *.egg-info in the checkout
     shutil.copytree(ROOT, src, ignore=IGNORE)
     sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(src)], tmp, env, 600)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"bench", "date", "command", "machine", "loadavg_start_end", "note", "frames"}
@@ -17,10 +18,13 @@ RUN_KEYS = {"name", "fps", "ratio_to_sequential", "latency_ms", "hops_p50_ms", "
 
 
 def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-    env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 import tomllib
@@ -15,10 +14,11 @@ from bench import figures
 from bench.__main__ import ratio
 from bench.hop import hop, one_way
 from bench.pipeline import Setup, _by_stage, _hops, config, endpoints
-from bench.procs import CLK_TCK, listening_ports, parse_stat_cpu, parse_vm_hwm_mb, parse_vm_rss_mb, rss_mb, unbound
+from bench.procs import CLK_TCK, parse_stat_cpu, parse_vm_hwm_mb, parse_vm_rss_mb, rss_mb
 from bench.profile import OTHER, category, summarise
 from bench.report import tables
 from bus.config import parse
+from emostream.launch import toml_text
 
 
 @pytest.mark.parametrize(
@@ -59,24 +59,6 @@ def test_final_stats(log: str, expected: dict[str, object] | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "toml", "error"),
-    [
-        (True, "true", None),
-        ('a"b\\', '"a\\"b\\\\"', None),
-        ([1, 2.5], "[1, 2.5]", None),
-        ({"id": "s0", "loop": False}, '{ id = "s0", loop = false }', None),
-        (None, None, TypeError),
-    ],
-)
-def test_toml_value(value: object, toml: str | None, error: type[Exception] | None) -> None:
-    if error is not None:
-        with pytest.raises(error):
-            figures.toml_value(value)
-    else:
-        assert figures.toml_value(value) == toml
-
-
-@pytest.mark.parametrize(
     ("setup", "realtime"),
     [
         (Setup("a", (Path("/v/a.mp4"),), 60), False),
@@ -86,7 +68,7 @@ def test_toml_value(value: object, toml: str | None, error: type[Exception] | No
 )
 def test_config_is_a_valid_bus_toml(setup: Setup, realtime: bool, tmp_path: Path) -> None:
     eps = endpoints(setup, tmp_path)
-    cfg = parse(tomllib.loads(figures.to_toml(config(setup, eps))))
+    cfg = parse(tomllib.loads(toml_text(config(setup, eps))))
     assert len(cfg.detector.endpoints) == setup.detectors and len(cfg.classifier.endpoints) == setup.classifiers
     assert all(e.startswith(f"{setup.transport}://") for e in (*cfg.detector.endpoints, cfg.display.endpoint))
     assert cfg.display.endpoint == eps["display"][0] and cfg.display.web == ""
@@ -99,16 +81,6 @@ def test_config_is_a_valid_bus_toml(setup: Setup, realtime: bool, tmp_path: Path
 def test_endpoints_reject_an_unknown_transport(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="transport"):
         endpoints(Setup("x", (Path("a.mp4"),), 60, transport="udp"), tmp_path)
-
-
-def test_unbound(tmp_path: Path) -> None:
-    bound = tmp_path / "bound"
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(bound))
-        eps = ["tcp://127.0.0.1:5601", "tcp://127.0.0.1:5602", f"ipc://{bound}", f"ipc://{tmp_path}/absent"]
-        assert unbound(eps, {5601}) == ["tcp://127.0.0.1:5602", f"ipc://{tmp_path}/absent"]
-    with pytest.raises(ValueError):
-        unbound(["inproc://x"], set())
 
 
 @pytest.mark.parametrize(
@@ -163,16 +135,6 @@ def test_rss_of_this_process_and_of_dead_ones() -> None:
         child.wait(5)
     assert rss_mb(child.pid) is None  # reaped: no /proc/<pid> at all
     assert rss_mb(2**22 + 12345) is None  # above pid_max: never a process
-
-
-NET_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:15E1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:15E2 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-"""
-
-
-def test_listening_ports() -> None:
-    assert listening_ports([NET_TCP, NET_TCP.splitlines()[0]]) == {0x15E1}
 
 
 MAIN = "_run_module_as_main (<frozen runpy>:198);main (detector/__main__.py:144);run (detector/worker.py:103)"

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bench.soak import fd_count, growth, rss_mb, summary, table
+from bench.procs import fd_count, rss_mb
+from bench.soak import growth, summary, table
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -28,15 +27,10 @@ from bus.config import LOOPBACK, BusConfig, Config, ConfigError, load
 from bus.keys import STAGES, generate
 from bus.keys import main as keys_main
 from bus.runtime import runtime_dir
+from emostream.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ over real PUSH sockets on loopback (``bus.sockets.push``: IMMEDIATE, small HWM).
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,15 +17,10 @@ import zmq
 from bus import sockets
 from bus.runtime import Stats
 from capture.worker import _Shared, pump, socket_sender
+from emostream.launch import free_port
 
 pytestmark = pytest.mark.timeout(60)
 FRAMES = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
 import numpy as np
@@ -18,14 +17,9 @@ from bus.keys import generate
 from bus.sockets import security
 from display.publish import MqttSink, PubSink, clean, dumps, topic_part
 from display.worker import event
+from emostream.launch import free_port
 
 LOG = logging.getLogger("test.publish")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_version(flag: str) -> None:
     ("command", "expected"),
     [
         ("run", ["--source", "--events", "--config", "PROCESSES", "honcho"]),
-        ("analyze", ["SOURCES", "--out", "faces.csv", "python -m display analyze"]),
+        ("analyze", ["SOURCES", "--out", "faces.csv", "python -m analyze"]),
     ],
 )
 def test_own_commands_help(command: str, expected: list[str]) -> None:

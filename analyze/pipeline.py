@@ -1,16 +1,16 @@
-"""``python -m display analyze VIDEO``: the real pipeline on one video, without the live view, to reports.
+"""The real pipeline on one video, without the live view, to reports (``python -m analyze VIDEO``).
 
-Starts ``python -m capture``, ``python -m detector`` and ``python -m classifier`` as child processes
-on free loopback ports with a temporary config made from the user's (``--config`` / ``BUS_CONFIG``
+Starts ``python -m capture``, ``python -m detector`` and ``python -m classifier`` through
+:mod:`emostream.launch` on free loopback ports with a temporary config made from the user's (``--config`` / ``BUS_CONFIG``
 / ``./bus.toml``: models, thresholds, tracking and smoothing are kept; the source is the video, read
 as fast as the pipeline takes it, ``realtime = false``). It plays the display's role itself: binds
 the display's PULL socket and feeds :class:`display.worker.Display` (ledger, tracking, smoothing)
 with a collecting sink and, with ``--video``, the annotated-video sink. A tqdm bar counts the frames
 accounted for. When every frame is accounted for, the children are stopped and
-:func:`display.report.write_reports` writes the tables and the plot.
+:func:`analyze.report.write_reports` writes the tables and the plot.
 
-The children are always stopped (SIGTERM, a bounded wait, then SIGKILL), on success, on an error
-and on Ctrl-C. A stage that dies, or no message for ``STALL_S`` seconds, ends the run with one line
+The children are always stopped and reaped (the launcher's SIGTERM, a bounded wait, then SIGKILL),
+on success, on an error and on Ctrl-C. A stage that dies, or no message for ``STALL_S`` seconds, ends the run with one line
 and the stage's last log line. Exit codes: 0 done, 1 the run failed, 2 bad input or start-up
 failure, 130 interrupted.
 """
@@ -21,8 +21,6 @@ import logging
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,19 +35,19 @@ import cv2
 import numpy as np
 import zmq
 
+from analyze.report import ReportError, require_matplotlib, write_reports
+from bus import codec
 from bus.codec import Message
 from bus.config import Config, ConfigError, load, to_table
-from bus.runtime import Stats
+from bus.runtime import RUN_ENV, Stats
 from bus.sidecar import SidecarError, load_spec
 from bus.sockets import pull, recv
-from display.report import ReportError, require_matplotlib, write_reports
 from display.sinks import VideoSink
 from display.worker import IMAGE_SUFFIXES, Display, Sink
+from emostream.launch import Launcher, LaunchError, endpoint, write_config
 
-ROOT = Path(__file__).resolve().parents[1]  # where the stage packages are importable from
 STAGES = ("classifier", "detector", "capture")  # start order: consumers first
 STALL_S = 90.0  # no message for this long (model loading included): the run failed
-STOP_WAIT_S = 5.0  # SIGTERM -> this long -> SIGKILL (stages exit within 2 s of SIGTERM)
 POLL_MS = 100
 SEND_TIMEOUT_MS = 10000  # file frames may wait this long for a busy stage: nothing is dropped
 
@@ -101,31 +99,6 @@ def probe(video: str) -> VideoInfo:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in v) + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def toml_text(table: dict[str, dict[str, Any]]) -> str:
-    """A config table (sections of scalars, lists and inline tables) as TOML."""
-    return "".join(f"[{s}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in t.items()) + "\n" for s, t in table.items())
-
-
 def source_id(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "video"
 
@@ -133,7 +106,7 @@ def source_id(path: Path) -> str:
 def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
     """The children's config: ``base`` with the video as the only source and fresh loopback ports."""
     t = to_table(base)
-    ep = [f"tcp://127.0.0.1:{free_port()}" for _ in range(3)]
+    ep = [endpoint() for _ in range(3)]
     t["bus"].update(allow_remote=False, curve=False, send_timeout_ms=max(SEND_TIMEOUT_MS, base.bus.send_timeout_ms))
     source = {"id": source_id(info.path), "uri": str(info.path), "realtime": False, "loop": False, "fps": info.fps}
     t["capture"] = {"sources": [source], "eof_linger_s": 3600.0}  # capture waits for our SIGTERM
@@ -141,56 +114,6 @@ def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
     t["classifier"]["endpoints"] = [ep[1]]
     t["display"].update(endpoint=ep[2], window=False, web="", video="", events="", exit_at_end=True)
     return t
-
-
-class Children:
-    """The stage processes; :meth:`stop` always reaps every one of them."""
-
-    def __init__(self, config: Path, logs: Path):
-        self.config, self.logs = config, logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, stage: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("BUS_CONFIG", "SOURCE", "EVENTS", "WEB", "VIDEO")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        with (self.logs / f"{stage}.log").open("wb") as log:
-            self.procs[stage] = subprocess.Popen(
-                [sys.executable, "-m", stage, "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def last_line(self, stage: str) -> str:
-        try:
-            lines = (self.logs / f"{stage}.log").read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return lines[-1].strip() if lines else ""
-
-    def check(self) -> None:
-        """Raise :class:`AnalyzeError` when a stage has exited (they run until we stop them)."""
-        for stage, p in self.procs.items():
-            code = p.poll()
-            if code is not None:
-                raise AnalyzeError(f"{stage} exited with code {code}: {self.last_line(stage)}", 2 if code == 2 else 1)
-
-    def stop(self) -> dict[str, int]:
-        """SIGTERM every stage, wait up to ``STOP_WAIT_S`` in all, SIGKILL what is left. Exit codes."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + STOP_WAIT_S
-        codes = {}
-        for stage, p in self.procs.items():
-            try:
-                codes[stage] = p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes[stage] = p.wait()
-        return codes
 
 
 class Collect:
@@ -273,8 +196,7 @@ def analyze(
     stop = stop or threading.Event()
     log = log or logging.getLogger("analyze")
     with tempfile.TemporaryDirectory(prefix="emostream-analyze-") as tmp:
-        cfg_path = Path(tmp) / "bus.toml"
-        cfg_path.write_text(toml_text(stage_table(base, info)), encoding="utf-8")
+        cfg_path = write_config(Path(tmp) / "bus.toml", stage_table(base, info))
         try:
             cfg = load(cfg_path, {})
         except ConfigError as e:  # pragma: no cover (we wrote it from a valid config)
@@ -283,7 +205,8 @@ def analyze(
         sinks: list[Sink] = [collect]
         recorder = VideoSink(out / "annotated.mp4", cfg, log) if annotated else None
         sinks += [recorder] if recorder is not None else []
-        children = Children(cfg_path, Path(tmp))
+        # we decode the children's messages here: they belong to this process's run (usually none)
+        children = Launcher(Path(tmp), {RUN_ENV: codec.RUN} if codec.RUN else {})
         ctx = zmq.Context()
         disp = Display(cfg, sinks, Stats(log, 1e9), log)
         try:
@@ -294,14 +217,14 @@ def analyze(
             try:
                 for stage in STAGES:
                     try:
-                        children.start(stage)
+                        children.start(stage, config=cfg_path)
                     except OSError as e:
                         raise AnalyzeError(f"cannot start {stage}: {e}", 2) from None
                 _receive(disp, sock, children, cfg, info, stop, progress)
             finally:
                 sock.close(linger=0)
         finally:
-            codes = children.stop()
+            codes = {p.stage: code for p, code in zip(children.procs, children.stop().values(), strict=True)}
             disp.close()
             ctx.term()
         disp.ledger.finalise()
@@ -340,7 +263,7 @@ def analyze(
 def _receive(
     disp: Display,
     sock: zmq.Socket,
-    children: Children,
+    children: Launcher,
     cfg: Config,
     info: VideoInfo,
     stop: threading.Event,
@@ -366,7 +289,10 @@ def _receive(
                 bar.update(count.accounted - bar.n)
             if disp.ledger.done(now, cfg.display.drain_timeout_s):
                 return
-            children.check()
+            try:
+                children.check()
+            except LaunchError as e:
+                raise AnalyzeError(str(e), 2 if e.code == 2 else 1) from None
             if now - last > STALL_S:
-                lines = "; ".join(f"{stage}: {children.last_line(stage)}" for stage in STAGES)
+                lines = "; ".join(f"{p.stage}: {p.last_line()}" for p in children.procs)
                 raise AnalyzeError(f"no results for {STALL_S:.0f} s (last log lines: {lines})")

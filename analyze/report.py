@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -74,7 +75,7 @@ def frame_rows(records: Iterable[dict[str, Any]], labels: Sequence[str], fps: fl
 
 def changes(values: Sequence[Any]) -> int:
     """How often consecutive values differ."""
-    return sum(1 for a, b in zip(values, values[1:], strict=False) if a != b)
+    return sum(1 for a, b in itertools.pairwise(values) if a != b)
 
 
 def _dominant(labels: Sequence[str | None], means: dict[str, float]) -> str | None:
@@ -220,7 +221,7 @@ def plot_timeline(
             by_track[(r["src"], r["track"])].append(r)
     longest = sorted(tracks, key=lambda t: (-t["frames"], t["src"], t["track"]))
     overview = sorted(longest[:MAX_ROWS], key=lambda t: (t["src"], t["first_frame"], t["track"]))
-    min_frames = max(5, int(round(MIN_PANEL_S * fps)))
+    min_frames = max(5, round(MIN_PANEL_S * fps))
     panels = sorted(
         [t for t in longest if t["frames"] >= min_frames][:MAX_PANELS], key=lambda t: (t["src"], t["track"])
     )

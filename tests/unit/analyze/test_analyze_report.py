@@ -1,10 +1,9 @@
-"""Analysis reports (tables, summary, plot) and the analyze command's pure parts and errors."""
+"""Analysis reports (tables, summary, plot) and ``python -m analyze``'s pure parts and errors."""
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import threading
 import time
@@ -16,11 +15,9 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from bus.config import Config, parse
-from bus.runtime import Stats
-from display import analyze as an
-from display.__main__ import main
-from display.report import (
+from analyze import pipeline as an
+from analyze.__main__ import main
+from analyze.report import (
     ReportError,
     changes,
     frame_rows,
@@ -30,7 +27,10 @@ from display.report import (
     track_summary,
     write_reports,
 )
+from bus.config import Config, parse
+from bus.runtime import Stats
 from display.worker import Display
+from emostream.launch import Launcher, toml_text
 
 LABELS = ["sad", "happy"]
 
@@ -203,7 +203,7 @@ def test_stage_config_is_valid_and_points_at_the_video(tmp_path):
     write_video(tmp_path / "my clip.avi")
     info = an.probe(str(tmp_path / "my clip.avi"))
     table = an.stage_table(Config(), info)
-    cfg = parse(tomllib.loads(an.toml_text(table)))
+    cfg = parse(tomllib.loads(toml_text(table)))
     (src,) = cfg.capture.sources
     assert (src.id, src.uri, src.realtime, src.fps) == ("my_clip", str(info.path), False, 10.0)
     assert len({cfg.detector.endpoints[0], cfg.classifier.endpoints[0], cfg.display.endpoint}) == 3
@@ -211,39 +211,8 @@ def test_stage_config_is_valid_and_points_at_the_video(tmp_path):
     assert cfg.display.smoothing == Config().display.smoothing  # the user's settings are kept
 
 
-@pytest.mark.parametrize("value", ["plain", 'quo"te', "back\\slash", "tab\there", "ünï"])
-def test_toml_text_round_trips_strings(value):
-    assert tomllib.loads(an.toml_text({"s": {"k": value, "l": [value], "t": {"v": value}}})) == {
-        "s": {"k": value, "l": [value], "t": {"v": value}}
-    }
-
-
-def test_children_stop_kills_a_stage_that_ignores_sigterm(tmp_path, monkeypatch):
-    monkeypatch.setattr(an, "STOP_WAIT_S", 1.0)
-    children = an.Children(tmp_path / "bus.toml", tmp_path)
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert p.stdout is not None and p.stdout.readline() == b"up\n"
-    children.procs["stubborn"] = p
-    t0 = time.monotonic()
-    assert children.stop() == {"stubborn": -9}
-    assert time.monotonic() - t0 < 3.0
-    p.stdout.close()
-
-
-def test_children_check_reports_a_dead_stage_with_its_last_line(tmp_path):
-    children = an.Children(tmp_path / "bus.toml", tmp_path)
-    (tmp_path / "detector.log").write_text("starting\ndetector: cannot bind tcp://x\n")
-    p = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
-    p.wait(10)
-    children.procs["detector"] = p
-    with pytest.raises(an.AnalyzeError, match="detector exited with code 2: detector: cannot bind") as e:
-        children.check()
-    assert e.value.code == 2
-
-
 def test_analyze_help():
-    result = CliRunner().invoke(main, ["analyze", "--help"])
+    result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "--video" in result.output and "--out" in result.output
 
@@ -251,10 +220,9 @@ def test_analyze_help():
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["analyze", "missing.mp4"], "no such file: missing.mp4"),
-        (["analyze", "{tmp}/notes.mp4"], "is not a video"),
-        (["analyze", "{tmp}/v.avi", "--config", "/nonexistent/bus.toml"], "config file not found"),
-        (["--image", "x.png", "analyze", "{tmp}/v.avi"], "do not go with analyze"),
+        (["missing.mp4"], "no such file: missing.mp4"),
+        (["{tmp}/notes.mp4"], "is not a video"),
+        (["{tmp}/v.avi", "--config", "/nonexistent/bus.toml"], "config file not found"),
     ],
 )
 def test_analyze_bad_input_exits_2_with_one_line(tmp_path, args, error):
@@ -274,7 +242,7 @@ def test_receive_fails_after_a_stall_and_stops_when_asked(tmp_path, monkeypatch)
     sock = ctx.socket(zmq.PULL)
     sock.bind(f"inproc://analyze-{time.monotonic_ns()}")
     try:
-        children = an.Children(tmp_path / "bus.toml", tmp_path)
+        children = Launcher(tmp_path)
         monkeypatch.setattr(an, "STALL_S", 0.3)
         disp = Display(cfg, [], Stats(log, 1e9), log)
         with pytest.raises(an.AnalyzeError, match="no results for 0 s"):
