@@ -39,11 +39,12 @@ from analyze.report import ReportError, require_matplotlib, write_reports
 from bus import codec
 from bus.codec import Message
 from bus.config import Config, ConfigError, load, to_table
+from bus.media import is_image_name
 from bus.runtime import RUN_ENV, Stats
 from bus.sidecar import SidecarError, load_spec
 from bus.sockets import pull, recv
 from display.sinks import VideoSink
-from display.worker import IMAGE_SUFFIXES, Display, Sink
+from display.worker import Display, Sink
 from emostream.launch import Launcher, LaunchError, endpoint, write_config
 
 STAGES = ("classifier", "detector", "capture")  # start order: consumers first
@@ -79,7 +80,7 @@ def probe(video: str) -> VideoInfo:
     path = Path(video)
     if not path.is_file():
         raise AnalyzeError(f"no such file: {video}", 2)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_name(path.name):
         raise AnalyzeError(f"{video} is an image, not a video", 2)
     cap = cv2.VideoCapture(str(path))
     try:

@@ -90,7 +90,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import cv2
 import msgpack
@@ -217,6 +217,12 @@ class Message:
     dropped: int | None = None
 
 
+def _box(box: Any, what: str) -> tuple[float, float, float, float]:
+    """Four finite numbers (the caller has checked there are four)."""
+    x, y, w, h = (_num(v, what) for v in box)
+    return x, y, w, h
+
+
 def _num(v: Any, what: str, lo: float = -MAX_COORD, hi: float = MAX_COORD) -> float:
     """A finite number in [lo, hi] as a float."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -305,7 +311,7 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
 def _bytes_view(a: np.ndarray) -> memoryview:
     """Zero-copy byte view of an array (an empty array gives an empty view)."""
     flat = np.ascontiguousarray(a).reshape(-1)
-    return memoryview(flat.view(np.uint8).data) if flat.size else memoryview(b"")  # type: ignore[arg-type]
+    return flat.view(np.uint8).data if flat.size else memoryview(b"")
 
 
 def _faces(raw: Any) -> list[Face]:
@@ -332,7 +338,7 @@ def _faces(raw: Any) -> list[Face]:
             raise CodecError(f"faces[{i}].uncertain: expected a bool")
         faces.append(
             Face(
-                tuple(_num(v, f"faces[{i}].box") for v in box),  # type: ignore[arg-type]
+                _box(box, f"faces[{i}].box"),
                 _num(f.get("score", 0.0), f"faces[{i}].score", 0.0, 1.0),
                 [(_num(x, f"faces[{i}].kp"), _num(y, f"faces[{i}].kp")) for x, y in kp],
                 label,
@@ -428,9 +434,9 @@ def _shm(spec: dict[str, Any]) -> ShmRef:
     ring, slot, gen = spec.get("ring"), spec.get("slot"), spec.get("gen")
     if not isinstance(ring, str) or not 0 < len(ring) <= 64:
         raise CodecError("image.ring: expected a ring name")
-    if not (_is_int(slot) and _is_int(gen)) or not (0 <= slot < 4096 and 0 <= gen < 1 << 63):  # type: ignore[operator]
+    if not _is_int(slot) or not _is_int(gen) or not (0 <= slot < 4096 and 0 <= gen < 1 << 63):
         raise CodecError("image.slot/gen: expected ints in range")
-    return ShmRef(ring, slot, gen, _shape(spec.get("shape")))  # type: ignore[arg-type]
+    return ShmRef(ring, slot, gen, _shape(spec.get("shape")))
 
 
 def drop_marker(msg: Message, reason: DropReason) -> Message:
@@ -506,7 +512,7 @@ def jpeg_size(raw: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

@@ -55,7 +55,7 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, align: bool = False) -
             colour = spec.colour
             crops = np.stack(
                 [
-                    crop_face(image, f.box, spec.size, colour, spec.crop_margin, eye_angle(f.kp) if align else 0.0)  # type: ignore[arg-type]
+                    crop_face(image, f.box, spec.size, colour, spec.crop_margin, eye_angle(f.kp) if align else 0.0)
                     for f in faces
                 ]
             )

@@ -34,6 +34,7 @@ import zmq
 
 from bus.codec import RUN, DropReason, Message
 from bus.config import Config, DisplayConfig
+from bus.media import is_image_name
 from bus.runtime import RateLimited, RuntimeDirError, Stall, Stats
 from bus.shm import Rings
 from bus.sockets import recv
@@ -42,8 +43,6 @@ from display.draw import annotate
 from display.journal import Journal
 from display.smooth import Smoother
 from display.track import Follow, Tracked, Tracker
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2", ".avif")
 
 
 class Sink(Protocol):
@@ -62,7 +61,7 @@ def is_file_uri(uri: str) -> bool:
 
 def is_image_uri(uri: str) -> bool:
     """A single still image (its faces get track ids, but nothing to smooth over)."""
-    return is_file_uri(uri) and uri.lower().endswith(IMAGE_SUFFIXES)
+    return is_file_uri(uri) and is_image_name(uri)
 
 
 def follower(d: DisplayConfig, image: bool = False) -> Follow:
