@@ -328,11 +328,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
-            self.connection.settimeout(WRITE_TIMEOUT_S)
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self.begin_stream("multipart/x-mixed-replace; boundary=frame")
             if head:
                 return
             hub, last = self.srv.hub, 0
@@ -353,17 +349,22 @@ class Handler(BaseHTTPRequestHandler):
             self.srv.leave(viewer)
             self.close_connection = True
 
+    def begin_stream(self, content_type: str) -> None:
+        """Headers of an endless response (MJPEG or server-sent events); a viewer that stops reading
+        for WRITE_TIMEOUT_S is let go."""
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+
     def events(self, head: bool) -> None:
         if not self.srv.event_slots.acquire(blocking=False):
             self.send_body(503, b"too many event clients\n", "text/plain; charset=utf-8", head)
             return
         client = self.srv.hub.subscribe()
         try:
-            self.connection.settimeout(WRITE_TIMEOUT_S)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
+            self.begin_stream("text/event-stream; charset=utf-8")
             if head:
                 return
             self.wfile.write(b"retry: 2000\n\n")
