@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.client import ServerProxy
 
+import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
 from bus.runtime import ancestors
@@ -230,3 +231,14 @@ def lone(*args: str, run_id: str) -> Callable[[Path, Path, dict[str, str]], Laun
 
 Launcher = Callable[[Path, Path, dict[str, str]], Launched]
 LAUNCHERS: dict[str, Launcher] = {"supervisord": supervisord, "honcho": honcho}
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float, poll_s: float = 0.05
+) -> None:
+    """Poll ``check`` until it holds; past ``timeout_s`` fail the test with ``what`` and the log's tail."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
+        time.sleep(poll_s)

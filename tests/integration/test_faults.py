@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from bus import sockets
+from tests.integration.managers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 STAGES = ("display", "classifier", "detector", "capture")
 STATS = re.compile(r"display INFO stats: .* frames (\d+) ")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
-        time.sleep(0.1)
 
 
 def shown(text: str) -> int:

@@ -35,6 +35,7 @@ from tests.integration.managers import (
     lone,
     private_runtime,
     supervisord,
+    wait_for,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +89,6 @@ def config(bus_toml, shared_data: Path, tmp_path: Path, fps: float, loop: bool) 
             },
         }
     )
-
-
-def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
-        time.sleep(0.05)
 
 
 def seqs(events: Path) -> list[int]:

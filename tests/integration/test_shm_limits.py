@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.integration.managers import Supervised, clean_env, private_runtime, supervisord
+from tests.integration.managers import Supervised, clean_env, private_runtime, supervisord, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -51,14 +51,6 @@ def supervised(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
         yield start
         for run in runs:
             run.close()
-
-
-def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
-        time.sleep(0.02)
 
 
 # --- case 4: live sources recover at once -----------------------------------------------------

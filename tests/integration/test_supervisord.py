@@ -26,20 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.managers import LIVE, ROOT, Supervised, clean_env, private_runtime, supervisord
+from tests.integration.managers import LIVE, ROOT, Supervised, clean_env, private_runtime, supervisord, wait_for
 
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 CONF = ROOT / "deploy" / "supervisord.conf"
 FINAL = re.compile(r"final (\S+): read (\d+)  in events (\d+)  dropped (.+?)  lost (\d+)")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-def wait_for(what: str, check: Callable[[], bool], log: Callable[[], str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
-        time.sleep(0.1)
 
 
 def seqs(events: Path) -> list[int]:
