@@ -242,3 +242,33 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout_s} s\n{log()[-4000:]}")
         time.sleep(poll_s)
+
+
+def run_sections(
+    tmp_path: Path,
+    video: Path,
+    model: Path,
+    *,
+    fps: float,
+    loop: bool,
+    hwm: int,
+    send_timeout_ms: int,
+    drain_timeout_s: float,
+) -> dict[str, dict[str, Any]]:
+    """The four stages on ipc:// endpoints in the run's runtime dir, one paced source ``book`` (capture
+    lingers 30 s after its end), events into ``tmp_path``, no web page: the runs the managers start."""
+    return {
+        "bus": {"hwm": hwm, "send_timeout_ms": send_timeout_ms, "stats_interval_s": 1.0},
+        "capture": {
+            "sources": [{"id": "book", "uri": str(video), "realtime": True, "fps": fps, "loop": loop}],
+            "eof_linger_s": 30.0,
+        },
+        "detector": {"endpoints": ["ipc://{runtime}/detector.0"]},
+        "classifier": {"endpoints": ["ipc://{runtime}/classifier.0"], "model": str(model)},
+        "display": {
+            "endpoint": "ipc://{runtime}/display",
+            "web": "",
+            "events": str(tmp_path / "events.jsonl"),
+            "drain_timeout_s": drain_timeout_s,
+        },
+    }

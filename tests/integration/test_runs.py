@@ -34,6 +34,7 @@ from tests.integration.managers import (
     honcho,
     lone,
     private_runtime,
+    run_sections,
     supervisord,
     wait_for,
 )
@@ -73,21 +74,7 @@ def launch(tmp_path: Path, runtime: Path) -> Iterator[Callable[..., Launched]]:
 def config(bus_toml, shared_data: Path, tmp_path: Path, fps: float, loop: bool) -> Path:
     video = shared_data / "media/videos/asl_book.mkv"  # 109 frames, a face in every one
     return bus_toml(
-        {
-            "bus": {"hwm": HWM, "send_timeout_ms": 500, "stats_interval_s": 1.0},
-            "capture": {
-                "sources": [{"id": "book", "uri": str(video), "realtime": True, "fps": fps, "loop": loop}],
-                "eof_linger_s": 30.0,
-            },
-            "detector": {"endpoints": ["ipc://{runtime}/detector.0"]},
-            "classifier": {"endpoints": ["ipc://{runtime}/classifier.0"], "model": str(MODEL)},
-            "display": {
-                "endpoint": "ipc://{runtime}/display",
-                "web": "",
-                "events": str(tmp_path / "events.jsonl"),
-                "drain_timeout_s": 5.0,
-            },
-        }
+        run_sections(tmp_path, video, MODEL, fps=fps, loop=loop, hwm=HWM, send_timeout_ms=500, drain_timeout_s=5.0)
     )
 
 

@@ -26,7 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.managers import LIVE, ROOT, Supervised, clean_env, private_runtime, supervisord, wait_for
+from tests.integration.managers import (
+    LIVE,
+    ROOT,
+    Supervised,
+    clean_env,
+    private_runtime,
+    run_sections,
+    supervisord,
+    wait_for,
+)
 
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 CONF = ROOT / "deploy" / "supervisord.conf"
@@ -58,21 +67,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Supervised]]:
 
 def config(bus_toml, tmp_path: Path, video: Path, model: Path = MODEL, loop: bool = False) -> Path:
     return bus_toml(
-        {
-            "bus": {"hwm": 4, "send_timeout_ms": 200, "stats_interval_s": 1.0},
-            "capture": {
-                "sources": [{"id": "book", "uri": str(video), "realtime": True, "fps": 8.0, "loop": loop}],
-                "eof_linger_s": 30.0,
-            },
-            "detector": {"endpoints": ["ipc://{runtime}/detector.0"]},
-            "classifier": {"endpoints": ["ipc://{runtime}/classifier.0"], "model": str(model)},
-            "display": {
-                "endpoint": "ipc://{runtime}/display",
-                "web": "",
-                "events": str(tmp_path / "events.jsonl"),
-                "drain_timeout_s": 3.0,
-            },
-        }
+        run_sections(tmp_path, video, model, fps=8.0, loop=loop, hwm=4, send_timeout_ms=200, drain_timeout_s=3.0)
     )
 
 
