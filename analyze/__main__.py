@@ -24,7 +24,6 @@ from bus.runtime import setup_logging
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default=None,
     help="Folder for the reports (default: <video name>-analysis in the current folder).",
 )
 @click.option("--video", "annotated", is_flag=True, help="Also write the annotated video (annotated.mp4).")

@@ -9,7 +9,7 @@ Relative paths (models, sources, events, video, keys) written in a config file a
 file's folder; defaults are relative to the shipped files (:mod:`bus.paths`), never to the current
 folder. ``SOURCE`` / ``EVENTS`` / ``VIDEO`` are the user's, relative to the current folder.
 
-Unknown sections or keys, wrong types, numbers out of range (:data:`RANGES`, one row per number)
+Unknown sections or keys, wrong types, numbers out of range (the :class:`Range` in each number field's annotation)
 and miswired endpoints raise :class:`ConfigError` naming the section and key, so a stage fails at
 start-up with one clear line.
 """
@@ -22,7 +22,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from bus import paths
 
@@ -35,26 +35,54 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The interval a number of the config must lie in, carried by its field's annotation
+    (``Annotated[int, Range(1, 100_000)]``) and checked at start-up. Closed unless an end is marked open.
+    Upper bounds are far beyond any sensible value; they keep e.g. ``send_timeout_ms`` inside what
+    ZeroMQ's int options take (10**12 raised OverflowError in the stages, which then hung)."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below  # False for NaN
+
+    def __str__(self) -> str:
+        return f"{'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     uri: str = "0"  # camera index, video/image file, folder of images, or stream URL
     id: str = ""  # defaults to "src<index>"
     loop: bool = False
     realtime: bool = True  # files: pace at their own fps (true) or as fast as the pipeline takes them
-    fps: float = 0.0  # folders / images / override: frames per second (0 = the file's own, or 30)
-    width: int = 0  # cameras: requested capture size (0 = driver default)
-    height: int = 0
+    # folders / images / override: frames per second (0 = the file's own, or 30)
+    fps: Annotated[float, Range(0, 1000)] = 0.0
+    width: Annotated[int, Range(0, 8192)] = 0  # cameras: requested capture size (0 = driver default)
+    height: Annotated[int, Range(0, 8192)] = 0
 
 
 @dataclass(frozen=True)
 class BusConfig:
-    hwm: int = 4  # high-water mark (messages) on every socket: small, for latency
-    send_timeout_ms: int = 1000  # a blocking send gives up (and counts a drop) after this
-    max_age_ms: int = 500  # live frames older than this are dropped (0 = never)
-    stats_interval_s: float = 5.0
-    jpeg_quality: int = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
-    shm_slots: int = 16  # frames per source in a shared-memory ring (bus.shm); 0 = pixels in the messages
-    shm_max_bytes: int = 256 << 20  # at most this many bytes per ring (fewer slots for big frames; bus.shm)
-    max_frame_pixels: int = 4096 * 4096  # capture downscales larger frames to this many pixels (counted)
+    hwm: Annotated[int, Range(1, 100_000)] = 4  # high-water mark (messages) on every socket: small, for latency
+    # a blocking send gives up (and counts a drop) after this
+    send_timeout_ms: Annotated[int, Range(1, 3_600_000)] = 1000
+    max_age_ms: Annotated[int, Range(0, 3_600_000)] = 500  # live frames older than this are dropped (0 = never)
+    stats_interval_s: Annotated[float, Range(0.1, 86_400)] = 5.0
+    jpeg_quality: Annotated[int, Range(0, 100)] = 0  # >0: frames travel as JPEG (for other hosts); 0: raw pixels
+    # frames per source in a shared-memory ring (bus.shm); 0 = pixels in the messages; and not 1 (validate)
+    shm_slots: Annotated[int, Range(0, 1024)] = 16
+    # at most this many bytes per ring (fewer slots for big frames; bus.shm)
+    shm_max_bytes: Annotated[int, Range(1 << 20, 1 << 40)] = 256 << 20
+    # capture downscales larger frames to this many pixels (counted)
+    max_frame_pixels: Annotated[int, Range(1, 8192 * 8192)] = 4096 * 4096
     allow_remote: bool = False  # must be true to bind anything but loopback
     curve: bool = False  # CURVE encryption + authentication on every socket (see bus.sockets)
     keys_dir: str = "keys"  # curve: <stage>.key_secret, peers' <stage>.key, allowed/*.key (python -m bus.keys)
@@ -63,18 +91,21 @@ class BusConfig:
 @dataclass(frozen=True)
 class CaptureConfig:
     sources: tuple[SourceConfig, ...] = (SourceConfig(),)
-    eof_linger_s: float = 60.0  # after end of file, stay up this long so downstream can drain
-    reconnect_s: float = 1.0  # live source lost: first wait before reopening it (doubles per failed try)
-    reconnect_max_s: float = 30.0  # longest wait between reopening tries (a live source is retried forever)
+    # after end of file, stay up this long so downstream can drain
+    eof_linger_s: Annotated[float, Range(0, 86_400)] = 60.0
+    # live source lost: first wait before reopening it (doubles per failed try)
+    reconnect_s: Annotated[float, Range(0, 3600, lo_open=True)] = 1.0
+    # longest wait between reopening tries (a live source is retried forever)
+    reconnect_max_s: Annotated[float, Range(0, 3600, lo_open=True)] = 30.0
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5601",)  # one per detector copy (--instance)
     model: str = "full_range"  # "full_range" | "short_range" | path to a .tflite
-    min_confidence: float = 0.6
+    min_confidence: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.6
     backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
-    max_faces: int = 32
+    max_faces: Annotated[int, Range(1, 256)] = 32  # bus.codec.MAX_FACES
     align: bool = True  # rotate each crop so the eyes are level (BlazeFace eye keypoints)
 
 
@@ -82,8 +113,9 @@ class DetectorConfig:
 class ClassifierConfig:
     endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5602",)
     model: str = "models/fer2013_emonet.tflite"
-    threads: int = 1
-    uncertain_below: float = 0.45  # a face whose top (calibrated) probability is lower is flagged uncertain
+    threads: Annotated[int, Range(1, 256)] = 1
+    # a face whose top (calibrated) probability is lower is flagged uncertain; 0 = never uncertain
+    uncertain_below: Annotated[float, Range(0, 1)] = 0.45
 
 
 @dataclass(frozen=True)
@@ -93,21 +125,27 @@ class DisplayConfig:
     web: str = ""  # "host:port" serves the live page (e.g. "127.0.0.1:8000"); "" = off
     video: str = ""  # path of an annotated video to write; "" = off
     events: str = ""  # path of the JSON-lines events file; "" = off
-    drain_timeout_s: float = 5.0  # after every source ended, wait this long for stragglers
+    drain_timeout_s: Annotated[float, Range(0, 86_400)] = 5.0  # after every source ended, wait this long for stragglers
     exit_at_end: bool = True  # exit 0 once every file source has ended and been accounted for
-    track_iou: float = 0.3  # a face continues a track when its box overlaps the track's this much (IoU)
-    track_max_missed: int = 10  # frames a track survives without its face before it ends
-    track_cut: float = 12.0  # a scene cut (frame-to-frame grey difference above this, 0..255) ends every track; 0 = off
+    # a face continues a track when its box overlaps the track's this much (IoU)
+    track_iou: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.3
+    track_max_missed: Annotated[int, Range(0, 100_000)] = 10  # frames a track survives without its face before it ends
+    # a scene cut (frame-to-frame grey difference above this, 0..255) ends every track; 0 = off
+    track_cut: Annotated[float, Range(0, 255, hi_open=True)] = 12.0
     smoothing: str = "ema"  # per-track probabilities: "ema" | "window" | "off" (always off for one image)
-    smoothing_alpha: float = 0.1  # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
-    smoothing_window: int = 20  # window: mean over this many frames
-    smoothing_hold: int = 8  # a new smoothed label must lead this many frames in a row to replace the old one
-    stall_warn_s: float = 5.0  # warn when a started source has sent nothing for this long (0 = off)
-    max_sources: int = 64  # sources with state at once; those not in [capture] are evicted least recently used
+    # ema: weight of the newest frame (0 < alpha <= 1; 1 = no smoothing)
+    smoothing_alpha: Annotated[float, Range(0, 1, lo_open=True)] = 0.1
+    smoothing_window: Annotated[int, Range(1, 100_000)] = 20  # window: mean over this many frames
+    # a new smoothed label must lead this many frames in a row to replace the old one
+    smoothing_hold: Annotated[int, Range(1, 100_000)] = 8
+    # warn when a started source has sent nothing for this long (0 = off)
+    stall_warn_s: Annotated[float, Range(0, 86_400)] = 5.0
+    # sources with state at once; those not in [capture] are evicted least recently used
+    max_sources: Annotated[int, Range(1, 100_000)] = 64
     publish: str = ""  # ZeroMQ PUB endpoint for the events records (display/publish.py); "" = off
     mqtt: str = ""  # MQTT broker "host:port" for the events records; "" = off
     mqtt_prefix: str = "emostream"  # MQTT topics: <prefix>/<src>/events, <prefix>/<src>/tracks/<id>, <prefix>/status
-    mqtt_qos: int = 0  # 0, 1 or 2
+    mqtt_qos: Annotated[int, Range(0, 2)] = 0  # 0, 1 or 2
 
 
 @dataclass(frozen=True)
@@ -123,59 +161,24 @@ class Config:
         return [s.id for s in self.capture.sources]
 
 
-# Every number of the schema and the closed/open interval it must lie in ("[" closed, "(" open),
-# checked at start-up. tests/unit/bus/test_bus_config.py fails for a number without a row here.
-# Upper bounds are far beyond any sensible value; they keep e.g. send_timeout_ms inside what
-# ZeroMQ's int options take (10**12 raised OverflowError in the stages, which then hung).
-RANGES: dict[tuple[str, str], tuple[str, float, float, str]] = {
-    ("bus", "hwm"): ("[", 1, 100_000, "]"),
-    ("bus", "send_timeout_ms"): ("[", 1, 3_600_000, "]"),
-    ("bus", "max_age_ms"): ("[", 0, 3_600_000, "]"),
-    ("bus", "stats_interval_s"): ("[", 0.1, 86_400, "]"),
-    ("bus", "jpeg_quality"): ("[", 0, 100, "]"),
-    ("bus", "shm_slots"): ("[", 0, 1024, "]"),  # and not 1 (validate)
-    ("bus", "shm_max_bytes"): ("[", 1 << 20, 1 << 40, "]"),
-    ("bus", "max_frame_pixels"): ("[", 1, 8192 * 8192, "]"),
-    ("capture", "eof_linger_s"): ("[", 0, 86_400, "]"),
-    ("capture", "reconnect_s"): ("(", 0, 3600, "]"),
-    ("capture", "reconnect_max_s"): ("(", 0, 3600, "]"),
-    ("capture.sources", "fps"): ("[", 0, 1000, "]"),
-    ("capture.sources", "width"): ("[", 0, 8192, "]"),
-    ("capture.sources", "height"): ("[", 0, 8192, "]"),
-    ("detector", "min_confidence"): ("(", 0, 1, ")"),
-    ("detector", "max_faces"): ("[", 1, 256, "]"),  # bus.codec.MAX_FACES
-    ("classifier", "threads"): ("[", 1, 256, "]"),
-    ("classifier", "uncertain_below"): ("[", 0, 1, "]"),  # 0 = never uncertain
-    ("display", "drain_timeout_s"): ("[", 0, 86_400, "]"),
-    ("display", "max_sources"): ("[", 1, 100_000, "]"),
-    ("display", "mqtt_qos"): ("[", 0, 2, "]"),
-    ("display", "track_iou"): ("(", 0, 1, ")"),
-    ("display", "track_max_missed"): ("[", 0, 100_000, "]"),
-    ("display", "track_cut"): ("[", 0, 255, ")"),
-    ("display", "smoothing_alpha"): ("(", 0, 1, "]"),
-    ("display", "smoothing_window"): ("[", 1, 100_000, "]"),
-    ("display", "smoothing_hold"): ("[", 1, 100_000, "]"),
-    ("display", "stall_warn_s"): ("[", 0, 86_400, "]"),
-}
+def ranges(cls: Any) -> dict[str, Range]:
+    """The :class:`Range` of every number field of the config dataclass ``cls``, by field name."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {
+        name: rng
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is Annotated
+        for rng in hint.__metadata__
+        if isinstance(rng, Range)
+    }
 
 
-def _in_range(value: float, rng: tuple[str, float, float, str]) -> bool:
-    lb, lo, hi, rb = rng
-    above = value > lo if lb == "(" else value >= lo
-    below = value < hi if rb == ")" else value <= hi
-    return above and below  # False for NaN
-
-
-def check_ranges(section: str, table: Any, where: str) -> None:
-    """Every int/float field of the dataclass ``table`` within its :data:`RANGES` row."""
-    hints = typing.get_type_hints(type(table))
-    for f in dataclasses.fields(table):
-        if hints[f.name] not in (int, float) or (section, f.name) not in RANGES:
-            continue
-        value, rng = getattr(table, f.name), RANGES[(section, f.name)]
-        if not _in_range(value, rng):
-            lb, lo, hi, rb = rng
-            raise ConfigError(f"{where} {f.name}: must be in {lb}{_num(lo)}, {_num(hi)}{rb}, got {value!r}")
+def check_ranges(table: Any, where: str) -> None:
+    """Every number field of the dataclass ``table`` within the :class:`Range` its annotation carries."""
+    for name, rng in ranges(type(table)).items():
+        value = getattr(table, name)
+        if value not in rng:
+            raise ConfigError(f"{where} {name}: must be in {rng}, got {value!r}")
 
 
 def _num(x: float) -> str:
@@ -269,9 +272,9 @@ def validate(cfg: Config) -> Config:
     """Ranges, the private runtime directory in endpoints, defaults for source ids, then cross-field
     checks (endpoints)."""
     for name in ("bus", "capture", "detector", "classifier", "display"):
-        check_ranges(name, getattr(cfg, name), f"[{name}]")
+        check_ranges(getattr(cfg, name), f"[{name}]")
     for i, src in enumerate(cfg.capture.sources):
-        check_ranges("capture.sources", src, f"[capture] sources[{i}]")
+        check_ranges(src, f"[capture] sources[{i}]")
     cfg = expand_runtime(cfg)
     if cfg.capture.reconnect_s > cfg.capture.reconnect_max_s:
         raise ConfigError("[capture] reconnect_s and reconnect_max_s: need reconnect_s <= reconnect_max_s")

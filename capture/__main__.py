@@ -23,7 +23,7 @@ from capture.worker import printer, run, socket_sender
 
 @click.command()
 @config_option
-@click.option("--source", default=None, help="Camera index, video file, image, folder or URL (replaces the sources).")
+@click.option("--source", help="Camera index, video file, image, folder or URL (replaces the sources).")
 @click.option(
     "--print",
     "print_only",

@@ -119,7 +119,6 @@ def serve(cfg: Config, model: EmotionModel, plumbing: StageSockets) -> None:
     "--model",
     "model_path",
     type=click.Path(dir_okay=False),
-    default=None,
     help="A .tflite model (with its .json sidecar) instead of [classifier] model.",
 )
 @click.option(

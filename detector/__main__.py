@@ -76,11 +76,9 @@ def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) ->
 @click.command()
 @config_option
 @instance_option("detector")
-@click.option("--image", type=str, default=None, help="Run alone on one image: print its faces as JSON and exit.")
-@click.option("--video", type=str, default=None, help="Run alone on a video: one JSON line per frame, then exit.")
-@click.option(
-    "--model", type=click.Choice(["full_range", "short_range"]), default=None, help="Override [detector] model."
-)
+@click.option("--image", type=str, help="Run alone on one image: print its faces as JSON and exit.")
+@click.option("--video", type=str, help="Run alone on a video: one JSON line per frame, then exit.")
+@click.option("--model", type=click.Choice(["full_range", "short_range"]), help="Override [detector] model.")
 def main(config_path: str | None, instance: int, image: str | None, video: str | None, model: str | None) -> None:
     """Detect faces (MediaPipe's BlazeFace models) in frames from capture; push frames, faces and crops on."""
     stop = threading.Event()

@@ -113,15 +113,14 @@ def serve(cfg: Config, plumbing: StageSockets) -> None:
 
 @click.command()
 @config_option
-@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Draw onto this image (no sockets).")
+@click.option("--image", type=click.Path(dir_okay=False), help="Draw onto this image (no sockets).")
 @click.option(
     "--faces",
     "faces_path",
     type=click.Path(dir_okay=False),
-    default=None,
     help="JSON faces to draw (detector/classifier --image output).",
 )
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Where to write the drawn image.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the drawn image.")
 def main(config_path: str | None, image: str | None, faces_path: str | None, out: str | None) -> None:
     """Show classified frames (window, web page, video, events file) and account for every frame."""
     if image or faces_path or out:

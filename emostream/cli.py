@@ -67,17 +67,16 @@ config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    default=None,
     help="bus.toml to use (default: $BUS_CONFIG, else ./bus.toml, else the shipped one).",
 )
 
 
 @main.command("run")
 @click.argument("processes", nargs=-1)
-@click.option("--source", default=None, help="Camera index, video, image, folder or stream URL (replaces the sources).")
-@click.option("--events", default=None, help="Also write one JSON line per frame to this file.")
-@click.option("--video", default=None, help="Also write the annotated video to this .mp4 file.")
-@click.option("--web", default=None, help="host:port of the live page ('' turns it off).")
+@click.option("--source", help="Camera index, video, image, folder or stream URL (replaces the sources).")
+@click.option("--events", help="Also write one JSON line per frame to this file.")
+@click.option("--video", help="Also write the annotated video to this .mp4 file.")
+@click.option("--web", help="host:port of the live page ('' turns it off).")
 @config_option
 def run_command(
     processes: tuple[str, ...],
@@ -121,7 +120,6 @@ def run_command(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
-    default=None,
     help="Folder for the results (default: <video, folder or 'images'>-analysis in the current folder).",
 )
 @click.option("--video", "annotated", is_flag=True, help="Videos: also write the annotated video.")
