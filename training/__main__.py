@@ -273,12 +273,27 @@ def export(
     help="soft labels (.npz, float16); the figures go beside it as .json",
 )
 @click.option("--no-tta", is_flag=True, help="one pass per image instead of the mean with its mirror")
-def ensemble(models: tuple[Path, ...], data: Path | None, out: Path, no_tta: bool) -> None:
-    """Teachers -> each one's and their mean's FER2013 accuracy, and the mean's soft labels on Training."""
+@click.option(
+    "--predictions",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="also save each .keras teacher's probabilities on every split here (<name>.npz, float16); "
+    "such a file can stand for the teacher in a later run",
+)
+@click.option("--select", is_flag=True, help="average only the teachers greedy forward selection picks on PublicTest")
+def ensemble(
+    models: tuple[Path, ...], data: Path | None, out: Path, no_tta: bool, predictions: Path | None, select: bool
+) -> None:
+    """Teachers (.keras, or their saved .npz predictions) -> each one's and their mean's FER2013 accuracy,
+    and the mean's soft labels on Training."""
     _setup("off")
     from training.distill import ensemble as run_ensemble
 
-    report = run_ensemble(list(models), data or DEFAULT_DATA["fer"], out, tta=not no_tta)
+    try:
+        report = run_ensemble(
+            list(models), data or DEFAULT_DATA["fer"], out, tta=not no_tta, predictions=predictions, select=select
+        )
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(json.dumps(report, indent=2))
 
 

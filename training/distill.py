@@ -1,9 +1,12 @@
 """Knowledge distillation: teachers' averaged soft labels -> one small student.
 
-- :func:`ensemble`: load several trained teachers (``.keras``), predict every FER2013 image with flip
-  test-time augmentation, report each teacher's and the ensemble's accuracy (PublicTest for selection,
-  PrivateTest reported only), and write the ensemble's probabilities on the *Training* images as a small
-  ``.npz`` (float16, with each image's CSV row so a student run can check it has the same images).
+- :func:`ensemble`: load several trained teachers (``.keras``, or their saved predictions ``.npz``),
+  predict every FER2013 image with flip test-time augmentation, report each teacher's and the
+  ensemble's accuracy (PublicTest for selection, PrivateTest reported only), optionally pick the
+  teachers by greedy forward selection on PublicTest, and write the ensemble's probabilities on the
+  *Training* images as a small ``.npz`` (float16, with each image's CSV row so a student run can check
+  it has the same images). Each teacher's own predictions can be kept (``models/teachers/preds/``), so
+  teachers trained in different sessions add up without keeping their weights.
 - :func:`attach_teacher`: put those soft labels beside a training :class:`Dataset`.
 - :class:`DistillLoss`: ``(1 - alpha) * CE(hard) + alpha * T^2 * KL(teacher_T || student_T)`` (Hinton
   et al., 2015), where ``x_T`` is ``softmax(log(x) / T)``. The student ends in a softmax (so the exported
@@ -100,32 +103,99 @@ def attach_teacher(train: Dataset, npz: Path) -> Dataset:
     return out
 
 
-def ensemble(models: list[Path], data: Path, out: Path, tta: bool = True) -> dict[str, Any]:
+SPLIT_NAMES = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
+
+
+def teacher_name(path: Path) -> str:
+    """``runs/teachers/t1-mixup/final.keras`` -> ``t1-mixup``; ``models/fer2013_emonet.keras`` -> ``fer2013_emonet``."""
+    return path.parent.name if path.stem in ("final", "best", "last") else path.stem
+
+
+def save_predictions(path: Path, preds: dict[str, np.ndarray], splits: dict[str, Dataset]) -> None:
+    """One teacher's probabilities on every FER2013 split (float16), with the Training images' CSV rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {name: p.astype(np.float16) for name, p in preds.items()}
+    rows, classes = np.asarray(splits["train"].rows, np.int32), np.array(splits["train"].classes)
+    np.savez_compressed(path, **arrays, rows=rows, classes=classes)
+
+
+def load_predictions(path: Path, splits: dict[str, Dataset]) -> dict[str, np.ndarray]:
+    """A teacher's saved probabilities (:func:`save_predictions`), checked against these splits."""
+    with np.load(path) as z:
+        preds = {name: z[name].astype(np.float32) for name in splits}
+        rows, classes = z["rows"], [str(c) for c in z["classes"]]
+    train = splits["train"]
+    if classes != train.classes or train.rows is None or not np.array_equal(rows, train.rows):
+        raise ValueError(f"{path}: saved for other FER2013 images or classes than these")
+    for name, split in splits.items():
+        if preds[name].shape != (len(split), len(split.classes)):
+            raise ValueError(f"{path}: {name} predictions of shape {preds[name].shape}, expected {len(split)} rows")
+    return preds
+
+
+def select_greedy(val_probs: list[np.ndarray], labels: np.ndarray) -> list[int]:
+    """Forward selection (Caruana et al., 2004) on PublicTest: start from the best teacher, add the one
+    that raises the mean's accuracy most, stop when none does. Indices into ``val_probs``, in order."""
+
+    def acc(chosen: list[int]) -> float:
+        return float((np.mean([val_probs[i] for i in chosen], axis=0).argmax(1) == labels).mean())
+
+    chosen = [max(range(len(val_probs)), key=lambda i: acc([i]))]
+    while True:
+        rest = [i for i in range(len(val_probs)) if i not in chosen]
+        if not rest:
+            return chosen
+        best = max(rest, key=lambda i: acc([*chosen, i]))
+        if acc([*chosen, best]) <= acc(chosen):
+            return chosen
+        chosen.append(best)
+
+
+def ensemble(
+    models: list[Path],
+    data: Path,
+    out: Path,
+    tta: bool = True,
+    predictions: Path | None = None,
+    select: bool = False,
+) -> dict[str, Any]:
     """Each teacher's and the mean's accuracy on PublicTest and PrivateTest; the mean's probabilities
-    on the Training images -> ``out`` (.npz, float16) and ``out`` with ``.json`` (the figures)."""
+    on the Training images -> ``out`` (.npz, float16) and ``out`` with ``.json`` (the figures).
+
+    A teacher is a ``.keras`` model (predicted here, with flip TTA unless ``tta`` is off; with
+    ``predictions`` its probabilities are also saved there as ``<name>.npz``) or such a saved ``.npz``,
+    so teachers trained in different sessions add up without their weights. With ``select`` the mean is
+    over the teachers :func:`select_greedy` picks on PublicTest; otherwise over all."""
     from training.evaluate import metrics
     from training.pipelines import load_source
     from training.train import model_pixels, predict
 
     splits = load_source("fer", data)
     report: dict[str, Any] = {"teachers": [], "tta": "mean of image and its mirror" if tta else "none"}
-    sums: dict[str, np.ndarray] = {}
+    each: list[dict[str, np.ndarray]] = []
     for path in models:
-        model = keras.models.load_model(path)
+        if path.suffix == ".npz":
+            preds = load_predictions(path, splits)
+        else:
+            model = keras.models.load_model(path)
+            preds = {name: predict(model, model_pixels(split, 48, "grey"), tta=tta) for name, split in splits.items()}
+            keras.backend.clear_session()
+            if predictions is not None:
+                save_predictions(predictions / f"{teacher_name(path)}.npz", preds, splits)
         row: dict[str, Any] = {"model": str(path)}
         for name, split in splits.items():
-            p = predict(model, model_pixels(split, 48, "grey"), tta=tta)
-            sums[name] = sums[name] + p if name in sums else p
             if name != "train":
-                row[name] = round(metrics(split.labels, p.argmax(1), split.classes)["accuracy"], 4)
+                row[name] = round(metrics(split.labels, preds[name].argmax(1), split.classes)["accuracy"], 4)
         log.info("teacher %s: PublicTest %.4f  PrivateTest %.4f", path, row["val"], row["test"])
         report["teachers"].append(row)
-        keras.backend.clear_session()
-    mean = {name: s / len(models) for name, s in sums.items()}
+        each.append(preds)
+    chosen = select_greedy([p["val"] for p in each], splits["val"].labels) if select else list(range(len(each)))
+    report["selected"] = [str(models[i]) for i in chosen]
+    report["selection"] = "greedy forward selection on PublicTest accuracy" if select else "all teachers"
+    mean = {name: np.mean([each[i][name] for i in chosen], axis=0) for name in splits}
     for name, split in splits.items():
         m = metrics(split.labels, mean[name].argmax(1), split.classes)
-        key = {"train": "train", "val": "PublicTest", "test": "PrivateTest"}[name]
-        report[f"ensemble_{key}"] = round(m["accuracy"], 4)
+        report[f"ensemble_{SPLIT_NAMES[name]}"] = round(m["accuracy"], 4)
         if name == "test":
             report["ensemble_PrivateTest_per_class_recall"] = {c: v["recall"] for c, v in m["per_class"].items()}
     train = splits["train"]
@@ -138,7 +208,8 @@ def ensemble(models: list[Path], data: Path, out: Path, tta: bool = True) -> dic
     )
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
     log.info(
-        "ensemble of %d: PublicTest %.4f  PrivateTest %.4f -> %s",
+        "ensemble of %d of %d teachers: PublicTest %.4f  PrivateTest %.4f -> %s",
+        len(chosen),
         len(models),
         report["ensemble_PublicTest"],
         report["ensemble_PrivateTest"],

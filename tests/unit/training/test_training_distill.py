@@ -15,7 +15,15 @@ import tensorflow as tf
 
 from training.data import Dataset
 from training.data.fer import FER_CLASSES, FERPLUS_COLUMNS, ferplus_blend, load_fer
-from training.distill import DistillLoss, attach_teacher, hard_accuracy
+from training.distill import (
+    DistillLoss,
+    attach_teacher,
+    hard_accuracy,
+    load_predictions,
+    save_predictions,
+    select_greedy,
+    teacher_name,
+)
 from training.train import mix_batch, read_progress
 
 K = 3
@@ -93,6 +101,40 @@ def test_attach_teacher_matches_images_by_row(tmp_path: Path) -> None:
     np.savez(tmp_path / "w.npz", soft=soft, rows=np.arange(5), classes=np.array(["a"] * 7))
     with pytest.raises(ValueError, match="teacher classes"):
         attach_teacher(_fer(np.array([1]), np.array([0])), tmp_path / "w.npz")
+
+
+def _one_hot(labels: list[int], k: int = 3) -> np.ndarray:
+    return np.eye(k)[labels]
+
+
+def test_greedy_selection_adds_a_teacher_only_when_the_mean_gains() -> None:
+    labels = np.array([0, 1, 2, 0])
+    right_but_last = _one_hot([0, 1, 2, 1]) * 0.6 + 0.4 / 3  # 3/4 right: the best single teacher
+    # 1/4 right alone (unsure and wrong on the first three), but sure where the first errs
+    fixes_last = np.array([[0.3, 0.4, 0.3], [0.3, 0.3, 0.4], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
+    useless = _one_hot([1, 1, 1, 1]) * 0.99 + 0.01 / 3  # 1/4 right; adding it only hurts
+    assert select_greedy([useless, right_but_last, fixes_last], labels) == [1, 2]
+    assert select_greedy([useless, right_but_last], labels) == [1]
+    assert select_greedy([right_but_last], labels) == [0]
+
+
+def test_saved_predictions_stand_for_the_teacher_and_refuse_other_images(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    splits = {
+        "train": _fer(np.array([10, 11, 12]), np.array([0, 1, 2])),
+        "val": _fer(np.array([20, 21]), np.array([0, 1])),
+        "test": _fer(np.array([30, 31]), np.array([1, 0])),
+    }
+    preds = {name: _softmax(rng.normal(size=(len(d), 7))) for name, d in splits.items()}
+    path = tmp_path / "preds" / f"{teacher_name(Path('runs/teachers/t9-x/final.keras'))}.npz"
+    save_predictions(path, preds, splits)
+    assert path.name == "t9-x.npz" and teacher_name(Path("models/fer2013_emonet.keras")) == "fer2013_emonet"
+    got = load_predictions(path, splits)
+    for name in splits:
+        np.testing.assert_allclose(got[name], preds[name], atol=1e-3)
+    other = {**splits, "train": _fer(np.array([10, 11, 13]), np.array([0, 1, 2]))}
+    with pytest.raises(ValueError, match="other FER2013 images"):
+        load_predictions(path, other)
 
 
 def test_ferplus_blend_softens_fer_labels_with_the_votes() -> None:

@@ -254,10 +254,20 @@ def test_ensemble_then_distilled_student_leaves_shipped_models_alone(
     before = _tree_digest(shipped)
     csv = write(tmp_path / "fer2013.csv", rows(6))
     npz = tmp_path / "teachers" / "soft.npz"
-    ens = run_cli("ensemble", str(init_models[7]), str(init_models[7]), "--data", str(csv), "--out", str(npz))
+    preds = tmp_path / "preds"
+    teacher = str(init_models[7])
+    ens = run_cli("ensemble", teacher, teacher, "--data", str(csv), "--out", str(npz), "--predictions", str(preds))
     assert ens.returncode == 0, ens.stderr[-3000:]
     report = json.loads(npz.with_suffix(".json").read_text())
     assert len(report["teachers"]) == 2 and 0 <= report["ensemble_PrivateTest"] <= 1
+    # the saved predictions stand for the teacher: same figures, no model needed; --select keeps one copy
+    (saved,) = preds.glob("*.npz")
+    again = tmp_path / "again.npz"
+    ens = run_cli("ensemble", str(saved), teacher, "--data", str(csv), "--out", str(again), "--select")
+    assert ens.returncode == 0, ens.stderr[-3000:]
+    second = json.loads(again.with_suffix(".json").read_text())
+    assert [t["test"] for t in second["teachers"]] == [t["test"] for t in report["teachers"]]
+    assert len(second["selected"]) == 1 and second["ensemble_PublicTest"] == report["ensemble_PublicTest"]
     with np.load(npz) as z:
         assert z["soft"].dtype == np.float16 and z["soft"].shape == (6, 7) and z["rows"].tolist() == list(range(6))
     out = tmp_path / "student"
