@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import Config, ConfigError, SourceConfig, load, validate
 from bus.paths import shipped_root
 from bus.preprocess import to_uint8_bgr
@@ -137,18 +137,18 @@ class EmotionRecognizer:
     def _frame(self, bgr: np.ndarray) -> list[FaceResult]:
         """The pipeline's detector and classifier steps on one uint8 BGR frame."""
         d, c = self.config.detector, self.config.classifier
-        msg = Message(src="api", seq=0, ts=0.0, image=bgr)
-        msg = detect_step(msg, self._detector, self.model.spec, d.align)
+        msg = detect_step(Frame(src="api", seq=0, ts=0.0, pixels=bgr), self._detector, self.model.spec, d.align)
         if msg.kind == "frame":
             msg = classify_step(msg, self.model, c.uncertain_below)
         if msg.kind != "frame":
-            raise ValueError(f"the frame could not be analysed ({msg.reason})")
+            raise ValueError(f"the frame could not be analysed ({msg.reason if msg.kind == 'drop' else msg.kind})")
         faces = []
         for f in msg.faces:
+            x, y, w, h = f.box
             probs = [float(p) for p in f.probs or []]
             faces.append(
                 FaceResult(
-                    box=tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                    box=(float(x), float(y), float(w), float(h)),
                     score=float(f.score),
                     label=str(f.label),
                     probs=dict(zip(self.labels, probs, strict=True)),
