@@ -4,13 +4,22 @@ Frames (parts)
 --------------
 ``[header, *buffers]``
 
-- ``header``: a msgpack map (never pickle), at most 1 MiB. Keys:
+- ``header``: a msgpack map (never pickle), at most 1 MiB, decoded by msgspec into one struct
+  per ``kind`` (``_FrameHead``, ``_DropHead``, ``_EosHead``: a union tagged by ``kind``), so the
+  types below and the limits further down are checked as it is read. Keys (those a writer leaves
+  at their default may be absent: ``live`` false, ``run`` none, ``t`` empty, a face's ``score`` 0
+  and ``kp`` empty):
 
   ========  =========================================================================
   ``v``     protocol version, int; this module speaks ``1`` and rejects others.
   ``kind``  ``"frame"`` (a picture and what is known about it), ``"drop"`` (a frame a
             stage dropped, sent on so the sink can account for it), or ``"eos"``
-            (end of a source: ``frames`` read in total, ``dropped`` at capture).
+            (end of a source: ``frames`` read in total, ``dropped`` at capture). Required.
+            ``image`` (pixels), ``crops``, ``faces``, ``labels``, ``uncertain_below`` and
+            ``path`` belong to frames, ``reason`` to drops, ``frames`` to ends: on another
+            kind they are keys its reader does not know (ignored), except that a drop's
+            ``image`` may only be a shared-memory reference (the slot to release; a drop
+            never carries pixels) and only a frame has buffers.
   ``src``   source id, str (one per capture source, e.g. ``"cam0"``).
   ``seq``   sequence number within the source, int >= 0.
   ``ts``    capture time, float seconds since the epoch (``time.time()``).
@@ -25,11 +34,13 @@ Frames (parts)
   ``crops`` absent, or ``{"n": n, "size": s, "ch": c}``: the next buffer holds ``n``
             uint8 face crops ``s x s x c``, in ``faces`` order, made by
             ``bus.preprocess.crop_face`` for the classifier's model.
-  ``faces`` list of maps: ``box`` [x, y, w, h] pixels, ``score`` float, ``kp`` list of
-            [x, y] keypoints; after the classifier also ``label`` str, ``probs``
-            list of float (in ``labels`` order, calibrated: the model's temperature
-            applied) and ``uncertain`` bool (the top probability is below
-            ``uncertain_below``; the label is kept).
+  ``faces`` list of maps (:class:`Face`): ``box`` [x, y, w, h] pixels, ``score`` float,
+            ``kp`` list of [x, y] keypoints; after the classifier also ``label`` str,
+            ``probs`` list of float (in ``labels`` order, calibrated: the model's
+            temperature applied) and ``uncertain`` bool (the top probability is below
+            ``uncertain_below``; the label is kept). The same face, with ``probs`` named
+            by ``labels``, is what the events record and the ``--image`` commands print
+            (:meth:`Face.to_json`).
   ``labels``  the classifier model's labels, list of str (absent before it).
   ``uncertain_below``  the classifier's threshold for ``uncertain``, float in [0, 1]
             (absent before it), so the sink can apply it to smoothed probabilities.
@@ -54,16 +65,35 @@ Frames (parts)
 Limits (decode refuses anything outside them with :class:`CodecError`, so no stage or sink ever
 sees a number it cannot draw or a string that forges a log line):
 
+- ints are ints (a bool is not one), floats are floats or ints, and ``live``/``uncertain`` bools;
 - numbers are finite (no NaN, no infinity); ``box`` and ``kp`` coordinates within
   +-``MAX_COORD`` pixels, at most ``MAX_KP`` keypoints per face; ``score`` and ``probs`` in
   [0, 1] (``probs`` to ``PROB_SLACK``, float32 rounding), at most ``MAX_LABELS`` of them;
   ``ts`` and the ``t`` values in [0, ``MAX_TIME``] seconds, at most ``MAX_STAGES`` ``t`` entries;
-  ``seq``, ``frames``, ``dropped`` ints in [0, 2**63).
+  ``seq``, ``frames``, ``dropped`` ints in [0, 2**63); ``image.shape`` [h, w, c] with sides in
+  [1, ``MAX_SIDE``] and c 1 or 3; ``image.slot`` in [0, ``MAX_SLOTS``), ``image.ring`` up to
+  ``MAX_RING`` characters; ``crops`` ``n`` up to ``MAX_FACES``, ``size`` up to ``MAX_CROP``, ``ch`` 1
+  or 3; at most ``MAX_FACES`` faces; ``path`` up to ``MAX_PATH`` characters, ``run`` up to
+  ``MAX_RUN``.
 - strings (``src`` up to ``MAX_SRC``, ``reason``, ``label``, ``labels`` items and ``t`` keys up
   to ``MAX_NAME`` characters) are non-empty and printable (``str.isprintable``: no newline,
   carriage return, escape, tab or other control or separator character); they are refused, not
   escaped, so what a stage logs or writes is what was sent. A refused value is quoted in the
-  error at most ``QUOTE`` characters long.
+  error at most ``QUOTE`` characters long; the error names the field (``faces[0].box[2]: ...``).
+
+All of it is said once, in the header structs' types (``Annotated[..., msgspec.Meta(...)]``);
+printability, which msgspec has no constraint for, in their ``__post_init__``; what needs the
+buffers (their sizes, one crop per face) after decoding. msgspec's errors are raised as
+:class:`CodecError`.
+
+In memory
+---------
+:func:`decode` gives, and :func:`encode` takes, a :data:`Message`: a :class:`Frame`, a :class:`Drop`
+or an :class:`Eos` (``kind`` is a class constant, so ``msg.kind == "frame"`` narrows the type).
+A frame's one pixel field, ``pixels``, is an array (raw BGR), a :class:`Jpeg` (the file as it came,
+and the picture it decodes to), a :class:`ShmRef` (a shared-memory slot; once looked up in place,
+with a view of it) or None; ``Frame.image`` is the array in every case. A drop has no pixel field,
+only ``shm``, the slot the stage where the journey ends releases.
 
 Drop reasons (:class:`DropReason`; also the keys every stage counts drops under in its stats line):
 
@@ -357,7 +387,7 @@ class _Crops(msgspec.Struct):
 
 
 class _Head(msgspec.Struct, tag_field="kind", omit_defaults=True):
-    v: Literal[1]
+    v: Literal[1]  # VERSION: a reader speaks one protocol version and refuses others
     src: Annotated[str, Meta(min_length=1, max_length=MAX_SRC)]
     seq: Count
     ts: Time
