@@ -447,7 +447,7 @@ _AT = re.compile(r"(.*) - at `\$\.?(.*)`", re.S)
 _QUOTED = re.compile(rf"'([^']{{{QUOTE - 1},}})'")
 
 
-def _error(e: msgspec.MsgspecError) -> str:
+def error_text(e: msgspec.MsgspecError) -> str:
     """msgspec's reason, the field first (``faces[0].box[2]: expected `float` <= 100000.0``), a
     value it quotes cut to :data:`QUOTE` characters."""
     text = _QUOTED.sub(lambda m: _quote(m[1]), str(e))
@@ -535,7 +535,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     try:
         h = _DECODER.decode(head)
     except msgspec.MsgspecError as e:
-        raise CodecError(_error(e)) from None
+        raise CodecError(error_text(e)) from None
     except RecursionError:
         raise CodecError("header: nested too deeply") from None
     if h.run != RUN:

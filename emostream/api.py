@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.codec import Frame
+from bus.codec import Face, Frame
 from bus.config import Config, ConfigError, SourceConfig, load, validate
 from bus.paths import shipped_root
 from bus.preprocess import to_uint8_bgr
@@ -60,13 +60,9 @@ class FaceResult:
     keypoints: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 1) for v in self.box],
-            "score": round(self.score, 4),
-            "label": self.label,
-            "probs": {k: round(v, 4) for k, v in self.probs.items()},
-            "uncertain": self.uncertain,
-        }
+        """The face object of the events record (:meth:`bus.codec.Face.to_json`)."""
+        face = Face(self.box, self.score, list(self.keypoints), self.label, list(self.probs.values()), self.uncertain)
+        return face.to_json(list(self.probs))
 
 
 @dataclass(frozen=True)
