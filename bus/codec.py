@@ -150,7 +150,6 @@ MAX_RING = 64  # a shared-memory ring's name
 MAX_SLOTS = 4096  # slots of one ring
 MAX_CROP = 512  # px, a face crop's side
 QUOTE = 40
-KINDS = ("frame", "drop", "eos")
 MAX_RUN = 64
 RUN = os.environ.get(RUN_ENV, "")[:MAX_RUN]  # this process's pipeline run ("" = none given)
 
