@@ -37,7 +37,7 @@ import zmq
 
 from analyze.report import ReportError, require_matplotlib, write_reports
 from bus import codec
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import Config, ConfigError, load, to_table
 from bus.media import is_image_name
 from bus.runtime import RUN_ENV, Stats
@@ -127,7 +127,7 @@ class Collect:
         self.records: list[dict[str, Any]] = []
         self.labels: list[str] | None = None
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.records.append(event)
         if self.labels is None and msg.labels:
             self.labels = list(msg.labels)

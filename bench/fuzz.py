@@ -51,7 +51,7 @@ import click
 import msgpack
 import numpy as np
 
-from bus.codec import VERSION, CodecError, DropReason, Face, Message, decode, encode
+from bus.codec import VERSION, CodecError, Drop, DropReason, Eos, Face, Frame, Message, decode, encode
 from bus.config import Config, SourceConfig, validate
 from bus.runtime import RateLimited, Stats
 from bus.shm import Rings
@@ -212,14 +212,14 @@ def _valid() -> list[Parts]:
     faces = [Face((1.0, 2.0, 5.0, 6.0), 0.9, [(1.0, 1.0)] * 6, "a", [0.2, 0.3, 0.5]), Face((3, 3, 4, 4), 0.7)]
     crops = np.zeros((2, 8, 8, 1), np.uint8)
     ts = 1.7e9
-    msgs = [
-        Message("cam0", 7, ts, live=True, image=img, faces=faces, crops=crops),
-        Message("cam0", 8, ts, image=img[:, :, :1], labels=["a", "b", "c"], faces=faces[:1], t={"capture": ts}),
-        Message("s", 3, ts, kind="drop", reason=DropReason.STALE, t={"capture": ts, "detector": ts}),
-        Message("s", 9, ts, kind="eos", frames=10, dropped=1),
+    msgs: list[Message] = [
+        Frame("cam0", 7, ts, live=True, faces=faces, crops=crops, pixels=img),
+        Frame("cam0", 8, ts, labels=["a", "b", "c"], faces=faces[:1], t={"capture": ts}, pixels=img[:, :, :1]),
+        Drop("s", 3, ts, reason=DropReason.STALE, t={"capture": ts, "detector": ts}),
+        Eos("s", 9, ts, frames=10, dropped=1),
     ]
     out = [[bytes(p) for p in encode(m)] for m in msgs]
-    out.append([bytes(p) for p in encode(Message("cam1", 1, ts, image=img), jpeg_quality=70)])
+    out.append([bytes(p) for p in encode(Frame("cam1", 1, ts, pixels=img), jpeg_quality=70)])
     return out
 
 
@@ -364,7 +364,7 @@ class Targets:
         msg = receive(parts, self.stats, self.limited)
         if msg is None:
             return
-        self.detector.faces = list(msg.faces)
+        self.detector.faces = list(msg.faces) if msg.kind == "frame" else []
         out = handle(
             msg,
             lambda m: detector_worker.step(m, self.detector, self.spec),

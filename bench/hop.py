@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from bus import sockets
-from bus.codec import Face, Message, decode, encode
+from bus.codec import Face, Frame, Message, decode, encode
 from emostream.launch import endpoint
 
 TIMEOUT_MS = 5000
@@ -35,7 +35,7 @@ def message(seq: int, shape: tuple[int, int, int], with_image: bool) -> Message:
     face = Face((100.0, 80.0, 60.0, 60.0), 0.9, [(110.0, 90.0)] * 6)
     image = np.full(shape, seq % 256, np.uint8) if with_image else None
     crops = np.zeros((1, 48, 48, 1), np.uint8)
-    return Message(src="s0", seq=seq, ts=time.time(), image=image, faces=[face], crops=crops, t={"capture": 0.0})
+    return Frame(src="s0", seq=seq, ts=time.time(), faces=[face], crops=crops, t={"capture": 0.0}, pixels=image)
 
 
 def hop(

@@ -27,8 +27,11 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("BGR->RGB + mp.Image (detector)", ("_image (detector/faces.py", "(mediapipe/tasks/python/vision/core/image.py")),
     ("mediapipe detect", ("mediapipe/",)),
     ("litert invoke", ("ai_edge_litert/",)),
-    ("codec decode", ("decode (bus/codec.py", "_image (bus/codec.py", "_crops (bus/codec.py", "_faces (bus/codec.py")),
-    ("codec encode", ("encode (bus/codec.py", "_bytes_view (bus/codec.py", "to_wire (bus/codec.py", "msgpack")),
+    (
+        "codec decode",
+        ("decode (bus/codec.py", "_frame (bus/codec.py", "_pixels_in (bus/codec.py", "_crops_in (bus/codec.py"),
+    ),
+    ("codec encode", ("encode (bus/codec.py", "_bytes_view (bus/codec.py", "_pixels_out (bus/codec.py")),
     ("face crops (cv2)", ("bus/preprocess.py",)),
     ("classifier pre/post (numpy)", ("classifier/preprocess.py", "classifier/model.py")),
     ("logging / stats", ("logging/", "bus/runtime.py")),

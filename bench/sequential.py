@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.pipeline import CLASSIFIER_MODEL
 from bench.procs import BenchError
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import ClassifierConfig, DetectorConfig
 from bus.preprocess import to_uint8_bgr
 from bus.runtime import single_threaded_opencv
@@ -64,14 +64,16 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
             t0, c0 = time.perf_counter(), time.process_time()
             for seq, image in enumerate(looped(clip, frames)):
                 now = time.time()
-                msg = Message(src="ref", seq=seq, ts=now, image=image, t={"capture": now})
+                msg = Frame(src="ref", seq=seq, ts=now, t={"capture": now}, pixels=image)
                 out = classify_step(
                     detect_step(msg, backend, spec, DetectorConfig.align),
                     emotions,
                     ClassifierConfig.uncertain_below,
                 )
                 if out.kind != "frame":
-                    raise BenchError(f"the reference dropped frame {seq}: {out.reason}")
+                    raise BenchError(
+                        f"the reference dropped frame {seq}: {out.reason if out.kind == 'drop' else out.kind}"
+                    )
                 faces += len(out.faces)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             fps.append(frames / wall)

@@ -4,13 +4,22 @@ Frames (parts)
 --------------
 ``[header, *buffers]``
 
-- ``header``: a msgpack map (never pickle), at most 1 MiB. Keys:
+- ``header``: a msgpack map (never pickle), at most 1 MiB, decoded by msgspec into one struct
+  per ``kind`` (``_FrameHead``, ``_DropHead``, ``_EosHead``: a union tagged by ``kind``), so the
+  types below and the limits further down are checked as it is read. Keys (those a writer leaves
+  at their default may be absent: ``live`` false, ``run`` none, ``t`` empty, a face's ``score`` 0
+  and ``kp`` empty):
 
   ========  =========================================================================
   ``v``     protocol version, int; this module speaks ``1`` and rejects others.
   ``kind``  ``"frame"`` (a picture and what is known about it), ``"drop"`` (a frame a
             stage dropped, sent on so the sink can account for it), or ``"eos"``
-            (end of a source: ``frames`` read in total, ``dropped`` at capture).
+            (end of a source: ``frames`` read in total, ``dropped`` at capture). Required.
+            ``image`` (pixels), ``crops``, ``faces``, ``labels``, ``uncertain_below`` and
+            ``path`` belong to frames, ``reason`` to drops, ``frames`` to ends: on another
+            kind they are keys its reader does not know (ignored), except that a drop's
+            ``image`` may only be a shared-memory reference (the slot to release; a drop
+            never carries pixels) and only a frame has buffers.
   ``src``   source id, str (one per capture source, e.g. ``"cam0"``).
   ``seq``   sequence number within the source, int >= 0.
   ``ts``    capture time, float seconds since the epoch (``time.time()``).
@@ -25,11 +34,13 @@ Frames (parts)
   ``crops`` absent, or ``{"n": n, "size": s, "ch": c}``: the next buffer holds ``n``
             uint8 face crops ``s x s x c``, in ``faces`` order, made by
             ``bus.preprocess.crop_face`` for the classifier's model.
-  ``faces`` list of maps: ``box`` [x, y, w, h] pixels, ``score`` float, ``kp`` list of
-            [x, y] keypoints; after the classifier also ``label`` str, ``probs``
-            list of float (in ``labels`` order, calibrated: the model's temperature
-            applied) and ``uncertain`` bool (the top probability is below
-            ``uncertain_below``; the label is kept).
+  ``faces`` list of maps (:class:`Face`): ``box`` [x, y, w, h] pixels, ``score`` float,
+            ``kp`` list of [x, y] keypoints; after the classifier also ``label`` str,
+            ``probs`` list of float (in ``labels`` order, calibrated: the model's
+            temperature applied) and ``uncertain`` bool (the top probability is below
+            ``uncertain_below``; the label is kept). The same face, with ``probs`` named
+            by ``labels``, is what the events record and the ``--image`` commands print
+            (:meth:`Face.to_json`).
   ``labels``  the classifier model's labels, list of str (absent before it).
   ``uncertain_below``  the classifier's threshold for ``uncertain``, float in [0, 1]
             (absent before it), so the sink can apply it to smoothed probabilities.
@@ -54,16 +65,35 @@ Frames (parts)
 Limits (decode refuses anything outside them with :class:`CodecError`, so no stage or sink ever
 sees a number it cannot draw or a string that forges a log line):
 
+- ints are ints (a bool is not one), floats are floats or ints, and ``live``/``uncertain`` bools;
 - numbers are finite (no NaN, no infinity); ``box`` and ``kp`` coordinates within
   +-``MAX_COORD`` pixels, at most ``MAX_KP`` keypoints per face; ``score`` and ``probs`` in
   [0, 1] (``probs`` to ``PROB_SLACK``, float32 rounding), at most ``MAX_LABELS`` of them;
   ``ts`` and the ``t`` values in [0, ``MAX_TIME``] seconds, at most ``MAX_STAGES`` ``t`` entries;
-  ``seq``, ``frames``, ``dropped`` ints in [0, 2**63).
+  ``seq``, ``frames``, ``dropped`` ints in [0, 2**63); ``image.shape`` [h, w, c] with sides in
+  [1, ``MAX_SIDE``] and c 1 or 3; ``image.slot`` in [0, ``MAX_SLOTS``), ``image.ring`` up to
+  ``MAX_RING`` characters; ``crops`` ``n`` up to ``MAX_FACES``, ``size`` up to ``MAX_CROP``, ``ch`` 1
+  or 3; at most ``MAX_FACES`` faces; ``path`` up to ``MAX_PATH`` characters, ``run`` up to
+  ``MAX_RUN``.
 - strings (``src`` up to ``MAX_SRC``, ``reason``, ``label``, ``labels`` items and ``t`` keys up
   to ``MAX_NAME`` characters) are non-empty and printable (``str.isprintable``: no newline,
   carriage return, escape, tab or other control or separator character); they are refused, not
   escaped, so what a stage logs or writes is what was sent. A refused value is quoted in the
-  error at most ``QUOTE`` characters long.
+  error at most ``QUOTE`` characters long; the error names the field (``faces[0].box[2]: ...``).
+
+All of it is said once, in the header structs' types (``Annotated[..., msgspec.Meta(...)]``);
+printability, which msgspec has no constraint for, in their ``__post_init__``; what needs the
+buffers (their sizes, one crop per face) after decoding. msgspec's errors are raised as
+:class:`CodecError`.
+
+In memory
+---------
+:func:`decode` gives, and :func:`encode` takes, a :data:`Message`: a :class:`Frame`, a :class:`Drop`
+or an :class:`Eos` (``kind`` is a class constant, so ``msg.kind == "frame"`` narrows the type).
+A frame's one pixel field, ``pixels``, is an array (raw BGR), a :class:`Jpeg` (the file as it came,
+and the picture it decodes to), a :class:`ShmRef` (a shared-memory slot; once looked up in place,
+with a view of it) or None; ``Frame.image`` is the array in every case. A drop has no pixel field,
+only ``shm``, the slot the stage where the journey ends releases.
 
 Drop reasons (:class:`DropReason`; also the keys every stage counts drops under in its stats line):
 
@@ -87,14 +117,18 @@ older readers; a change of meaning bumps ``v``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeGuard
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, cast
 
 import cv2
-import msgpack
+import msgspec
 import numpy as np
+from msgspec import Meta
 
 from bus.runtime import RUN_ENV
 
@@ -112,8 +146,10 @@ MAX_SRC = 128
 MAX_NAME = 64
 MAX_PATH = 4096  # a folder source's file path (``path``)
 MAX_INT = 1 << 63
+MAX_RING = 64  # a shared-memory ring's name
+MAX_SLOTS = 4096  # slots of one ring
+MAX_CROP = 512  # px, a face crop's side
 QUOTE = 40
-KINDS = ("frame", "drop", "eos")
 MAX_RUN = 64
 RUN = os.environ.get(RUN_ENV, "")[:MAX_RUN]  # this process's pipeline run ("" = none given)
 
@@ -162,88 +198,22 @@ class ForeignRun(CodecError):
     """A valid message of another pipeline run (``run`` differs from this process's :data:`RUN`)."""
 
 
-@dataclass(frozen=True)
-class ShmRef:
-    """Where a frame's pixels are in shared memory (:mod:`bus.shm`)."""
-
-    ring: str
-    slot: int
-    gen: int
-    shape: tuple[int, int, int]
-
-
-@dataclass
-class Face:
-    box: tuple[float, float, float, float]
-    score: float
-    kp: list[tuple[float, float]] = field(default_factory=list)
-    label: str | None = None
-    probs: list[float] | None = None
-    uncertain: bool | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "box": [float(v) for v in self.box],
-            "score": float(self.score),
-            "kp": [[float(x), float(y)] for x, y in self.kp],
-        }
-        if self.label is not None:
-            d["label"] = self.label
-        if self.probs is not None:
-            d["probs"] = [float(p) for p in self.probs]
-        if self.uncertain is not None:
-            d["uncertain"] = bool(self.uncertain)
-        return d
+# The value types of the wire: every limit of the module docstring, checked by msgspec as it decodes
+# (bools are not ints there, and a NaN or an infinity fails every range). Printability is the one
+# check msgspec has no constraint for: the structs' ``__post_init__`` make it (:func:`_printable`).
+Coord = Annotated[float, Meta(ge=-MAX_COORD, le=MAX_COORD)]
+Unit = Annotated[float, Meta(ge=0.0, le=1.0)]
+Prob = Annotated[float, Meta(ge=0.0, le=1.0 + PROB_SLACK)]
+Time = Annotated[float, Meta(ge=0.0, le=MAX_TIME)]
+Count = Annotated[int, Meta(ge=0, le=MAX_INT - 1)]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+Side = Annotated[int, Meta(gt=0, le=MAX_SIDE)]
+Shape = tuple[Side, Side, Literal[1, 3]]
 
 
-@dataclass
-class Message:
-    src: str
-    seq: int
-    ts: float
-    kind: str = "frame"
-    live: bool = False
-    image: np.ndarray | None = None
-    jpeg: bytes | None = None  # the image as JPEG when it travels compressed
-    shm: ShmRef | None = None  # the image is in shared memory (then it travels as this reference only)
-    faces: list[Face] = field(default_factory=list)
-    crops: np.ndarray | None = None
-    labels: list[str] | None = None
-    uncertain_below: float | None = None
-    path: str | None = None  # the image file the frame came from (folder and image sources)
-    t: dict[str, float] = field(default_factory=dict)
-    reason: DropReason | None = None
-    frames: int | None = None
-    dropped: int | None = None
-
-
-def _box(box: Any, what: str) -> tuple[float, float, float, float]:
-    """Four finite numbers (the caller has checked there are four)."""
-    x, y, w, h = (_num(v, what) for v in box)
-    return x, y, w, h
-
-
-def _num(v: Any, what: str, lo: float = -MAX_COORD, hi: float = MAX_COORD) -> float:
-    """A finite number in [lo, hi] as a float."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise CodecError(f"{what}: expected a number, got {type(v).__name__}")
-    x = float(v)
-    if not lo <= x <= hi:  # also false for NaN
-        raise CodecError(f"{what}: {_quote(v)} is not a finite number in [{lo:g}, {hi:g}]")
-    return x
-
-
-def _text(v: Any, what: str, limit: int = MAX_NAME) -> str:
-    """A non-empty printable string of at most ``limit`` characters."""
-    if not isinstance(v, str) or not 0 < len(v) <= limit or not v.isprintable():
-        raise CodecError(f"{what}: expected a printable string of 1..{limit} characters, got {_quote(v)}")
-    return v
-
-
-def _count(v: Any, what: str) -> int:
-    if not _is_int(v) or not 0 <= v < MAX_INT:
-        raise CodecError(f"{what}: expected an int in [0, 2**63), got {_quote(v)}")
-    return int(v)
+def _printable(value: str, what: str) -> None:
+    if not value.isprintable():
+        raise ValueError(f"{what}: {_quote(value)} is not a printable string")
 
 
 def _quote(v: Any) -> str:
@@ -252,101 +222,306 @@ def _quote(v: Any) -> str:
     return r if len(r) <= QUOTE else r[: QUOTE - 3] + "..."
 
 
+class Face(msgspec.Struct, omit_defaults=True):
+    """One face, the same object on the wire (``faces`` items), in memory and, through
+    :meth:`to_json`, in every JSON output: ``box`` [x, y, w, h] and ``kp`` [x, y] keypoints in
+    pixels, the detector's ``score``; after the classifier ``label``, ``probs`` (in the frame's
+    ``labels`` order) and ``uncertain``."""
+
+    box: tuple[Coord, Coord, Coord, Coord]
+    score: Unit = 0.0
+    kp: Annotated[list[tuple[Coord, Coord]], Meta(max_length=MAX_KP)] = msgspec.field(default_factory=list)
+    label: Name | None = None
+    probs: Annotated[list[Prob], Meta(max_length=MAX_LABELS)] | None = None
+    uncertain: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.label is not None:
+            _printable(self.label, "label")
+
+    def to_json(self, labels: Sequence[str] = (), uncertain: bool | None = None) -> dict[str, Any]:
+        """The face in JSON (the events record, ``detector --image``, ``classifier --image``, the
+        API's results): ``box`` and ``kp`` rounded to 0.1 px, ``score`` to 1e-4, ``label`` (null
+        before the classifier), ``probs`` as label -> probability (``labels``: the frame's label
+        order; {} before the classifier) and ``uncertain`` (``uncertain`` when given, else this
+        face's flag, else false)."""
+        flag = self.uncertain if uncertain is None else uncertain
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "kp": [[round(float(x), 1), round(float(y), 1)] for x, y in self.kp],
+            "label": self.label,
+            "probs": named_probs(labels, self.probs),
+            "uncertain": bool(flag),
+        }
+
+
+def named_probs(labels: Sequence[str], probs: Sequence[float] | None) -> dict[str, float]:
+    """label -> probability rounded to 1e-4 ({} for None); labels that do not match in number
+    name them by position ("0", "1", ...)."""
+    if probs is None:
+        return {}
+    names = labels if len(labels) == len(probs) else [str(i) for i in range(len(probs))]
+    return {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)}
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a frame's pixels are in shared memory (:mod:`bus.shm`); once looked up in place
+    (:func:`bus.stage.view_pixels`) also ``view``, a read-only view of them (never sent)."""
+
+    ring: str
+    slot: int
+    gen: int
+    shape: tuple[int, int, int]
+    view: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def bare(self) -> ShmRef:
+        """The reference alone (what a marker keeps to release the slot)."""
+        return self if self.view is None else dataclasses.replace(self, view=None)
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """Pixels that travel as a JPEG file: ``data``, the file (forwarded as it came), and
+    ``image``, what it decodes to."""
+
+    data: bytes
+    image: np.ndarray = field(compare=False, repr=False)
+
+
+Pixels: TypeAlias = np.ndarray | Jpeg | ShmRef  # raw BGR, a JPEG file, or a shared-memory slot
+
+
+@dataclass(slots=True)
+class Frame:
+    """A picture and what is known about it (``kind`` ``"frame"``); its one pixel field,
+    ``pixels``, says how they travel (``image``: the array, whichever way they came)."""
+
+    kind: ClassVar[Literal["frame"]] = "frame"
+    src: str
+    seq: int
+    ts: float
+    live: bool = False
+    pixels: Pixels | None = None
+    faces: list[Face] = field(default_factory=list)
+    crops: np.ndarray | None = None
+    labels: list[str] | None = None
+    uncertain_below: float | None = None
+    path: str | None = None  # the image file the frame came from (folder and image sources)
+    t: dict[str, float] = field(default_factory=dict)
+    dropped: int | None = None
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The pixels as an array: raw, decoded from the JPEG, or the shared-memory view (None
+        before the slot is looked up)."""
+        p = self.pixels
+        if p is None or isinstance(p, np.ndarray):
+            return p
+        return p.image if isinstance(p, Jpeg) else p.view
+
+    @property
+    def shm(self) -> ShmRef | None:
+        return self.pixels if isinstance(self.pixels, ShmRef) else None
+
+
+@dataclass(slots=True)
+class Drop:
+    """A frame a stage dropped, sent on so the sink can account for it. It carries no pixels: at
+    most ``shm``, the slot that the stage where the journey ends releases."""
+
+    kind: ClassVar[Literal["drop"]] = "drop"
+    src: str
+    seq: int
+    ts: float
+    reason: DropReason = DropReason.UNKNOWN
+    live: bool = False
+    t: dict[str, float] = field(default_factory=dict)
+    shm: ShmRef | None = None
+    dropped: int | None = None
+
+
+@dataclass(slots=True)
+class Eos:
+    """The end of a source: ``frames`` read in total, ``dropped`` at capture."""
+
+    kind: ClassVar[Literal["eos"]] = "eos"
+    src: str
+    seq: int
+    ts: float
+    frames: int | None = None
+    dropped: int | None = None
+    live: bool = False
+    t: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def shm(self) -> None:
+        return None
+
+
+Message: TypeAlias = Frame | Drop | Eos
+
+
+# The header on the wire: one struct per kind, a union tagged by ``kind``; unknown keys are ignored.
+class _Bgr(msgspec.Struct, tag_field="fmt", tag="bgr8"):
+    shape: Shape
+
+
+class _Jpeg(msgspec.Struct, tag_field="fmt", tag="jpeg", omit_defaults=True):
+    shape: Annotated[list[int], Meta(max_length=3)] = msgspec.field(default_factory=list)  # informative only
+
+
+class _Shm(msgspec.Struct, tag_field="fmt", tag="shm"):
+    shape: Shape
+    ring: Annotated[str, Meta(min_length=1, max_length=MAX_RING)]
+    slot: Annotated[int, Meta(ge=0, lt=MAX_SLOTS)]
+    gen: Count
+
+
+class _Crops(msgspec.Struct):
+    n: Annotated[int, Meta(ge=0, le=MAX_FACES)]
+    size: Annotated[int, Meta(gt=0, le=MAX_CROP)]
+    ch: Literal[1, 3]
+
+
+class _Head(msgspec.Struct, tag_field="kind", omit_defaults=True):
+    v: Literal[1]  # VERSION: a reader speaks one protocol version and refuses others
+    src: Annotated[str, Meta(min_length=1, max_length=MAX_SRC)]
+    seq: Count
+    ts: Time
+    live: bool = False
+    run: Annotated[str, Meta(max_length=MAX_RUN)] = ""
+    t: Annotated[dict[Name, Time], Meta(max_length=MAX_STAGES)] = msgspec.field(default_factory=dict)
+    dropped: Count | None = None
+
+    def __post_init__(self) -> None:
+        _printable(self.src, "src")
+        for k in self.t:
+            _printable(k, "t")
+
+
+class _FrameHead(_Head, tag="frame"):
+    path: Annotated[str, Meta(min_length=1, max_length=MAX_PATH)] | None = None
+    image: _Bgr | _Jpeg | _Shm | None = None
+    crops: _Crops | None = None
+    faces: Annotated[list[Face], Meta(max_length=MAX_FACES)] = msgspec.field(default_factory=list)
+    labels: Annotated[list[Name], Meta(max_length=MAX_LABELS)] | None = None
+    uncertain_below: Unit | None = None
+
+    def __post_init__(self) -> None:
+        _Head.__post_init__(self)
+        if self.path is not None:
+            _printable(self.path, "path")
+        for name in self.labels or ():
+            _printable(name, "labels")
+
+
+class _DropHead(_Head, tag="drop"):
+    reason: Name | None = None  # a name this reader does not know reads as DropReason.UNKNOWN
+    image: _Shm | None = None  # the slot to release; a drop never carries pixels
+
+    def __post_init__(self) -> None:
+        _Head.__post_init__(self)
+        if self.reason is not None:
+            _printable(self.reason, "reason")
+
+
+class _EosHead(_Head, tag="eos"):
+    frames: Count | None = None
+
+
+_DECODER = msgspec.msgpack.Decoder(_FrameHead | _DropHead | _EosHead)
+
+
+def _plain(obj: Any) -> Any:
+    """A numpy scalar (a backend's score, a model's probability) as the Python number it holds."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_plain)
+_AT = re.compile(r"(.*) - at `\$\.?(.*)`", re.S)
+_QUOTED = re.compile(rf"'([^']{{{QUOTE - 1},}})'")
+
+
+def error_text(e: msgspec.MsgspecError) -> str:
+    """msgspec's reason, the field first (``faces[0].box[2]: expected `float` <= 100000.0``), a
+    value it quotes cut to :data:`QUOTE` characters."""
+    text = _QUOTED.sub(lambda m: _quote(m[1]), str(e))
+    m = _AT.fullmatch(text)
+    where, what = (m[2] or "header", m[1]) if m is not None else ("header", text)
+    return f"{where}: {what[:1].lower()}{what[1:]}"
+
+
 def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memoryview]:
-    """Message -> multipart frames. With ``jpeg_quality`` the image travels as JPEG."""
-    if msg.kind not in KINDS:
-        raise CodecError(f"unknown kind {msg.kind!r}")
-    header: dict[str, Any] = {
-        "v": VERSION,
-        "kind": msg.kind,
-        "src": msg.src,
-        "seq": int(msg.seq),
-        "ts": float(msg.ts),
-        "live": bool(msg.live),
-    }
-    if RUN:
-        header["run"] = RUN
+    """Message -> multipart frames. With ``jpeg_quality`` an array's pixels travel as JPEG."""
+    if not isinstance(msg, Frame | Drop | Eos):
+        raise CodecError(f"not a message: {type(msg).__name__}")
     parts: list[bytes | memoryview] = []
-    if msg.shm is not None:
-        ref = msg.shm
-        header["image"] = {"shape": list(ref.shape), "fmt": "shm", "ring": ref.ring, "slot": ref.slot, "gen": ref.gen}
-    elif msg.image is not None or msg.jpeg is not None:
-        if msg.image is not None:
-            img = msg.image if msg.image.ndim == 3 else msg.image[:, :, None]
-            shape = list(img.shape)
-            if not (0 < shape[0] <= MAX_SIDE and 0 < shape[1] <= MAX_SIDE):
-                raise CodecError(f"image of {shape[1]}x{shape[0]} pixels: each side must be 1..{MAX_SIDE}")
-        else:
-            shape = []
-        if msg.jpeg is not None or jpeg_quality is not None:
-            data = msg.jpeg
-            if data is None:
-                assert msg.image is not None and jpeg_quality is not None
-                ok, buf = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-                if not ok:
-                    raise CodecError("JPEG encoding failed")
-                data = buf.tobytes()
-            header["image"] = {"shape": shape, "fmt": "jpeg"}
-            parts.append(data)
-        else:
-            if img.dtype != np.uint8 or img.shape[2] not in (1, 3):
-                raise CodecError(f"image must be uint8 with 1 or 3 channels, got {img.dtype} {img.shape}")
-            header["image"] = {"shape": shape, "fmt": "bgr8"}
-            parts.append(_bytes_view(img))
-    if msg.crops is not None:
-        n, s, _, c = msg.crops.shape
-        header["crops"] = {"n": int(n), "size": int(s), "ch": int(c)}
-        parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
-    if msg.faces:
-        header["faces"] = [f.to_wire() for f in msg.faces]
-    for key in ("labels", "uncertain_below", "path", "reason", "frames", "dropped"):
-        value = getattr(msg, key)
-        if value is not None:
-            header[key] = value
-    if msg.t:
-        header["t"] = msg.t
-    return [msgpack.packb(header, use_bin_type=True), *parts]
+    head: _Head
+    common: dict[str, Any] = {"v": VERSION, "src": msg.src, "seq": int(msg.seq), "ts": float(msg.ts)}
+    common.update(live=bool(msg.live), run=RUN, t=msg.t, dropped=msg.dropped)
+    if isinstance(msg, Frame):
+        image = _pixels_out(msg.pixels, jpeg_quality, parts)
+        crops = None
+        if msg.crops is not None:
+            n, s, _, c = msg.crops.shape
+            crops = _Crops(int(n), int(s), cast(Literal[1, 3], int(c)))
+            parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
+        head = _FrameHead(
+            **common,
+            path=msg.path,
+            image=image,
+            crops=crops,
+            faces=msg.faces,
+            labels=msg.labels,
+            uncertain_below=msg.uncertain_below,
+        )
+    elif isinstance(msg, Drop):
+        head = _DropHead(**common, reason=msg.reason, image=None if msg.shm is None else _shm_out(msg.shm))
+    else:
+        head = _EosHead(**common, frames=msg.frames)
+    try:
+        return [_ENCODER.encode(head), *parts]
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
+        raise CodecError(f"cannot encode: {e}") from None
+
+
+def _shm_out(ref: ShmRef) -> _Shm:
+    return _Shm(cast(Shape, ref.shape), ref.ring, ref.slot, ref.gen)
+
+
+def _pixels_out(pixels: Pixels | None, jpeg_quality: int | None, parts: list[bytes | memoryview]) -> Any:
+    """The header's ``image`` for ``pixels``; their frame (if any) appended to ``parts``."""
+    if pixels is None:
+        return None
+    if isinstance(pixels, ShmRef):
+        return _shm_out(pixels)
+    if isinstance(pixels, Jpeg):
+        parts.append(pixels.data)
+        return _Jpeg(list(pixels.image.shape))
+    img = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    shape = img.shape
+    if not (0 < shape[0] <= MAX_SIDE and 0 < shape[1] <= MAX_SIDE):
+        raise CodecError(f"image of {shape[1]}x{shape[0]} pixels: each side must be 1..{MAX_SIDE}")
+    if jpeg_quality is not None:
+        ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise CodecError("JPEG encoding failed")
+        parts.append(buf.tobytes())
+        return _Jpeg(list(shape))
+    if img.dtype != np.uint8 or shape[2] not in (1, 3):
+        raise CodecError(f"image must be uint8 with 1 or 3 channels, got {img.dtype} {shape}")
+    parts.append(_bytes_view(img))
+    return _Bgr(cast(Shape, tuple(int(v) for v in shape)))
 
 
 def _bytes_view(a: np.ndarray) -> memoryview:
     """Zero-copy byte view of an array (an empty array gives an empty view)."""
     flat = np.ascontiguousarray(a).reshape(-1)
     return flat.view(np.uint8).data if flat.size else memoryview(b"")
-
-
-def _faces(raw: Any) -> list[Face]:
-    if not isinstance(raw, list) or len(raw) > MAX_FACES:
-        raise CodecError(f"faces: expected a list of at most {MAX_FACES} maps")
-    faces = []
-    for i, f in enumerate(raw):
-        if not isinstance(f, dict):
-            raise CodecError(f"faces[{i}]: expected a map")
-        box = f.get("box")
-        if not isinstance(box, list) or len(box) != 4:
-            raise CodecError(f"faces[{i}].box: expected [x, y, w, h]")
-        kp = f.get("kp", [])
-        if not isinstance(kp, list) or len(kp) > MAX_KP or not all(isinstance(p, list) and len(p) == 2 for p in kp):
-            raise CodecError(f"faces[{i}].kp: expected a list of at most {MAX_KP} [x, y]")
-        probs = f.get("probs")
-        if probs is not None and not (isinstance(probs, list) and len(probs) <= MAX_LABELS):
-            raise CodecError(f"faces[{i}].probs: expected a list of at most {MAX_LABELS}")
-        label = f.get("label")
-        if label is not None:
-            label = _text(label, f"faces[{i}].label")
-        uncertain = f.get("uncertain")
-        if uncertain is not None and not isinstance(uncertain, bool):
-            raise CodecError(f"faces[{i}].uncertain: expected a bool")
-        faces.append(
-            Face(
-                _box(box, f"faces[{i}].box"),
-                _num(f.get("score", 0.0), f"faces[{i}].score", 0.0, 1.0),
-                [(_num(x, f"faces[{i}].kp"), _num(y, f"faces[{i}].kp")) for x, y in kp],
-                label,
-                None if probs is None else [_num(p, f"faces[{i}].probs", 0.0, 1.0 + PROB_SLACK) for p in probs],
-                uncertain,
-            )
-        )
-    return faces
 
 
 def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool = False) -> Message:
@@ -357,110 +532,54 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if len(head) > MAX_HEADER:
         raise CodecError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
     try:
-        h = msgpack.unpackb(
-            head,
-            raw=False,
-            max_bin_len=0,
-            max_str_len=MAX_HEADER,
-            max_array_len=4096,
-            max_map_len=256,
-            strict_map_key=True,
-        )
-    except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise CodecError(f"header is not msgpack: {type(e).__name__}") from None
-    if not isinstance(h, dict):
-        raise CodecError("header is not a map")
-    if not _is_int(h.get("v")) or h.get("v") != VERSION:
-        raise CodecError(f"unsupported protocol version {_quote(h.get('v'))}")
-    run = h.get("run", "")
-    if not isinstance(run, str) or len(run) > MAX_RUN:
-        raise CodecError(f"run: expected a string of at most {MAX_RUN} characters")
-    if run != RUN:
+        h = _DECODER.decode(head)
+    except msgspec.MsgspecError as e:
+        raise CodecError(error_text(e)) from None
+    except RecursionError:
+        raise CodecError("header: nested too deeply") from None
+    if h.run != RUN:
         raise ForeignRun(
-            f"message of another pipeline run ({_quote(run[:16])}, this one is {RUN[:16]!r}): a second pipeline "
+            f"message of another pipeline run ({_quote(h.run[:16])}, this one is {RUN[:16]!r}): a second pipeline "
             f"on these endpoints, or a stage started without this run's {RUN_ENV}"
         )
-    kind = h.get("kind", "frame")
-    if kind not in KINDS:
-        raise CodecError(f"unknown kind {_quote(kind)}")
-    src = _text(h.get("src"), "src", MAX_SRC)
-    seq = _count(h.get("seq"), "seq")
-    ts = _num(h.get("ts"), "ts", 0.0, MAX_TIME)
-    msg = Message(src=src, seq=seq, ts=ts, kind=kind, live=bool(h.get("live", False)))
-    buffers = list(parts[1:])
-    if isinstance(h.get("image"), dict) and h["image"].get("fmt") == "shm":
-        msg.shm = _shm(h["image"])
-    elif "image" in h:
-        msg.image, msg.jpeg = _image(h["image"], buffers, copy_image)
-    if "crops" in h:
-        msg.crops = _crops(h["crops"], buffers)
-    if buffers:
-        raise CodecError(f"{len(buffers)} unexpected extra frame(s)")
-    msg.faces = _faces(h.get("faces", []))
-    if msg.crops is not None and len(msg.crops) != len(msg.faces):
-        raise CodecError(f"{len(msg.crops)} crops for {len(msg.faces)} faces")
-    labels = h.get("labels")
-    if labels is not None:
-        if not isinstance(labels, list) or len(labels) > MAX_LABELS:
-            raise CodecError(f"labels: expected a list of at most {MAX_LABELS} strings")
-        labels = [_text(x, "labels") for x in labels]
-    msg.labels = labels
-    below = h.get("uncertain_below")
-    msg.uncertain_below = None if below is None else _num(below, "uncertain_below", 0.0, 1.0)
-    t = h.get("t", {})
-    if not isinstance(t, dict) or len(t) > MAX_STAGES:
-        raise CodecError(f"t: expected a map of at most {MAX_STAGES} stages")
-    msg.t = {_text(k, "t"): _num(v, "t", 0.0, MAX_TIME) for k, v in t.items()}
-    path = h.get("path")
-    msg.path = None if path is None else _text(path, "path", MAX_PATH)
-    reason = h.get("reason")
-    msg.reason = None if reason is None else DropReason.read(_text(reason, "reason"))
-    for key in ("frames", "dropped"):
-        v = h.get(key)
-        setattr(msg, key, None if v is None else _count(v, key))
-    return msg
+    if isinstance(h, _FrameHead):
+        return _frame(h, parts, copy_image)
+    if len(parts) > 1:
+        raise CodecError(f"{len(parts) - 1} unexpected extra frame(s)")
+    if isinstance(h, _DropHead):
+        reason = DropReason.UNKNOWN if h.reason is None else DropReason.read(h.reason)
+        shm = None if h.image is None else ShmRef(h.image.ring, h.image.slot, h.image.gen, h.image.shape)
+        return Drop(h.src, h.seq, h.ts, reason, h.live, h.t, shm, h.dropped)
+    assert isinstance(h, _EosHead)
+    return Eos(h.src, h.seq, h.ts, h.frames, h.dropped, h.live, h.t)
 
 
-def _shape(shape: Any) -> tuple[int, int, int]:
-    if not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) for v in shape):
-        raise CodecError("image.shape: expected [h, w, c]")
-    hgt, wid, ch = shape
-    if not (0 < hgt <= MAX_SIDE and 0 < wid <= MAX_SIDE and ch in (1, 3)):
-        raise CodecError(f"image.shape {shape} out of range")
-    return hgt, wid, ch
-
-
-def _shm(spec: dict[str, Any]) -> ShmRef:
-    ring, slot, gen = spec.get("ring"), spec.get("slot"), spec.get("gen")
-    if not isinstance(ring, str) or not 0 < len(ring) <= 64:
-        raise CodecError("image.ring: expected a ring name")
-    if not _is_int(slot) or not _is_int(gen) or not (0 <= slot < 4096 and 0 <= gen < 1 << 63):
-        raise CodecError("image.slot/gen: expected ints in range")
-    return ShmRef(ring, slot, gen, _shape(spec.get("shape")))
-
-
-def drop_marker(msg: Message, reason: DropReason) -> Message:
-    """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
-    so that the stage where the journey ends can release the slot)."""
-    return Message(
-        src=msg.src,
-        seq=msg.seq,
-        ts=msg.ts,
-        kind="drop",
-        live=msg.live,
-        reason=reason,
-        t=dict(msg.t),
-        shm=msg.shm,
-        dropped=msg.dropped if msg.kind == "frame" else None,
+def _frame(h: _FrameHead, parts: list[Any], copy: bool) -> Frame:
+    """The frame of a decoded header: its pixel and crops frames checked against it."""
+    spec, i = h.image, 1
+    pixels: Pixels | None = None
+    if isinstance(spec, _Shm):
+        pixels = ShmRef(spec.ring, spec.slot, spec.gen, spec.shape)
+    elif spec is not None:
+        if len(parts) < 2:
+            raise CodecError("image: expected a pixel frame")
+        pixels, i = _pixels_in(spec, parts[1], copy), 2
+    crops = None
+    if h.crops is not None:
+        if len(parts) <= i:
+            raise CodecError("crops: expected a crops frame")
+        crops, i = _crops_in(h.crops, parts[i]), i + 1
+    if len(parts) > i:
+        raise CodecError(f"{len(parts) - i} unexpected extra frame(s)")
+    if crops is not None and len(crops) != len(h.faces):
+        raise CodecError(f"{len(crops)} crops for {len(h.faces)} faces")
+    return Frame(
+        h.src, h.seq, h.ts, h.live, pixels, h.faces, crops, h.labels, h.uncertain_below, h.path, h.t, h.dropped
     )
 
 
-def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None, bytes | None]:
-    if not isinstance(spec, dict) or not buffers:
-        raise CodecError("image: expected a map and a pixel frame")
-    data = buffers.pop(0)
-    fmt, shape = spec.get("fmt"), spec.get("shape")
-    if fmt == "jpeg":
+def _pixels_in(spec: _Bgr | _Jpeg, data: Any, copy: bool) -> np.ndarray | Jpeg:
+    if isinstance(spec, _Jpeg):
         raw = bytes(data)
         size = jpeg_size(raw)
         if size is None or not (0 < size[0] <= MAX_SIDE and 0 < size[1] <= MAX_SIDE):
@@ -471,15 +590,37 @@ def _image(spec: Any, buffers: list[Any], copy: bool) -> tuple[np.ndarray | None
             raise CodecError(f"image: JPEG does not decode: {e}") from None
         if img is None:
             raise CodecError("image: JPEG does not decode")
-        return img, raw
-    if fmt != "bgr8":
-        raise CodecError(f"image: unknown format {fmt!r}")
-    hgt, wid, ch = _shape(shape)
+        return Jpeg(raw, img)
+    hgt, wid, ch = spec.shape
     buf = memoryview(data)
     if buf.nbytes != hgt * wid * ch:
-        raise CodecError(f"image: {buf.nbytes} bytes for shape {shape}")
+        raise CodecError(f"image: {buf.nbytes} bytes for shape {list(spec.shape)}")
     img = np.frombuffer(buf, np.uint8).reshape(hgt, wid, ch)
-    return (img.copy() if copy else img), None
+    return img.copy() if copy else img
+
+
+def _crops_in(spec: _Crops, data: Any) -> np.ndarray:
+    n, s, c = spec.n, spec.size, spec.ch
+    buf = memoryview(data)
+    if buf.nbytes != n * s * s * c:
+        raise CodecError(f"crops: {buf.nbytes} bytes for {n}x{s}x{s}x{c}")
+    return np.frombuffer(buf, np.uint8).reshape(n, s, s, c)
+
+
+def drop_marker(msg: Message, reason: DropReason) -> Drop:
+    """The ``drop`` marker that stands for ``msg`` downstream (it keeps the shared-memory reference,
+    so that the stage where the journey ends can release the slot)."""
+    ref = msg.shm
+    return Drop(
+        src=msg.src,
+        seq=msg.seq,
+        ts=msg.ts,
+        reason=reason,
+        live=msg.live,
+        t=dict(msg.t),
+        shm=None if ref is None else ref.bare(),
+        dropped=msg.dropped if msg.kind == "frame" else None,
+    )
 
 
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame: baseline, progressive, ...
@@ -510,22 +651,3 @@ def jpeg_size(raw: bytes) -> tuple[int, int] | None:
             return None
         i += 2 + length
     return None
-
-
-def _is_int(v: Any) -> TypeGuard[int]:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _crops(spec: Any, buffers: list[Any]) -> np.ndarray:
-    if not isinstance(spec, dict) or not buffers:
-        raise CodecError("crops: expected a map and a crops frame")
-    n, s, c = spec.get("n"), spec.get("size"), spec.get("ch")
-    if not (_is_int(n) and _is_int(s) and _is_int(c)):
-        raise CodecError("crops: n, size, ch must be ints")
-    assert isinstance(n, int) and isinstance(s, int) and isinstance(c, int)
-    if not (0 <= n <= MAX_FACES and 0 < s <= 512 and c in (1, 3)):
-        raise CodecError(f"crops: n={n} size={s} ch={c} out of range")
-    buf = memoryview(buffers.pop(0))
-    if buf.nbytes != n * s * s * c:
-        raise CodecError(f"crops: {buf.nbytes} bytes for {n}x{s}x{s}x{c}")
-    return np.frombuffer(buf, np.uint8).reshape(n, s, s, c)

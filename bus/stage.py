@@ -67,13 +67,13 @@ def receive(parts: list[Any], stats: Stats, warn: RateLimited) -> Message | None
 
 
 def view_pixels(msg: Message, rings: Rings, warn: RateLimited) -> Message:
-    """A shared-memory frame with ``image`` on its pixels in place (read-only; check
+    """A shared-memory frame with its pixels viewed in place (``image``; read-only: check
     :meth:`bus.shm.Rings.valid` after use), or its drop marker when they are not there. Anything
     else is returned as it is."""
-    if msg.shm is None or msg.kind != "frame":
+    if msg.kind != "frame" or msg.shm is None:
         return msg
     try:
-        return replace(msg, image=rings.view(msg.shm))
+        return replace(msg, pixels=replace(msg.shm, view=rings.view(msg.shm)))
     except ShmError as e:
         warn.warning(e.reason, "src %s seq %d: %s", msg.src, msg.seq, e)
         return drop_marker(msg, e.reason)
@@ -90,7 +90,7 @@ def take_pixels(msg: Message, rings: Rings, warn: RateLimited) -> Message:
         out = view_pixels(msg, rings, warn)
         if out.kind != "frame" or msg.kind != "frame":
             return out
-        copied = replace(out, image=np.array(out.image))
+        copied = replace(out, pixels=np.array(out.image))
         return copied if rings.valid(ref) else drop_marker(msg, DropReason.OVERWRITTEN)
     finally:
         rings.release(ref)
@@ -179,6 +179,7 @@ def handle(
     if msg.kind != "frame":
         return msg
     got = view_pixels(msg, rings, warn) if rings is not None else msg
+    out: Message
     if got.kind != "frame":
         out = got
     elif is_stale(got, now, max_age_ms):
@@ -194,7 +195,7 @@ def handle(
     if out.kind == "frame":
         stats.frame(msg.ts)
     else:
-        reason = out.reason or DropReason.UNKNOWN
+        reason = out.reason if out.kind == "drop" else DropReason.UNKNOWN
         stats.drop(reason)
         warn.warning(reason, "src %s seq %d dropped: %s", msg.src, msg.seq, reason)
     return out

@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from bus import sockets
-from bus.codec import CodecError, DropReason, Message, encode
+from bus.codec import CodecError, DropReason, Eos, Frame, Message, encode
 from bus.config import Config
 from bus.runtime import RateLimited, RuntimeDirError, Stats, close_run_file, open_run_file
 from bus.shm import DEFAULT_MAX_BYTES, Ring, sweep
@@ -51,17 +51,16 @@ DRAIN_S = 1.0  # at exit, frames still on their way get this long to be released
 Send = Callable[[Message, bool], bool]  # (message, block) -> sent
 
 
-def frame_message(source: Source, seq: int, image: np.ndarray, ts: float) -> Message:
+def frame_message(source: Source, seq: int, image: np.ndarray, ts: float) -> Frame:
     path = getattr(source, "last_path", None)  # folder and image sources name each frame's file
-    return Message(src=source.id, seq=seq, ts=ts, live=source.live, image=image, path=path, t={"capture": time.time()})
+    return Frame(src=source.id, seq=seq, ts=ts, live=source.live, pixels=image, path=path, t={"capture": time.time()})
 
 
-def eos_message(source: Source, frames: int, dropped: int) -> Message:
-    return Message(
+def eos_message(source: Source, frames: int, dropped: int) -> Eos:
+    return Eos(
         src=source.id,
         seq=frames,
         ts=time.time(),
-        kind="eos",
         live=source.live,
         frames=frames,
         dropped=dropped,
@@ -89,8 +88,12 @@ def printer(out: TextIO, lock: threading.Lock) -> Send:
 
     def send(msg: Message, block: bool) -> bool:
         line: dict[str, object] = {"kind": msg.kind, "src": msg.src, "seq": msg.seq, "ts": round(msg.ts, 6)}
-        if msg.image is not None:
-            line["shape"] = list(msg.image.shape)
+        if msg.kind == "frame":
+            ref, image = msg.shm, msg.image
+            if ref is not None:
+                line["shape"] = list(ref.shape)
+            elif image is not None:
+                line["shape"] = list(image.shape)
         if msg.kind == "eos":
             line.update(frames=msg.frames, dropped=msg.dropped)
         with lock:
@@ -132,8 +135,9 @@ class Pixels:
         size = (max(1, int(w * scale)), max(1, int(h * scale)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
-    def attach(self, msg: Message, live: bool, stop: threading.Event) -> bool:
-        """Put ``msg``'s pixels in the ring (``msg.shm``); False: no free slot in time (a drop)."""
+    def attach(self, msg: Frame, live: bool, stop: threading.Event) -> bool:
+        """Put ``msg``'s pixels in the ring (then ``msg.pixels`` is the slot's reference); False: no
+        free slot in time (a drop)."""
         image = msg.image
         if self.slots == 0 or image is None or self.off is not None:
             return True
@@ -150,10 +154,13 @@ class Pixels:
                 log.warning("source %s: shared-memory ring of %s", msg.src, self.ring.note)
         if not self.ring.fits(image):
             return True  # travels in the message
-        msg.shm = self.ring.put(image, 0.0 if live else self.wait_s, stop)
-        return msg.shm is not None
+        ref = self.ring.put(image, 0.0 if live else self.wait_s, stop)
+        if ref is None:
+            return False
+        msg.pixels = ref
+        return True
 
-    def release(self, msg: Message) -> None:
+    def release(self, msg: Frame) -> None:
         """``msg`` was not sent: its slot is free again at once (not after a reclaim timeout)."""
         if msg.shm is not None and self.ring is not None:
             self.ring.release(msg.shm)

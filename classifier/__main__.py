@@ -6,9 +6,10 @@ the face detector (``[detector]`` settings) on each image, because a whole photo
 face gives a confident-looking but meaningless answer:
 
 - a face covering at least :data:`CROP_COVER` of the image: a face crop, classified whole:
-  ``{"image", "label", "probs": {label: p}}``;
+  ``{"image", "label", "probs": {label: p}, "uncertain"}``;
 - only smaller faces: not a face crop; it says so on stderr and classifies each detected face,
-  cropped as the pipeline crops it: ``{"image", "face", "box", "score", "label", "probs"}``;
+  cropped as the pipeline crops it: ``{"image", "face"}`` and the face as the events record has it
+  (:meth:`bus.codec.Face.to_json`: ``box``, ``score``, ``kp``, ``label``, ``probs``, ``uncertain``);
 - no face: classified whole, with a warning on stderr (the detector misses many tight crops, e.g.
   half the CK+ 48 x 48 images at ``min_confidence`` 0.5, so this is not an error).
 
@@ -26,10 +27,11 @@ from typing import Protocol
 
 import click
 import cv2
+import msgspec
 import numpy as np
 
 from bus.cli import config_option, fail, instance_option
-from bus.codec import Face
+from bus.codec import Face, named_probs
 from bus.config import Config, ConfigError, load
 from bus.preprocess import crop_face, eye_angle, to_model_pixels, to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -58,6 +60,7 @@ def classify_images(
     image is one crop. ``uncertain``: the top probability is below ``uncertain_below``."""
     crops: list[np.ndarray] = []
     entries: list[dict[str, object]] = []
+    found: list[Face | None] = []  # per entry: the detected face it is, or None for a whole image
     for p in paths:
         img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -69,18 +72,22 @@ def classify_images(
             for i, f in enumerate(faces):
                 angle = eye_angle(f.kp) if align else 0.0
                 crops.append(crop_face(img, f.box, model.size, model.spec.colour, model.spec.crop_margin, angle))
-                box = [round(float(v), 1) for v in f.box]
-                entries.append({"image": p, "face": i, "box": box, "score": round(float(f.score), 4)})
+                entries.append({"image": p, "face": i})
+                found.append(f)
             continue
         if faces is not None and not faces:
             warn(f"{p}: the face detector finds no face; classified as one face crop")
         crops.append(to_model_pixels(img, model.size, model.spec.colour))
         entries.append({"image": p})
+        found.append(None)
     probs = model.classify(np.stack(crops))
-    for entry, row in zip(entries, probs, strict=True):
-        entry["label"] = model.labels[int(np.argmax(row))]
-        entry["probs"] = {lab: round(float(v), 6) for lab, v in zip(model.labels, row, strict=True)}
-        entry["uncertain"] = bool(np.max(row) < uncertain_below)
+    for entry, face, row in zip(entries, found, probs, strict=True):
+        label, uncertain = model.labels[int(np.argmax(row))], bool(np.max(row) < uncertain_below)
+        if face is not None:  # the one face object (bus.codec.Face.to_json), as the events record has it
+            classified = msgspec.structs.replace(face, label=label, probs=[float(v) for v in row], uncertain=uncertain)
+            entry.update(classified.to_json(model.labels))
+        else:
+            entry.update(label=label, probs=named_probs(model.labels, row), uncertain=uncertain)
     return entries
 
 

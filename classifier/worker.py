@@ -15,6 +15,7 @@ import threading
 from dataclasses import replace
 from typing import Protocol
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -47,7 +48,7 @@ def step(msg: Message, model: Classifier, uncertain_below: float = 0.0) -> Messa
             return drop_marker(msg, DropReason.CROP_SHAPE)
         probs = model.classify(msg.crops)
         faces = [
-            replace(
+            msgspec.structs.replace(
                 face,
                 probs=[float(v) for v in p],
                 label=model.labels[int(np.argmax(p))],

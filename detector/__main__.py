@@ -1,7 +1,8 @@
 """``python -m detector``: find faces in frames from capture and push frames + crops to the classifier.
 
 With ``--image`` or ``--video`` it runs alone (no sockets) and prints one JSON line per frame:
-``{"src", "seq", "faces": [{"box", "score", "kp"}]}``. Start-up failures print one line and exit 2;
+``{"src", "seq", "faces": [...]}``, each face as the events record has it
+(:meth:`bus.codec.Face.to_json`; ``label`` null, ``probs`` {} before the classifier). Start-up failures print one line and exit 2;
 SIGTERM/SIGINT stop it within ~1 s.
 """
 
@@ -69,7 +70,7 @@ def standalone(cfg: Config, path: str, is_video: bool, stop: threading.Event) ->
         fail("detector", str(e))
     with backend:
         for seq, frame in enumerate(itertools.chain([first], frames)):
-            faces = [f.to_wire() for f in backend.detect(frame)]
+            faces = [f.to_json() for f in backend.detect(frame)]
             print(json.dumps({"src": path, "seq": seq, "faces": faces}), flush=True)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from bus import stage
-from bus.codec import DropReason, Face, Message, drop_marker
+from bus.codec import DropReason, Face, Frame, Jpeg, Message, ShmRef, drop_marker
 from bus.config import Config
 from bus.preprocess import crop_face, eye_angle, to_uint8_bgr
 from bus.runtime import Stats
@@ -61,14 +61,14 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, align: bool = False) -
             )
     except ValueError:  # a box that is not a number
         return drop_marker(msg, DropReason.CROP_ERROR)
-    return Message(
+    # a shared-memory reference or a JPEG file goes on as it came; an array as converted
+    pixels = msg.pixels if isinstance(msg.pixels, Jpeg | ShmRef) else image
+    return Frame(
         src=msg.src,
         seq=msg.seq,
         ts=msg.ts,
         live=msg.live,
-        image=image,
-        jpeg=msg.jpeg,
-        shm=msg.shm,
+        pixels=pixels,
         path=msg.path,
         faces=faces,
         crops=crops,

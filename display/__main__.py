@@ -16,9 +16,10 @@ from typing import Any
 
 import click
 import cv2
+import msgspec
 
 from bus.cli import config_option, fail
-from bus.codec import Face
+from bus.codec import Face, error_text
 from bus.config import Config, ConfigError, load
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sockets import StageSockets
@@ -36,22 +37,20 @@ def _objects(text: str) -> list[Any]:
 
 
 def _face(d: dict[str, Any], labels: list[str], whole: tuple[float, float, float, float]) -> tuple[Face, list[str]]:
+    """A face object as the events record and the ``--image`` commands write it (probs named, or a
+    list in ``labels`` order), read back through :class:`bus.codec.Face` and its limits."""
     probs, names = d.get("probs"), labels
     if isinstance(probs, dict):
-        names, probs = [str(k) for k in probs], [float(v) for v in probs.values()]
-    box = d.get("box", whole)  # the classifier's --image output: the whole image is the face
-    if not (isinstance(box, list | tuple) and len(box) == 4):
-        raise ValueError(f"face box must be [x, y, w, h], got {box!r}")
-    x, y, w, h = (float(v) for v in box)
-    label = d.get("label")
-    face = Face(
-        (x, y, w, h),
-        float(d.get("score", 1.0)),
-        [(float(kx), float(ky)) for kx, ky in d.get("kp", [])],
-        label if isinstance(label, str) else None,
-        None if probs is None else [float(p) for p in probs],
-    )
-    return face, names
+        names, probs = [str(k) for k in probs], list(probs.values())
+    fields = {k: d[k] for k in ("box", "score", "kp", "label", "uncertain") if d.get(k) is not None}
+    fields.setdefault("box", list(whole))  # the classifier's --image output for a crop: the whole image is the face
+    fields.setdefault("score", 1.0)
+    if probs is not None:
+        fields["probs"] = probs
+    try:
+        return msgspec.convert(fields, Face), names
+    except msgspec.ValidationError as e:
+        raise ValueError(f"face {error_text(e)}") from None
 
 
 def load_faces(path: str, image_path: str, shape: tuple[int, ...]) -> tuple[list[Face], list[str]]:

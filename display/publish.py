@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bus.codec import Message
+from bus.codec import Frame
 from bus.runtime import RateLimited
 from bus.sockets import Context, Security
 
@@ -96,7 +96,7 @@ class PubSink:
             raise OSError(f"[display] publish: cannot bind {endpoint}: {e}") from None
         log.info("publishing events on %s", endpoint)
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         try:
             self.sock.send_multipart([msg.src.encode("utf-8"), dumps(event)], flags=zmq.NOBLOCK)
             self.counts["published"] += 1
@@ -171,7 +171,7 @@ class MqttSink:
             self.counts[reason] += 1
             self.warn.warning(f"mqtt_{reason}", "mqtt: record dropped (%s)", mqtt.error_string(info.rc))
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         src = topic_part(msg.src)
         self._send(f"{self.prefix}/{src}/events", dumps(event))
         seen = self.present.setdefault(src, {})

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import Config
 from bus.runtime import RateLimited
 from bus.sockets import Security
@@ -52,7 +52,7 @@ class EventsSink:
         if torn and log is not None:
             log.warning("%s: cut a torn last line of %d bytes (a display was killed while writing)", path, torn)
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.file.write(json.dumps(event, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
@@ -154,7 +154,7 @@ class VideoSink:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in src)
         return self.path.with_name(f"{self.path.stem}-{safe}{self.path.suffix}")
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         if self.error is not None:
             raise self.error
         if image is None:
@@ -233,7 +233,7 @@ class WindowSink:
         self.enabled = True
         self.windows: set[str] = set()
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         if not self.enabled or image is None:
             return
         title = f"emotions: {msg.src}"

@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from bus.codec import Message
+from bus.codec import Frame
 from display.draw import caption, hex_colour
 from display.publish import dumps
 from display.track import Tracked
@@ -407,7 +407,7 @@ def _tracked(face: dict[str, Any]) -> Tracked | None:
     return Tracked(face["track"], None if smoothed is None else list(smoothed.values()), face.get("smoothed_label"))
 
 
-def state_of(msg: Message, event: dict[str, Any]) -> dict[str, Any]:
+def state_of(msg: Frame, event: dict[str, Any]) -> dict[str, Any]:
     """What ``/state.json`` shows of a frame: its events record plus labels, colours and, per face,
     ``overlay``: the caption drawn on the video (:func:`display.draw.caption`), so the page and tests
     can check that the card says the same."""
@@ -436,7 +436,7 @@ class WebSink:
         self.url = f"http://{host}:{self.server.server_address[1]}/"
         log.info("live page at %s", self.url)
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None:
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None:
         self.hub.publish(msg.src, image, state_of(msg, event))
         self.hub.publish_event(event)
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from bus.codec import RUN, DropReason, Message
+from bus.codec import RUN, DropReason, Frame, Message, named_probs
 from bus.config import Config, DisplayConfig
 from bus.media import is_image_name
 from bus.runtime import RateLimited, RuntimeDirError, Stall, Stats
@@ -49,7 +49,7 @@ class Sink(Protocol):
     name: str
     wants_image: bool
 
-    def write(self, msg: Message, image: np.ndarray | None, event: dict[str, Any]) -> None: ...
+    def write(self, msg: Frame, image: np.ndarray | None, event: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -270,13 +270,6 @@ class Ledger:
         return out
 
 
-def _probs(labels: Sequence[str], probs: Sequence[float] | None) -> dict[str, float]:
-    if probs is None:
-        return {}
-    names = labels if len(labels) == len(probs) else [str(i) for i in range(len(probs))]
-    return {n: round(float(p), 4) for n, p in zip(names, probs, strict=True)}
-
-
 EVENT_VERSION = 1  # the events record's "v" (docs/events.md, docs/events.schema.json)
 
 
@@ -287,7 +280,7 @@ def _uncertain(probs: Sequence[float] | None, top: float | None, below: float | 
     return below is not None and bool(probs) and top is not None and top < below
 
 
-def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) -> dict[str, Any]:
+def event(msg: Frame, now: float, tracked: Sequence[Tracked] | None = None) -> dict[str, Any]:
     """The events record of a classified frame (``now``: wall clock, for latency); its schema is
     docs/events.schema.json. Each face says ``uncertain`` (its top probability is below the
     classifier's ``uncertain_below``). With ``tracked`` (one per face) each face also has ``track``,
@@ -297,16 +290,10 @@ def event(msg: Message, now: float, tracked: Sequence[Tracked] | None = None) ->
     below = msg.uncertain_below
     faces = []
     for i, f in enumerate(msg.faces):
-        face: dict[str, Any] = {
-            "box": [round(float(v), 1) for v in f.box],
-            "score": round(float(f.score), 4),
-            "label": f.label,
-            "probs": _probs(labels, f.probs),
-            "uncertain": _uncertain(f.probs, max(f.probs) if f.probs else None, below, f.uncertain),
-        }
+        face = f.to_json(labels, _uncertain(f.probs, max(f.probs) if f.probs else None, below, f.uncertain))
         if tracked is not None:
             t = tracked[i]
-            smoothed = _probs(labels, t.smoothed)
+            smoothed = named_probs(labels, t.smoothed)
             top = smoothed.get(t.smoothed_label) if t.smoothed_label is not None else None
             face.update(
                 track=t.track,
@@ -330,7 +317,7 @@ class Output:
     image: np.ndarray | None
 
 
-def step(msg: Message, now: float, draw: bool = True, tracked: Sequence[Tracked] | None = None) -> Output:
+def step(msg: Frame, now: float, draw: bool = True, tracked: Sequence[Tracked] | None = None) -> Output:
     """A classified frame (and its faces' tracking) -> events record and (``draw``) annotated image. Pure."""
     image = (
         annotate(msg.image, msg.faces, msg.labels, tracked, msg.uncertain_below)
@@ -447,7 +434,7 @@ class Display:
         else:
             self._show(msg, now, capture_dropped)
 
-    def _show(self, msg: Message, now: float, capture_dropped: int | None) -> None:
+    def _show(self, msg: Frame, now: float, capture_dropped: int | None) -> None:
         """Track, draw and hand a frame to every sink. Nothing raised here stops the stage: a
         failure is counted (a ``display_error`` drop, or ``sink_<name>``) and logged rate-limited."""
         try:

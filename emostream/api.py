@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.codec import Message
+from bus.codec import Face, Frame
 from bus.config import Config, ConfigError, SourceConfig, load, validate
 from bus.paths import shipped_root
 from bus.preprocess import to_uint8_bgr
@@ -60,13 +60,9 @@ class FaceResult:
     keypoints: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "box": [round(v, 1) for v in self.box],
-            "score": round(self.score, 4),
-            "label": self.label,
-            "probs": {k: round(v, 4) for k, v in self.probs.items()},
-            "uncertain": self.uncertain,
-        }
+        """The face object of the events record (:meth:`bus.codec.Face.to_json`)."""
+        face = Face(self.box, self.score, list(self.keypoints), self.label, list(self.probs.values()), self.uncertain)
+        return face.to_json(list(self.probs))
 
 
 @dataclass(frozen=True)
@@ -137,18 +133,18 @@ class EmotionRecognizer:
     def _frame(self, bgr: np.ndarray) -> list[FaceResult]:
         """The pipeline's detector and classifier steps on one uint8 BGR frame."""
         d, c = self.config.detector, self.config.classifier
-        msg = Message(src="api", seq=0, ts=0.0, image=bgr)
-        msg = detect_step(msg, self._detector, self.model.spec, d.align)
+        msg = detect_step(Frame(src="api", seq=0, ts=0.0, pixels=bgr), self._detector, self.model.spec, d.align)
         if msg.kind == "frame":
             msg = classify_step(msg, self.model, c.uncertain_below)
         if msg.kind != "frame":
-            raise ValueError(f"the frame could not be analysed ({msg.reason})")
+            raise ValueError(f"the frame could not be analysed ({msg.reason if msg.kind == 'drop' else msg.kind})")
         faces = []
         for f in msg.faces:
+            x, y, w, h = f.box
             probs = [float(p) for p in f.probs or []]
             faces.append(
                 FaceResult(
-                    box=tuple(float(v) for v in f.box),  # type: ignore[arg-type]
+                    box=(float(x), float(y), float(w), float(h)),
                     score=float(f.score),
                     label=str(f.label),
                     probs=dict(zip(self.labels, probs, strict=True)),

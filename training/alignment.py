@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import DetectorConfig, DisplayConfig
 from bus.preprocess import crop_face, eye_angle
 from bus.sidecar import load_spec
@@ -62,7 +62,7 @@ def stability(video: Path, model: Path, align: bool) -> dict[str, Any]:
     with open_backend(det.backend, det.model, det.min_confidence, det.max_faces) as backend:
         for seq, image in enumerate(_frames(video)):
             frames += 1
-            msg = Message(src="v", seq=seq, ts=0.0, image=image)
+            msg = Frame(src="v", seq=seq, ts=0.0, pixels=image)
             out = classify_step(detect_step(msg, backend, spec, align), emotions)
             if out.kind != "frame":
                 continue

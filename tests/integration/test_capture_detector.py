@@ -106,13 +106,14 @@ def test_every_frame_of_a_file_arrives_with_its_face_then_eos(
             msg = receive(sink)
             if msg.kind == "eos":
                 break
-            if msg.shm is not None:  # pixels in capture's shared-memory ring: read, then release as the display does
+            ref = msg.shm
+            if ref is not None:  # pixels in capture's shared-memory ring: read, then release as the display does
                 in_shm += 1
-                msg.image = rings.view(msg.shm).copy()
-                assert rings.valid(msg.shm) and rings.release(msg.shm)
+                msg.pixels = rings.view(ref).copy()
+                assert rings.valid(ref) and rings.release(ref)
             frames.append(msg)
         assert in_shm == len(frames), "every frame's pixels travel in shared memory when the sink releases them"
-        assert [m.kind for m in frames] == ["frame"] * len(frames), [m.reason for m in frames if m.reason]
+        assert [m.kind for m in frames] == ["frame"] * len(frames), [m.reason for m in frames if m.kind == "drop"]
         assert [m.seq for m in frames] == list(range(len(frames)))
         assert msg.frames == len(frames) == 109 and msg.dropped == 0 and msg.src == "book"
         assert all(len(m.faces) == 1 for m in frames)
@@ -227,7 +228,8 @@ def test_detector_alone_on_an_image_prints_json(tmp_path: Path, shared_data: Pat
     assert out.returncode == 0, out.stderr
     (line,) = [json.loads(x) for x in out.stdout.splitlines()]
     assert line["src"] == str(image) and line["seq"] == 0 and len(line["faces"]) == 2
-    assert set(line["faces"][0]) == {"box", "score", "kp"}
+    assert set(line["faces"][0]) == {"box", "score", "kp", "label", "probs", "uncertain"}, "the events record's face"
+    assert line["faces"][0]["label"] is None and line["faces"][0]["probs"] == {}
 
 
 def test_capture_print_lists_every_frame(tmp_path: Path, pipeline_config: tuple[Path, str]) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message, encode
+from bus.codec import Eos, Face, Frame, Message, encode
 
 pytestmark = pytest.mark.timeout(60)
 LABELS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
@@ -39,14 +39,14 @@ def pusher(ctx: zmq.Context, port: int) -> zmq.Socket:
 
 def detector_frame(seq: int, n_faces: int, rng: np.random.Generator, size: int = 48) -> Message:
     faces = [Face((20.0 + 50 * i, 30.0, 40.0, 40.0), 0.9, [(30.0, 40.0)] * 6) for i in range(n_faces)]
-    return Message(
+    return Frame(
         src="clip",
         seq=seq,
         ts=time.time(),
-        image=rng.integers(0, 256, (120, 200, 3), dtype=np.uint8),
         faces=faces,
         crops=rng.integers(0, 256, (n_faces, size, size, 1), dtype=np.uint8) if n_faces else None,
         t={"capture": time.time(), "detector": time.time()},
+        pixels=rng.integers(0, 256, (120, 200, 3), dtype=np.uint8),
     )
 
 
@@ -61,7 +61,7 @@ def test_classifier_and_display_account_for_every_frame(tmp_path, bus_toml, port
     for seq, n in faces_per_frame.items():
         out.send_multipart(encode(detector_frame(seq, n, rng)))
     out.send_multipart(encode(detector_frame(20, 2, rng, size=32)))  # crops for another model: a drop marker
-    out.send_multipart(encode(Message(src="clip", seq=22, ts=time.time(), kind="eos", frames=22, dropped=1)))
+    out.send_multipart(encode(Eos(src="clip", seq=22, ts=time.time(), frames=22, dropped=1)))
 
     assert display.wait(30) == 0
     log = display.text()
@@ -90,16 +90,16 @@ def test_display_counts_lost_frames_and_garbage_then_exits(tmp_path, bus_toml, p
     out.send_multipart([b"not msgpack at all"])
     out.send_multipart([b"\x81\xa1v\x09"])  # msgpack, wrong version
     for seq in range(3):
-        msg = Message(
+        msg = Frame(
             src="clip",
             seq=seq,
             ts=time.time(),
-            image=np.zeros((40, 60, 3), np.uint8),
             labels=["a", "b"],
             faces=[Face((1, 1, 9, 9), 0.8, [], "a", [0.9, 0.1])],
+            pixels=np.zeros((40, 60, 3), np.uint8),
         )
         out.send_multipart(encode(msg))
-    out.send_multipart(encode(Message(src="clip", seq=9, ts=time.time(), kind="eos", frames=5, dropped=0)))
+    out.send_multipart(encode(Eos(src="clip", seq=9, ts=time.time(), frames=5, dropped=0)))
     t0 = time.monotonic()
     assert display.wait(20) == 0
     assert time.monotonic() - t0 >= 0.9  # waited for the stragglers

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message, encode
+from bus.codec import Face, Frame, Message, encode
 from tests.integration.test_event_streams import CLIP, FRAMES, MODEL, SCHEMA
 from tests.integration.test_web_page import CHROMIUM, CHROMIUM_ARGS, wait_http, wait_js
 
@@ -45,8 +45,8 @@ def frame(seq: int) -> Message:
         Face((40.0 + 200 * i, 90.0, 120.0, 140.0), 0.95, [], label, probs, unc)
         for i, (label, probs, unc) in enumerate(FACES)
     ]
-    return Message(
-        src="cam0", seq=seq, ts=time.time(), live=True, image=image, faces=faces, labels=LABELS, uncertain_below=BELOW
+    return Frame(
+        src="cam0", seq=seq, ts=time.time(), live=True, faces=faces, labels=LABELS, uncertain_below=BELOW, pixels=image
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from bus.codec import Face, Message, encode
+from bus.codec import Eos, Face, Frame, Message, encode
 from tests.integration.test_garbage import wait_listening
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def classified(seq: int) -> Message:
     face = Face((10.0, 10.0, 40.0, 40.0), 0.9, [], "happy", [0.1, 0.9])
-    return Message("cam", seq, time.time(), faces=[face], labels=["sad", "happy"], t={"capture": time.time()})
+    return Frame("cam", seq, time.time(), faces=[face], labels=["sad", "happy"], t={"capture": time.time()})
 
 
 def lines(path: Path) -> list[str]:
@@ -64,7 +64,7 @@ def test_a_display_killed_and_restarted_appends_to_the_events_file(tmp_path, bus
     wait_listening(ports["display"], second, stages)
     for seq in range(40, 80):
         push.send_multipart(encode(classified(seq)))
-    push.send_multipart(encode(Message("cam", 80, time.time(), kind="eos", frames=80, dropped=0)))
+    push.send_multipart(encode(Eos("cam", 80, time.time(), frames=80, dropped=0)))
     assert second.wait(30) == 0
     records = [json.loads(x) for x in lines(events)]  # every line is one whole record
     assert [r["seq"] for r in records] == list(range(80))

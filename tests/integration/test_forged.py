@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message, encode
+from bus.codec import Eos, Face, Frame, Message, encode
 from tests.integration.test_garbage import wait_listening
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,7 +26,7 @@ FORGED_LINE = "2026-01-01 00:00:00,000 display INFO final cam: read 0"
 def real(seq: int) -> Message:
     face = Face((10.0, 10.0, 40.0, 40.0), 0.9, [], "happy", [0.1, 0.9])
     image = np.zeros((8, 8, 3), np.uint8)
-    return Message("cam", seq, time.time(), image=image, faces=[face], labels=["sad", "happy"])
+    return Frame("cam", seq, time.time(), faces=[face], labels=["sad", "happy"], pixels=image)
 
 
 def forged(**changes: object) -> list[bytes]:
@@ -91,7 +91,7 @@ def test_forged_messages_do_not_crash_freeze_or_forge_the_display(tmp_path, bus_
             break
         time.sleep(0.2)
     assert shown == [5], proc.text()[-3000:]
-    push.send_multipart(encode(Message("cam", 6, time.time(), kind="eos", frames=6, dropped=0)))
+    push.send_multipart(encode(Eos("cam", 6, time.time(), frames=6, dropped=0)))
     assert proc.wait(30) == 0
     assert [json.loads(x)["seq"] for x in events.read_text().splitlines()] == list(range(6))
     log = proc.text()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message, decode, encode
+from bus.codec import Eos, Face, Frame, Message, decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def garbage(rng: random.Random) -> list[list[bytes]]:
     """ZeroMQ messages that are not protocol-1 messages (each one must be counted)."""
-    valid = [bytes(p) for p in encode(Message("cam", 1, time.time(), image=np.zeros((20, 30, 3), np.uint8)))]
+    valid = [bytes(p) for p in encode(Frame("cam", 1, time.time(), pixels=np.zeros((20, 30, 3), np.uint8)))]
     header = msgpack.unpackb(valid[0])
     return [
         [rng.randbytes(200)],
@@ -90,13 +90,13 @@ def config(bus_toml, ports, events: Path):
 def valid_for(stage: str, rng: np.random.Generator) -> Message:
     image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     if stage == "detector":
-        return Message("cam", 5, time.time(), image=image, t={"capture": time.time()})
+        return Frame("cam", 5, time.time(), t={"capture": time.time()}, pixels=image)
     face = Face((10.0, 10.0, 40.0, 40.0), 0.9, [(20.0, 20.0)] * 6)
     if stage == "classifier":
         crops = rng.integers(0, 256, (1, 48, 48, 1), dtype=np.uint8)
-        return Message("cam", 5, time.time(), image=image, faces=[face], crops=crops)
+        return Frame("cam", 5, time.time(), faces=[face], crops=crops, pixels=image)
     face.label, face.probs = "happy", [0.1, 0.9]
-    return Message("cam", 5, time.time(), image=image, faces=[face], labels=["sad", "happy"])
+    return Frame("cam", 5, time.time(), faces=[face], labels=["sad", "happy"], pixels=image)
 
 
 @pytest.mark.parametrize("stage", ["detector", "classifier", "display"])
@@ -131,7 +131,7 @@ def test_stage_survives_garbage_counts_it_and_still_works(stage, tmp_path, bus_t
         if stage == "classifier":
             assert msg.faces[0].label is not None and msg.labels is not None
     else:  # the end of the source: the display exits 0 once the frame is accounted for
-        out.send_multipart(encode(Message("cam", 6, time.time(), kind="eos", frames=1, dropped=0)))
+        out.send_multipart(encode(Eos("cam", 6, time.time(), frames=1, dropped=0)))
         assert proc.wait(30) == 0
         (line,) = [json.loads(x) for x in events.read_text().splitlines()]
         assert (line["src"], line["seq"], line["faces"][0]["label"]) == ("cam", 5, "happy")

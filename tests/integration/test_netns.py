@@ -33,7 +33,7 @@ SENDER = """
 import sys, time
 import numpy as np, zmq
 from bus import sockets
-from bus.codec import Face, Message, encode
+from bus.codec import Eos, Face, Frame, encode
 from bus.config import load
 
 cfg, mode = load(sys.argv[1], env={}), sys.argv[2]
@@ -51,10 +51,10 @@ first = 0 if mode == "legit" else 100  # an intruder's frames would show up as s
 sent = 0
 for seq in range(first, first + {frames}):
     face = Face((5.0, 5.0, 20.0, 20.0), 0.9, [], "happy", [0.1, 0.9])
-    msg = Message("cam", seq, time.time(), image=np.zeros((48, 64, 3), np.uint8), faces=[face], labels=["sad", "happy"])
+    msg = Frame("cam", seq, time.time(), pixels=np.zeros((48, 64, 3), np.uint8), faces=[face], labels=["sad", "happy"])
     sent += sockets.send(push, encode(msg), block=True)
 if mode == "legit":
-    sent += sockets.send(push, encode(Message("cam", {frames}, time.time(), kind="eos", frames={frames}, dropped=0)), block=True)
+    sent += sockets.send(push, encode(Eos("cam", {frames}, time.time(), frames={frames}, dropped=0)), block=True)
 print("sent", sent, flush=True)
 push.close(linger=1000)
 ctx.term()

@@ -244,7 +244,7 @@ def test_the_display_maps_no_forged_ring_a_symlink_another_users_file_or_a_huge_
     """A symlink in /dev/shm made the display open its target read-write; a 1 GiB sparse file of
     user nobody plus one 30-byte message grew the display by 1.05 GB."""
     from bus import shm, sockets
-    from bus.codec import Message, ShmRef, encode
+    from bus.codec import Frame, ShmRef, encode
 
     target = tmp_path / "secret.txt"
     target.write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -283,7 +283,7 @@ def test_the_display_maps_no_forged_ring_a_symlink_another_users_file_or_a_huge_
         time.sleep(0.5)
         before = rss_mib(display.pid)
         for seq, path in enumerate((link, sparse[65534], sparse[os.geteuid()])):
-            msg = Message(src="cam0", seq=seq, ts=time.time(), shm=ShmRef(path.name, 0, 1, (8, 8, 3)))
+            msg = Frame(src="cam0", seq=seq, ts=time.time(), pixels=ShmRef(path.name, 0, 1, (8, 8, 3)))
             assert sockets.send(push, encode(msg), block=True)
         time.sleep(1.5)
         grown = rss_mib(display.pid) - before

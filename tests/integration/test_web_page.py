@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message, encode
+from bus.codec import Face, Frame, Message, encode
 
 pytestmark = pytest.mark.timeout(90)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,7 +40,7 @@ def frame(seq: int) -> Message:
     faces = [
         Face((30.0 + 150 * i, 60.0, 100.0, 110.0), 0.95, [], label, probs) for i, (label, probs) in enumerate(FACES)
     ]
-    return Message(src="cam0", seq=seq, ts=time.time(), live=True, image=image, faces=faces, labels=LABELS)
+    return Frame(src="cam0", seq=seq, ts=time.time(), live=True, faces=faces, labels=LABELS, pixels=image)
 
 
 def wait_http(port: int, timeout_s: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import msgpack
 import numpy as np
@@ -10,7 +11,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.codec import VERSION, CodecError, Face, Message, ShmRef, decode, drop_marker, encode
+from bus.codec import (
+    VERSION,
+    CodecError,
+    Drop,
+    DropReason,
+    Eos,
+    Face,
+    Frame,
+    Jpeg,
+    Message,
+    ShmRef,
+    decode,
+    drop_marker,
+    encode,
+)
 
 
 def roundtrip(msg: Message, **kw) -> Message:
@@ -21,8 +36,8 @@ def test_frame_roundtrip_keeps_everything() -> None:
     img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     crops = np.full((2, 48, 48, 1), 7, np.uint8)
     faces = [Face((1, 2, 3, 4), 0.9, [(1, 1), (2, 2)], "happy", [0.1, 0.9]), Face((5, 6, 7, 8), 0.7)]
-    msg = Message(
-        "cam0", 42, 123.5, live=True, image=img, faces=faces, crops=crops, labels=["sad", "happy"], t={"capture": 1.0}
+    msg = Frame(
+        "cam0", 42, 123.5, live=True, faces=faces, crops=crops, labels=["sad", "happy"], t={"capture": 1.0}, pixels=img
     )
     out = roundtrip(msg)
     assert (out.src, out.seq, out.ts, out.live, out.kind) == ("cam0", 42, 123.5, True, "frame")
@@ -34,25 +49,28 @@ def test_frame_roundtrip_keeps_everything() -> None:
 @pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 1), (480, 640, 3)])
 def test_image_shapes(shape: tuple[int, int, int]) -> None:
     img = np.zeros(shape, np.uint8)
-    assert roundtrip(Message("s", 0, 0.0, image=img)).image.shape == shape
+    assert roundtrip(Frame("s", 0, 0.0, pixels=img)).image.shape == shape
 
 
 def test_grey_2d_image_travels_as_one_channel() -> None:
-    assert roundtrip(Message("s", 0, 0.0, image=np.zeros((4, 4), np.uint8))).image.shape == (4, 4, 1)
+    assert roundtrip(Frame("s", 0, 0.0, pixels=np.zeros((4, 4), np.uint8))).image.shape == (4, 4, 1)
 
 
 def test_empty_crops_and_markers() -> None:
-    assert roundtrip(Message("s", 0, 0.0, crops=np.zeros((0, 48, 48, 1), np.uint8))).crops.shape == (0, 48, 48, 1)
-    drop = roundtrip(Message("s", 3, 1.0, kind="drop", reason="stale"))
+    assert roundtrip(Frame("s", 0, 0.0, crops=np.zeros((0, 48, 48, 1), np.uint8))).crops.shape == (0, 48, 48, 1)
+    drop = roundtrip(Drop("s", 3, 1.0, reason="stale"))
     assert (drop.kind, drop.reason) == ("drop", "stale")
-    eos = roundtrip(Message("s", 9, 1.0, kind="eos", frames=10, dropped=1))
+    eos = roundtrip(Eos("s", 9, 1.0, frames=10, dropped=1))
     assert (eos.kind, eos.frames, eos.dropped) == ("eos", 10, 1)
 
 
 def test_jpeg_transport() -> None:
     img = np.full((32, 32, 3), 128, np.uint8)
-    out = roundtrip(Message("s", 0, 0.0, image=img), jpeg_quality=90)
-    assert out.image.shape == (32, 32, 3) and abs(int(out.image.mean()) - 128) <= 2 and out.jpeg is not None
+    out = roundtrip(Frame("s", 0, 0.0, pixels=img), jpeg_quality=90)
+    assert out.image.shape == (32, 32, 3) and abs(int(out.image.mean()) - 128) <= 2
+    assert isinstance(out.pixels, Jpeg)
+    again = encode(out)  # a JPEG goes on as the file it came as, not re-encoded nor sent raw
+    assert bytes(again[1]) == out.pixels.data
 
 
 def test_unknown_header_keys_are_ignored() -> None:
@@ -90,7 +108,7 @@ def header(**kw) -> bytes:
         [header(faces=[{"box": [1, 2, 3, "x"]}])],
         [header(faces="nope")],
         [header(labels=[1, 2])],
-        [header(frames=-3)],
+        [header(kind="eos", frames=-3)],
         [header(), b"extra frame"],
         [b"\x00" * (2 << 20)],
     ],
@@ -112,7 +130,7 @@ REF = ShmRef("emostream-123-1-0123abcd", 3, 7, (480, 640, 3))
 
 def test_shared_memory_reference_travels_without_pixels() -> None:
     img = np.zeros((480, 640, 3), np.uint8)  # the detector's in-place view: the reference wins
-    parts = encode(Message("s", 5, 1.0, image=img, shm=REF))
+    parts = encode(Frame("s", 5, 1.0, pixels=replace(REF, view=img)))
     assert len(parts) == 1, "no pixel frame for a frame in shared memory"
     assert msgpack.unpackb(parts[0])["image"] == {
         "shape": [480, 640, 3],
@@ -122,17 +140,18 @@ def test_shared_memory_reference_travels_without_pixels() -> None:
         "gen": 7,
     }
     out = decode([bytes(p) for p in parts])
-    assert out.shm == REF and out.image is None and out.jpeg is None
+    assert out.kind == "frame" and out.pixels == REF and out.shm == REF and out.image is None
     crops = np.zeros((1, 48, 48, 1), np.uint8)
     faces = [Face((1, 2, 3, 4), 0.9)]
-    parts = encode(Message("s", 5, 1.0, shm=REF, faces=faces, crops=crops))
+    parts = encode(Frame("s", 5, 1.0, faces=faces, crops=crops, pixels=REF))
     assert len(parts) == 2 and decode(parts).crops.shape == (1, 48, 48, 1)
 
 
 def test_drop_marker_keeps_the_shared_memory_reference() -> None:
-    msg = Message("s", 5, 1.0, live=True, shm=REF, image=np.zeros((2, 2, 3), np.uint8), t={"capture": 1.0})
+    msg = Frame("s", 5, 1.0, live=True, t={"capture": 1.0}, pixels=replace(REF, view=np.zeros((2, 2, 3), np.uint8)))
     marker = drop_marker(msg, "stale")
-    assert (marker.kind, marker.reason, marker.shm, marker.image, marker.live) == ("drop", "stale", REF, None, True)
+    assert (marker.kind, marker.reason, marker.shm, marker.live) == ("drop", "stale", REF, True)
+    assert marker.shm.view is None, "a marker keeps the reference, never the pixels"
     marker.t["x"] = 2.0
     assert msg.t == {"capture": 1.0}, "the marker's stamps are a copy"
     out = roundtrip(marker)
@@ -167,3 +186,78 @@ def shm_image(**kw) -> dict:
 def test_garbage_shared_memory_references_raise_codec_error(parts: list[bytes]) -> None:
     with pytest.raises(CodecError):
         decode(parts)
+
+
+# The types: one class per kind, one pixel field, and the header validated through them.
+
+
+def test_a_drop_cannot_carry_pixels() -> None:
+    with pytest.raises(TypeError):
+        Drop("s", 1, 1.0, pixels=np.zeros((2, 2, 3), np.uint8))  # type: ignore[call-arg]
+    img = {"shape": [2, 2, 3], "fmt": "bgr8"}
+    with pytest.raises(CodecError, match="image"):
+        decode([header(kind="drop", reason="stale", image=img), b"\x00" * 12])
+    shm = {"shape": [2, 2, 3], "fmt": "shm", "ring": "r", "slot": 0, "gen": 1}
+    assert decode([header(kind="drop", reason="stale", image=shm)]).shm == ShmRef("r", 0, 1, (2, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [header(kind=None)],  # the kind is the tag: no default
+        [header(kind="eos", frames=1), b"\x00" * 12],  # an end of stream has no pixels
+        [header(kind="drop", reason="stale"), b"\x00" * 12],
+        [header(seq=True)],  # a bool is not an int
+        [header(kind="eos", frames=False)],
+        [header(ts=True)],  # nor a number
+        [header(faces=[{"box": [1.0, 2.0, 3.0, True]}])],
+        [header(live=1)],
+        [header(faces=[{"box": [1, 2, 3, 4], "uncertain": 0}])],
+        [header(labels=["a", ""])],
+        [header(path="a\nb")],
+        [header(image={"shape": [2, 2, 3], "fmt": "shm", "ring": "r", "slot": 0, "gen": 1}), b"\x00" * 12],
+    ],
+)
+def test_the_types_refuse(parts: list[bytes]) -> None:
+    with pytest.raises(CodecError):
+        decode(parts)
+
+
+def test_a_drop_reason_this_reader_does_not_know_is_unknown() -> None:
+    assert decode([header(kind="drop", reason="from_the_future")]).reason == DropReason.UNKNOWN
+    assert decode([header(kind="drop")]).reason == DropReason.UNKNOWN
+
+
+def test_numpy_scalars_encode_as_numbers() -> None:
+    face = Face(
+        (np.float32(1.5), 2, 3, 4), np.float32(0.25), [(np.float64(1), 1)], "a", [np.float32(0.5)], np.bool_(True)
+    )
+    out = roundtrip(Frame("s", np.int64(3), np.float64(1.0), faces=[face]))
+    assert out.seq == 3 and out.faces == [Face((1.5, 2.0, 3.0, 4.0), 0.25, [(1.0, 1.0)], "a", [0.5], True)]
+
+
+def test_what_cannot_be_encoded_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        encode(Frame("s", 1, 1.0, faces=[Face((object(), 0, 1, 1))]))  # type: ignore[arg-type]
+    with pytest.raises(CodecError):
+        encode("not a message")  # type: ignore[arg-type]
+
+
+def test_one_face_object_in_json() -> None:
+    face = Face((1.04, 2.0, 3.0, 4.0), 0.91234, [(1.0, 1.0)], "b", [0.25, 0.75], False)
+    assert face.to_json(["a", "b"]) == {
+        "box": [1.0, 2.0, 3.0, 4.0],
+        "score": 0.9123,
+        "kp": [[1.0, 1.0]],
+        "label": "b",
+        "probs": {"a": 0.25, "b": 0.75},
+        "uncertain": False,
+    }
+    assert Face((0, 0, 1, 1), 0.5).to_json() == {
+        "box": [0.0, 0.0, 1.0, 1.0],
+        "score": 0.5,
+        "kp": [],
+        "label": None,
+        "probs": {},
+        "uncertain": False,
+    }

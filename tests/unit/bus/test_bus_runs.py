@@ -14,13 +14,13 @@ import pytest
 import zmq
 
 from bus import codec, sockets
-from bus.codec import CodecError, ForeignRun, Message, decode, encode
+from bus.codec import CodecError, Eos, ForeignRun, Message, decode, encode
 from bus.config import ConfigError, parse
 from bus.runtime import MANAGER_ENV, RuntimeDirError, runtime_dir
 
 
 def _eos() -> Message:
-    return Message(src="cam0", seq=1, ts=1.0, kind="eos", frames=1, dropped=0)
+    return Eos(src="cam0", seq=1, ts=1.0, frames=1, dropped=0)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_a_malformed_run_is_garbage(run: object) -> None:
     parts = encode(_eos())
     header = msgpack.unpackb(parts[0])
     header["run"] = run
-    with pytest.raises(CodecError, match="run: expected a string"):
+    with pytest.raises(CodecError, match="run: expected `str`"):
         decode([msgpack.packb(header), *parts[1:]])
 
 

@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from bus.codec import CodecError, Face, Message, decode, encode
+from bus.codec import CodecError, Face, Frame, decode, encode
 from bus.config import SourceConfig
 from bus.sidecar import ModelSpec
 from capture.sources import Unreadable, open_source
@@ -20,9 +20,9 @@ from display.worker import event
 
 
 def test_path_header_round_trips_and_is_checked() -> None:
-    msg = Message(src="s", seq=0, ts=1.0, image=np.zeros((2, 2, 3), np.uint8), path="/data/a b.png")
+    msg = Frame(src="s", seq=0, ts=1.0, path="/data/a b.png", pixels=np.zeros((2, 2, 3), np.uint8))
     assert decode(encode(msg)).path == "/data/a b.png"
-    assert decode(encode(Message(src="s", seq=0, ts=1.0))).path is None
+    assert decode(encode(Frame(src="s", seq=0, ts=1.0))).path is None
     parts = encode(msg)
     header = msgpack.unpackb(parts[0])
     header["path"] = 7
@@ -63,10 +63,10 @@ class OneFace:
 
 def test_detector_forwards_the_path_and_the_display_writes_it() -> None:
     spec = ModelSpec(name="m", labels=("a", "b"), size=8, colour="grey")
-    msg = Message(src="f", seq=0, ts=1.0, image=np.zeros((10, 10, 3), np.uint8), path="x/img2.png")
+    msg = Frame(src="f", seq=0, ts=1.0, path="x/img2.png", pixels=np.zeros((10, 10, 3), np.uint8))
     out = detect_step(msg, OneFace(), spec)
     assert out.kind == "frame" and out.path == "x/img2.png"
     out.faces[0].label, out.faces[0].probs, out.labels = "a", [0.7, 0.3], ["a", "b"]
     record = event(out, 1.5)
     assert record["path"] == "x/img2.png" and record["faces"][0]["label"] == "a"
-    assert "path" not in event(Message(src="v", seq=0, ts=1.0), 1.5)
+    assert "path" not in event(Frame(src="v", seq=0, ts=1.0), 1.5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bus.calibration import apply_temperature
-from bus.codec import Face, Message, decode, encode
+from bus.codec import Face, Frame, Message, decode, encode
 from bus.sidecar import SidecarError, load_spec
 from classifier.model import EmotionModel
 from classifier.worker import step
@@ -33,13 +33,13 @@ class Fixed:
 
 
 def frame(n: int) -> Message:
-    return Message(
+    return Frame(
         src="s",
         seq=1,
         ts=1.0,
-        image=np.zeros((4, 4, 3), np.uint8),
         faces=[Face((0.0, 0.0, 4.0, 4.0), 0.9) for _ in range(n)],
         crops=np.zeros((n, 8, 8, 1), np.uint8),
+        pixels=np.zeros((4, 4, 3), np.uint8),
     )
 
 

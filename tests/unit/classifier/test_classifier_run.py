@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from bus import shm, stage
-from bus.codec import Face, Message, decode, encode
+from bus.codec import Eos, Face, Frame, Message, decode, encode
 from bus.config import Config
 from bus.runtime import Stats
 from classifier.worker import run
@@ -30,14 +30,14 @@ class FlakyModel:
 
 
 def msg(seq: int, live: bool = False, age_s: float = 0.0, pixel: int = 0) -> Message:
-    return Message(
+    return Frame(
         src="s",
         seq=seq,
         ts=time.time() - age_s,
         live=live,
-        image=np.zeros((8, 8, 3), np.uint8),
         faces=[Face((0, 0, 4, 4), 0.9)],
         crops=np.full((1, 4, 4, 1), pixel, np.uint8),
+        pixels=np.zeros((8, 8, 3), np.uint8),
     )
 
 
@@ -67,7 +67,7 @@ def test_run_forwards_results_markers_and_eos(wired):
         feed.send_multipart([b"garbage"])
         feed.send_multipart(encode(msg(1, live=True, age_s=5.0)))  # stale
         feed.send_multipart(encode(msg(2, pixel=255)))  # the model fails on this one
-        feed.send_multipart(encode(Message(src="s", seq=3, ts=1.0, kind="eos", frames=3, dropped=0)))
+        feed.send_multipart(encode(Eos(src="s", seq=3, ts=1.0, frames=3, dropped=0)))
         got = []
         for _ in range(4):
             assert sink.poll(5000), "nothing forwarded within 5 s"
@@ -76,7 +76,7 @@ def test_run_forwards_results_markers_and_eos(wired):
         stop.set()
         t.join(2)
     assert not t.is_alive()
-    assert [(m.seq, m.kind, m.reason) for m in got] == [
+    assert [(m.seq, m.kind, getattr(m, "reason", None)) for m in got] == [
         (0, "frame", None),
         (1, "drop", "stale"),
         (2, "drop", "classify_error"),
@@ -142,7 +142,7 @@ def test_run_frees_the_slot_of_a_live_frame_the_display_did_not_take(tmp_path, m
         ref = ring.put(np.zeros((8, 8, 3), np.uint8))
         assert ref is not None
         m = msg(0, live=True)
-        m.image, m.shm = None, ref
+        m.pixels = ref
         feed.send_multipart(encode(m))
         deadline = time.monotonic() + 3.0
         while ring.busy() and time.monotonic() < deadline:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from bus import sockets, stage
-from bus.codec import Face, Message, ShmRef, decode, encode
+from bus.codec import Drop, Eos, Face, Frame, Message, ShmRef, decode, encode
 from bus.config import BusConfig, Config
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
@@ -44,7 +44,7 @@ class FakeBackend:
 
 def frame(image: np.ndarray | None = None, live: bool = False, age_ms: float = 0.0, seq: int = 7) -> Message:
     img = np.full((120, 160, 3), 128, np.uint8) if image is None else image
-    return Message(src="cam", seq=seq, ts=NOW - age_ms / 1000.0, live=live, image=img, t={"capture": NOW})
+    return Frame(src="cam", seq=seq, ts=NOW - age_ms / 1000.0, live=live, t={"capture": NOW}, pixels=img)
 
 
 def face(x: float, y: float, w: float = 30.0, score: float = 0.9) -> Face:
@@ -76,7 +76,7 @@ def test_step_adds_faces_and_one_crop_per_face(faces: list[Face], spec: ModelSpe
 @pytest.mark.parametrize(
     ("msg", "error", "reason"),
     [
-        (Message(src="cam", seq=1, ts=NOW), None, "no_image"),
+        (Frame(src="cam", seq=1, ts=NOW), None, "no_image"),
         (frame(np.zeros((10, 10, 2), np.uint8)), None, "bad_image"),
         (frame(np.zeros((10, 10, 3), np.float32)), None, "bad_image"),
         (frame(np.zeros((0, 10, 3), np.uint8)), None, "bad_image"),
@@ -92,7 +92,7 @@ def test_step_turns_unusable_frames_into_drop_markers(msg: Message, error: Excep
     out = step(msg, backend, GREY)
     assert (out.kind, out.reason) == ("drop", reason)
     assert (out.src, out.seq, out.ts, out.live) == (msg.src, msg.seq, msg.ts, msg.live)
-    assert out.image is None and out.crops is None
+    assert not hasattr(out, "pixels") and not hasattr(out, "crops"), "a drop marker carries no pixels"
     decode(encode(out))
 
 
@@ -116,8 +116,8 @@ def test_step_gives_the_backend_bgr8_whatever_the_layout(image: np.ndarray) -> N
 @pytest.mark.parametrize(
     "msg",
     [
-        Message(src="cam", seq=9, ts=NOW, kind="eos", frames=9, dropped=1),
-        Message(src="cam", seq=3, ts=NOW - 100, kind="drop", live=True, reason="stale"),
+        Eos(src="cam", seq=9, ts=NOW, frames=9, dropped=1),
+        Drop(src="cam", seq=3, ts=NOW - 100, live=True, reason="stale"),
     ],
 )
 def test_step_passes_markers_on_unchanged(msg: Message) -> None:
@@ -151,9 +151,9 @@ def test_run_moves_frames_and_markers_and_counts_drops() -> None:
     try:
         now = time.time()
         sent = [
-            Message(src="a", seq=0, ts=now, image=np.zeros((60, 80, 3), np.uint8)),
-            Message(src="a", seq=1, ts=now - 10, live=True, image=np.zeros((60, 80, 3), np.uint8)),
-            Message(src="a", seq=2, ts=now, kind="eos", frames=2, dropped=0),
+            Frame(src="a", seq=0, ts=now, pixels=np.zeros((60, 80, 3), np.uint8)),
+            Frame(src="a", seq=1, ts=now - 10, live=True, pixels=np.zeros((60, 80, 3), np.uint8)),
+            Eos(src="a", seq=2, ts=now, frames=2, dropped=0),
         ]
         assert sockets.send(feed, [b"garbage"], block=True)
         for m in sent:
@@ -170,7 +170,11 @@ def test_run_moves_frames_and_markers_and_counts_drops() -> None:
             s.close(linger=0)
         ctx.term()
     assert not worker.is_alive()
-    assert [(m.kind, m.seq, m.reason) for m in got] == [("frame", 0, None), ("drop", 1, "stale"), ("eos", 2, None)]
+    assert [(m.kind, m.seq, getattr(m, "reason", None)) for m in got] == [
+        ("frame", 0, None),
+        ("drop", 1, "stale"),
+        ("eos", 2, None),
+    ]
     assert len(got[0].faces) == 2 and got[0].crops is not None and got[0].crops.shape == (2, 48, 48, 1)
     assert all("detector" in m.t for m in got)
     assert stats.drops == {"garbage": 1, "stale": 1} and stats.total == 1
@@ -181,7 +185,7 @@ MISSING = ShmRef("emostream-1-1-deadbeef", 0, 1, (120, 160, 3))
 
 def shm_frame(ref: ShmRef, seq: int = 7) -> Message:
     msg = frame(seq=seq)
-    msg.image, msg.shm = None, ref
+    msg.pixels = ref
     return msg
 
 
@@ -231,7 +235,7 @@ def test_run_forwards_shared_memory_frames_as_references_and_drops_lost_ones(
     assert not thread.is_alive()
     assert [len(p) for p in received] == [2, 1, 1], "header (+ crops): the pixels stay in the ring"
     got = [decode(p) for p in received]
-    assert [(m.kind, m.seq, m.reason) for m in got] == [
+    assert [(m.kind, m.seq, getattr(m, "reason", None)) for m in got] == [
         ("frame", 0, None),
         ("drop", 1, "shm_missing"),
         ("drop", 2, "overwritten"),
@@ -258,7 +262,7 @@ def test_live_frames_that_cannot_be_sent_reach_the_display_as_drop_markers() -> 
     n, got = 30, []
     try:
         for seq in range(n):
-            m = Message(src="cam", seq=seq, ts=time.time(), live=True, image=np.zeros((60, 80, 3), np.uint8))
+            m = Frame(src="cam", seq=seq, ts=time.time(), live=True, pixels=np.zeros((60, 80, 3), np.uint8))
             assert sockets.send(feed, encode(m), block=True)
         time.sleep(1.0)  # the detector sends what fits, and owes markers for the rest
         assert stats.drops["send"] > 0

@@ -89,7 +89,7 @@ def test_bad_faces_file_exits_2(tmp_path):
     faces.write_text('{"faces": [{"box": [1, 2]}]}')
     result = CliRunner().invoke(main, ["--image", str(img), "--faces", str(faces), "--out", str(tmp_path / "o.jpg")])
     assert result.exit_code == 2
-    assert "box must be" in result.output
+    assert "face box: expected `array` of length 4" in result.output
 
 
 class RecordingSink:

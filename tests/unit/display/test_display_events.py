@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from bus.codec import Face, Message
+from bus.codec import Face, Frame
 from display.sinks import EventsSink
 from display.worker import event, step
 
@@ -14,13 +14,13 @@ LABELS = ["angry", "happy"]
 
 
 def msg(faces, labels=LABELS, image=True):
-    return Message(
+    return Frame(
         src="cam0",
         seq=7,
         ts=100.0,
-        image=np.zeros((20, 30, 3), np.uint8) if image else None,
         faces=faces,
         labels=labels,
+        pixels=np.zeros((20, 30, 3), np.uint8) if image else None,
     )
 
 
@@ -35,6 +35,7 @@ def msg(faces, labels=LABELS, image=True):
                 {
                     "box": [1.0, 2.0, 3.0, 4.0],
                     "score": 0.9123,
+                    "kp": [],
                     "label": "happy",
                     "probs": {"angry": 0.25, "happy": 0.75},
                     "uncertain": False,
@@ -44,7 +45,7 @@ def msg(faces, labels=LABELS, image=True):
         (
             [Face((1, 2, 3, 4), 0.5)],
             None,
-            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "label": None, "probs": {}, "uncertain": False}],
+            [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.5, "kp": [], "label": None, "probs": {}, "uncertain": False}],
         ),
         (
             [Face((0, 0, 1, 1), 0.5, [], "x", [0.5, 0.5])],
@@ -53,6 +54,7 @@ def msg(faces, labels=LABELS, image=True):
                 {
                     "box": [0.0, 0.0, 1.0, 1.0],
                     "score": 0.5,
+                    "kp": [],
                     "label": "x",
                     "probs": {"0": 0.5, "1": 0.5},
                     "uncertain": False,
@@ -66,6 +68,8 @@ def test_event_record(faces, labels, expected_faces):
     rec = event(msg(faces, labels), now=100.25)
     assert rec == {"v": 1, "src": "cam0", "seq": 7, "ts": 100.0, "faces": expected_faces, "latency_ms": 250.0}
     assert json.loads(json.dumps(rec)) == rec
+    for f, face in zip(rec["faces"], faces, strict=True):
+        assert f == face.to_json(labels or [], f["uncertain"]), "the one face object (bus.codec.Face.to_json)"
 
 
 @pytest.mark.parametrize(

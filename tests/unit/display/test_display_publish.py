@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import Face, Message
+from bus.codec import Face, Frame, Message
 from bus.config import BusConfig, ConfigError, parse
 from bus.keys import generate
 from bus.sockets import security
@@ -30,7 +30,7 @@ def zctx():
 
 
 def frame(seq: int) -> Message:
-    return Message(
+    return Frame(
         src="cam/0", seq=seq, ts=time.time(), labels=["a", "b"], faces=[Face((1, 2, 3, 4), 0.9, [], "b", [0.3, 0.7])]
     )
 

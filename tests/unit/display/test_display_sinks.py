@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bus.codec import Message
+from bus.codec import Frame
 from bus.config import Config, SourceConfig, validate
 from display.sinks import PLAYABLE, VIDEO_QUEUE, EventsSink, VideoSink, WindowSink, choose_codec, open_sinks
 from display.web import WebSink
@@ -33,7 +33,7 @@ def config(tmp_path, n_sources=1, **display) -> Config:
 def write_frames(sink, src, n, size=(64, 48)):
     for i in range(n):
         img = np.full((size[1], size[0], 3), (i * 20) % 256, np.uint8)
-        sink.write(Message(src=src, seq=i, ts=0.0), img, {})
+        sink.write(Frame(src=src, seq=i, ts=0.0), img, {})
 
 
 def test_video_sink_writes_a_readable_video_opened_lazily(tmp_path):
@@ -41,8 +41,8 @@ def test_video_sink_writes_a_readable_video_opened_lazily(tmp_path):
     path = sink.path  # .webm where this OpenCV has no H.264 encoder
     assert not path.exists()
     write_frames(sink, "cam0", 3)
-    sink.write(Message(src="cam0", seq=3, ts=0.0), np.zeros((96, 128, 3), np.uint8), {})  # resized to fit
-    sink.write(Message(src="cam0", seq=4, ts=0.0), None, {})  # no image: skipped
+    sink.write(Frame(src="cam0", seq=3, ts=0.0), np.zeros((96, 128, 3), np.uint8), {})  # resized to fit
+    sink.write(Frame(src="cam0", seq=4, ts=0.0), None, {})  # no image: skipped
     sink.close()
     assert sink.written == [path]
     cap = cv2.VideoCapture(str(path))
@@ -121,7 +121,7 @@ def test_live_frames_never_wait_for_a_slow_encoder(tmp_path, monkeypatch):
     monkeypatch.setattr(sink, "_frame", lambda src, image: gate.wait(10))  # the encoder is stuck
     t0 = time.monotonic()
     for i in range(VIDEO_QUEUE + 50):
-        sink.write(Message(src="cam0", seq=i, ts=0.0, live=True), np.zeros((8, 8, 3), np.uint8), {})
+        sink.write(Frame(src="cam0", seq=i, ts=0.0, live=True), np.zeros((8, 8, 3), np.uint8), {})
     assert time.monotonic() - t0 < 1.0
     assert sink.dropped >= 49
     gate.set()

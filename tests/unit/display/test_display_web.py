@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bus.codec import Face, Message
+from bus.codec import Face, Frame
 from display.web import MAX_STREAMS, SSE_QUEUE, Hub, WebSink
 from display.worker import event
 
@@ -37,13 +37,13 @@ def get(sink: WebSink, path: str, host: str | None = None, method: str = "GET") 
 
 def publish(sink: WebSink, seq: int, labels: list[str], src: str = "cam0") -> None:
     image = np.full((60, 80, 3), seq % 256, np.uint8)
-    msg = Message(
+    msg = Frame(
         src=src,
         seq=seq,
         ts=time.time(),
-        image=image,
         labels=labels,
         faces=[Face((5, 5, 20, 20), 0.9, [], labels[1], [0.2, 0.8])],
+        pixels=image,
     )
     sink.write(msg, image, event(msg, time.time()))
 
@@ -225,7 +225,7 @@ def noisy_publisher(sink: WebSink, stop: threading.Event) -> None:
     seq = 0
     while not stop.is_set():
         image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
-        msg = Message(src="cam0", seq=seq, ts=time.time(), image=image, labels=["a", "b"], faces=[])
+        msg = Frame(src="cam0", seq=seq, ts=time.time(), labels=["a", "b"], faces=[], pixels=image)
         sink.write(msg, image, event(msg, time.time()))
         seq += 1
         stop.wait(0.03)
@@ -267,13 +267,13 @@ def test_a_nan_score_still_gives_valid_json(web):
     """Issue 11: a NaN score (a broken model) made /state.json invalid JSON (a bare NaN)."""
     image = np.zeros((60, 80, 3), np.uint8)
     nan = float("nan")
-    msg = Message(
+    msg = Frame(
         src="cam0",
         seq=1,
         ts=time.time(),
-        image=image,
         labels=["a", "b"],
         faces=[Face((5, 5, 20, 20), nan, [], "b", [nan, 1.0])],
+        pixels=image,
     )
     web.write(msg, image, event(msg, time.time()))
 

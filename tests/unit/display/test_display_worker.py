@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus.codec import DropReason, Face, Message, ShmRef, drop_marker, encode
+from bus.codec import Drop, DropReason, Eos, Face, Frame, Message, ShmRef, drop_marker, encode
 from bus.config import Config, SourceConfig, validate
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
@@ -54,14 +54,14 @@ def config(*uris: str, drain: float = 5.0, max_age_ms: int = 500) -> Config:
 
 
 def frame(src="s0", seq=0, live=False, ts=None, faces=1):
-    return Message(
+    return Frame(
         src=src,
         seq=seq,
         ts=time.time() if ts is None else ts,
         live=live,
-        image=np.zeros((40, 40, 3), np.uint8),
         labels=["a", "b"],
         faces=[Face((1, 1, 10, 10), 0.9, [], "b", [0.3, 0.7])] * faces,
+        pixels=np.zeros((40, 40, 3), np.uint8),
     )
 
 
@@ -93,12 +93,12 @@ def test_handle_accounts_every_kind_and_survives_garbage_and_sink_failures():
     d = Display(config("a.mp4"), [good, bad], stats, LOG)
     d.handle(encode(frame(seq=0)), 0.0)
     d.handle(encode(frame(seq=1, faces=0)), 0.0)
-    d.handle(encode(Message(src="s0", seq=2, ts=1.0, kind="drop", reason="classify_error")), 0.0)
+    d.handle(encode(Drop(src="s0", seq=2, ts=1.0, reason="classify_error")), 0.0)
     d.handle(encode(frame(seq=3, live=True, ts=time.time() - 10)), 0.0)  # stale live frame
     d.handle([b"\x93garbage"], 0.0)
-    d.handle(encode(Message(src="s0", seq=9, ts=1.0, kind="eos")), 0.0)  # eos without a count: ignored
+    d.handle(encode(Eos(src="s0", seq=9, ts=1.0)), 0.0)  # eos without a count: ignored
     d.handle(encode(frame(src="stranger", seq=0)), 0.0)
-    d.handle(encode(Message(src="s0", seq=4, ts=1.0, kind="eos", frames=5, dropped=1)), 0.0)
+    d.handle(encode(Eos(src="s0", seq=4, ts=1.0, frames=5, dropped=1)), 0.0)
     c = d.ledger.sources["s0"]
     assert (c.received, dict(c.drops), c.read, c.capture_dropped) == (2, {"classify_error": 1, "stale": 1}, 5, 1)
     assert d.ledger.sources["stranger"].received == 1
@@ -134,10 +134,10 @@ def test_run_exits_when_every_file_source_is_accounted_for(sockets, caplog):
     pull, push = sockets
     sink = RecordingSink()
     t, result = run_in_thread(config("a.mp4"), pull, [sink], threading.Event())
-    push.send_multipart(encode(Message(src="s0", seq=3, ts=1.0, kind="eos", frames=3, dropped=0)))  # eos first
+    push.send_multipart(encode(Eos(src="s0", seq=3, ts=1.0, frames=3, dropped=0)))  # eos first
     for seq in (2, 0):
         push.send_multipart(encode(frame(seq=seq)))
-    push.send_multipart(encode(Message(src="s0", seq=1, ts=1.0, kind="drop", reason="stale")))
+    push.send_multipart(encode(Drop(src="s0", seq=1, ts=1.0, reason="stale")))
     with caplog.at_level(logging.INFO, logger="test.display"):
         t.join(5)
     assert not t.is_alive()
@@ -150,7 +150,7 @@ def test_run_counts_lost_frames_after_the_drain_timeout(sockets, caplog):
     pull, push = sockets
     t, result = run_in_thread(config("a.mp4", drain=0.3), pull, [], threading.Event())
     push.send_multipart(encode(frame(seq=0)))
-    push.send_multipart(encode(Message(src="s0", seq=5, ts=1.0, kind="eos", frames=5, dropped=0)))
+    push.send_multipart(encode(Eos(src="s0", seq=5, ts=1.0, frames=5, dropped=0)))
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO, logger="test.display"):
         t.join(5)
@@ -191,7 +191,7 @@ def shm_frame(ring: Ring, seq: int, value: int) -> Message:
     msg = frame(seq=seq)
     ref = ring.put(np.full((40, 40, 3), value, np.uint8))
     assert ref is not None
-    msg.image, msg.shm = None, ref
+    msg.pixels = ref
     return msg
 
 
@@ -251,7 +251,7 @@ def test_a_frame_whose_ring_is_gone_is_counted_shm_missing(tmp_path: Path) -> No
     sink = RecordingSink()
     d, stats = shm_display(tmp_path, sink)
     msg = frame(seq=0)
-    msg.image, msg.shm = None, ShmRef("emostream-1-1-deadbeef", 0, 1, (40, 40, 3))
+    msg.pixels = ShmRef("emostream-1-1-deadbeef", 0, 1, (40, 40, 3))
     d.handle(encode(msg), 0.0)
     assert sink.events == [] and dict(stats.drops) == {"shm_missing": 1}
 
@@ -310,7 +310,7 @@ def test_one_forged_huge_seq_does_not_freeze_the_source():
     d = Display(config("a.mp4"), [sink], stats, LOG)
     d.handle(encode(frame(seq=0)), 0.0)
     d.handle(encode(frame(seq=10**12)), 0.0)
-    d.handle(encode(Message(src="s0", seq=10**12 + 1, ts=1.0, kind="drop", reason="stale")), 0.0)
+    d.handle(encode(Drop(src="s0", seq=10**12 + 1, ts=1.0, reason="stale")), 0.0)
     for seq in range(1, 4):
         d.handle(encode(frame(seq=seq)), 0.0)
     assert [e["seq"] for e in sink.events] == [0, 1, 2, 3]
@@ -364,5 +364,5 @@ def test_distinct_drop_reasons_are_bounded():
     stats = Stats(LOG, 60.0)
     d = Display(config("a.mp4"), [], stats, LOG)
     for seq in range(1000):
-        d.handle(encode(Message(src="s0", seq=seq, ts=1.0, kind="drop", reason=f"r{seq:04d}" + "x" * 50)), 0.0)
+        d.handle(encode(Drop(src="s0", seq=seq, ts=1.0, reason=f"r{seq:04d}" + "x" * 50)), 0.0)
     assert dict(stats.drops) == {"unknown": 1000} and dict(d.ledger.sources["s0"].drops) == {"unknown": 1000}

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 
-from bus.codec import Face, Message, encode
+from bus.codec import Face, Frame, encode
 from bus.config import Config, ConfigError, DisplayConfig, SourceConfig, parse, validate
 from bus.runtime import Stats
 from display.draw import annotate
@@ -164,11 +164,12 @@ def test_follow_names_labels_by_index_when_the_labels_do_not_fit():
 
 
 def test_event_record_with_tracking():
-    msg = Message(src="cam0", seq=3, ts=100.0, faces=[face(0, [0.25, 0.75], "happy"), face(200)], labels=LABELS)
+    msg = Frame(src="cam0", seq=3, ts=100.0, faces=[face(0, [0.25, 0.75], "happy"), face(200)], labels=LABELS)
     rec = event(msg, 100.5, [Tracked(4, [0.6, 0.4], "sad"), Tracked(5)])
     assert rec["faces"][0] == {
         "box": [0.0, 10.0, 40.0, 40.0],
         "score": 0.9,
+        "kp": [],
         "label": "happy",
         "probs": {"sad": 0.25, "happy": 0.75},
         "uncertain": False,
@@ -229,9 +230,9 @@ def test_display_tracks_and_smooths_per_source(uri, smoothing, expected_second):
     sink = Rec()
     d = Display(config(uri, smoothing=smoothing, smoothing_alpha=0.5), [sink], Stats(LOG, 60.0), LOG)
     for seq, probs in enumerate([SAD, HAPPY]):
-        msg = Message(src="s0", seq=seq, ts=1.0, faces=[face(seq, probs, "x")], labels=LABELS)
+        msg = Frame(src="s0", seq=seq, ts=1.0, faces=[face(seq, probs, "x")], labels=LABELS)
         d.handle(encode(msg), 0.0)
-    msg = Message(src="other", seq=0, ts=1.0, faces=[face(300, SAD, "sad")], labels=LABELS)
+    msg = Frame(src="other", seq=0, ts=1.0, faces=[face(300, SAD, "sad")], labels=LABELS)
     d.handle(encode(msg), 0.0)
     assert [e["faces"][0]["track"] for e in sink.events] == [1, 1, 1]  # ids are per source
     assert sink.events[1]["faces"][0]["smoothed"] == expected_second
