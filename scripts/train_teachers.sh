@@ -3,10 +3,10 @@
 # Every run resumes where it stopped (runs/teachers/<name>/last.keras + progress.json), so the script can
 # be started again after an interruption and picks up the unfinished teacher. A finished teacher
 # (final.keras) is reused. Teachers are selected on PublicTest only; PrivateTest is only reported.
-# runs/ is not committed: `--checkpoint` copies each teacher's resume point (last.keras with the optimizer
-# state, best.keras, progress.json, history.csv; a finished one's final.keras) to models/teachers/ckpt/<name>/,
-# which is committed, and a
-# later run on a fresh clone starts from there.
+# runs/ is not committed: `--checkpoint` copies each unfinished teacher's resume point (last.keras with the
+# optimizer state, best.keras, progress.json, history.csv) to models/teachers/ckpt/<name>/, which is
+# committed, and a later run on a fresh clone starts from there. A finished teacher is kept as its
+# predictions (models/teachers/preds/<name>.npz, written by the ensemble step), not its weights.
 #   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
 #   scripts/train_teachers.sh --checkpoint  (save the resume points for a commit)
 set -euo pipefail
@@ -17,7 +17,12 @@ if [[ ${1:-} == --checkpoint ]]; then
   for run in runs/teachers/*/; do
     name=$(basename "$run")
     [[ -f $run/progress.json ]] || continue
-    rm -rf "$ckpt/$name" && mkdir -p "$ckpt/$name"
+    rm -rf "${ckpt:?}/$name"
+    if [[ -f $run/final.keras && -f models/teachers/preds/$name.npz ]]; then
+      echo "checkpoint $name: finished, its predictions (models/teachers/preds/$name.npz) stand for it" >&2
+      continue
+    fi
+    mkdir -p "$ckpt/$name"
     keep=("${files[@]}")
     [[ -f $run/final.keras ]] && keep=(final.keras progress.json history.csv)  # finished: the weights suffice
     for f in "${keep[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
@@ -49,6 +54,10 @@ teacher() {
   fi
   if [[ -f runs/teachers/$name/final.keras ]]; then
     echo "teacher $name: done ($(cat runs/teachers/"$name"/progress.json))" >&2
+    return
+  fi
+  if [[ -f models/teachers/preds/$name.npz && ! -d runs/teachers/$name ]]; then
+    echo "teacher $name: done (its predictions are kept in models/teachers/preds/$name.npz)" >&2
     return
   fi
   "$py" -m training --out "runs/teachers/$name" "$@"
