@@ -251,7 +251,7 @@ def _typed(table: dict[str, Any], path: str) -> Config:
 
 def parse(table: dict[str, Any], path: str = "") -> Config:
     """A TOML table -> validated Config (no environment overrides)."""
-    return validate(_typed(table, path))
+    return _checked(_typed(table, path))
 
 
 RUNTIME = "{runtime}"  # in an ipc:// endpoint: the private runtime directory (bus.runtime.runtime_dir)
@@ -282,9 +282,14 @@ def expand_runtime(cfg: Config) -> Config:
 
 
 def validate(cfg: Config) -> Config:
-    """Ranges, the private runtime directory in endpoints, defaults for source ids, then cross-field
-    checks (endpoints)."""
-    cfg = _typed(to_table(cfg), cfg.path)  # what code built (replace, the API's arguments) too
+    """A config built or changed in code (``replace``, the API's arguments) checked as a file is:
+    types and ranges by msgspec, then :func:`_checked`."""
+    return _checked(_typed(to_table(cfg), cfg.path))
+
+
+def _checked(cfg: Config) -> Config:
+    """The private runtime directory in endpoints, defaults for source ids, then cross-field checks
+    (endpoints) of a config whose types and ranges msgspec has checked."""
     cfg = expand_runtime(cfg)
     if cfg.capture.reconnect_s > cfg.capture.reconnect_max_s:
         raise ConfigError("[capture] reconnect_s and reconnect_max_s: need reconnect_s <= reconnect_max_s")
