@@ -107,6 +107,9 @@ class DetectorConfig:
     backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
     max_faces: Annotated[int, Range(1, 256)] = 32  # bus.codec.MAX_FACES
     align: bool = True  # rotate each crop so the eyes are level (BlazeFace eye keypoints)
+    # crops and faces to the classifier, the frame straight to the display (which joins them); false: one
+    # path, every frame through the classifier (docs/pipeline.md#two-paths)
+    two_paths: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,10 @@ class DisplayConfig:
     mqtt: str = ""  # MQTT broker "host:port" for the events records; "" = off
     mqtt_prefix: str = "emostream"  # MQTT topics: <prefix>/<src>/events, <prefix>/<src>/tracks/<id>, <prefix>/status
     mqtt_qos: Annotated[int, Range(0, 2)] = 0  # 0, 1 or 2
+    # two paths: a frame waits this long for its classifier result, then is shown without emotions
+    join_wait_ms: Annotated[int, Range(1, 600_000)] = 1000
+    # two paths: frames and results waiting to be joined at once; the oldest is released first
+    join_max_pending: Annotated[int, Range(1, 100_000)] = 64
 
 
 @dataclass(frozen=True)
