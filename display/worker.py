@@ -453,6 +453,10 @@ class Display:
         else:
             self._show(msg, now, capture_dropped)
 
+    def expire(self, now: float) -> None:
+        """Release what has waited ``[display] join_wait_ms`` for its other half (call it often)."""
+        self.release(self.joins.expire(now), now)
+
     def release(self, released: list[Released], now: float) -> None:
         """Show the frames that waited in vain (without emotions); count the results nobody joined."""
         for r in released:
@@ -526,7 +530,7 @@ def run(
             now = clock()
             if parts is not None:
                 disp.handle(parts, now)
-            disp.release(disp.joins.expire(now), now)
+            disp.expire(now)
             stall.check(  # configured sources only: a stranger that goes quiet is not a stall
                 {
                     s: c.last
