@@ -272,3 +272,15 @@ def test_the_sink_joins_the_two_paths_as_the_display_does() -> None:
     assert dropped is not None and dropped.kind == "drop" and dropped.reason == "stale"
     plain = Frame("s", 2, 1.0)
     assert joined(halves, plain) is plain
+
+
+def test_the_hosts_configs_place_each_stage_in_its_namespace(tmp_path: Path) -> None:
+    from bench.hosts import PLACEMENTS, config
+
+    one = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e")
+    three = config(PLACEMENTS["3 hosts"], tmp_path / "c.mp4", tmp_path, True, False, tmp_path / "e")
+    assert one["display"]["endpoint"] == "tcp://127.0.0.1:5603" and one["detector"]["two_paths"] is True
+    assert three["detector"]["endpoints"] == ["tcp://169.254.78.1:5601"]
+    assert three["classifier"]["endpoints"] == ["tcp://169.254.78.2:5602"]
+    assert three["display"]["endpoint"] == "tcp://169.254.78.3:5603"
+    assert three["bus"]["curve"] is True and three["bus"]["shm_slots"] == 0 and not three["detector"]["two_paths"]
