@@ -209,9 +209,9 @@ class TwoPaths:
                 sent = sockets.send_patiently(self.sock, parts, d.stop)
             else:
                 sent = sockets.send(self.sock, parts, block=True)
-                self.absent = not sent
             self.taken = self.taken or sent
-            self.absent = self.absent and not sent
+            if not frame.live:
+                self.absent = not sent
             if not sent:
                 reason = DropReason.SEND
                 d.warn.warning(
