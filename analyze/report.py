@@ -5,8 +5,10 @@ Consumes the events records of :func:`display.worker.event` (with tracking: ``tr
 folder:
 
 - ``frames.jsonl``: one events record per analysed frame (also frames without faces), plus ``time_s``;
-- ``frames.csv``: one row per face and frame: src, seq, time_s, track, x, y, w, h, score, label,
-  smoothed_label, ``p_<label>`` (raw probabilities) and ``smoothed_<label>``;
+  its faces are the face objects of :meth:`bus.codec.Face.to_json`;
+- ``frames.csv``: one row per face and frame, flat because it is a table (one value a cell): src,
+  seq, time_s, track, x, y, w, h, score, label, smoothed_label, ``p_<label>`` (raw probabilities)
+  and ``smoothed_<label>``;
 - ``tracks.csv`` / ``tracks.json``: one row per track: first/last frame and time, frames, dominant
   emotion (the most frequent smoothed label), ``share_<label>`` (the fraction of the track's
   frames with that smoothed label, i.e. its time share), ``mean_<label>`` (mean raw probability),

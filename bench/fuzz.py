@@ -33,7 +33,6 @@ process with libFuzzer's report, the Python traceback and the input saved as ``c
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from typing import Any
 
 import click
 import msgpack
+import msgspec
 import numpy as np
 
 from bus.codec import VERSION, CodecError, Drop, DropReason, Eos, Face, Frame, Message, decode, encode
@@ -329,10 +329,10 @@ class StrictJsonSink:
 def display_config() -> Config:
     cfg = Config()
     sources = tuple(SourceConfig(uri=f"{s}.mp4", id=s) for s in SOURCES[:2])
-    cfg = dataclasses.replace(
+    cfg = msgspec.structs.replace(
         cfg,
-        capture=dataclasses.replace(cfg.capture, sources=sources),
-        display=dataclasses.replace(cfg.display, max_sources=8),
+        capture=msgspec.structs.replace(cfg.capture, sources=sources),
+        display=msgspec.structs.replace(cfg.display, max_sources=8),
     )
     return validate(cfg)
 

@@ -58,7 +58,7 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
     spec = load_spec(classifier_path)
     emotions = EmotionModel(classifier_path, threads=1)
     fps, cpu_ms, faces = [], [], 0
-    with open_backend(DetectorConfig.backend, model, 0.6, 32) as backend:
+    with open_backend(DetectorConfig().backend, model, 0.6, 32) as backend:
         for _ in range(repeats):
             faces = 0
             t0, c0 = time.perf_counter(), time.process_time()
@@ -66,9 +66,9 @@ def reference(clip: Path, model: str, frames: int, repeats: int) -> dict[str, An
                 now = time.time()
                 msg = Frame(src="ref", seq=seq, ts=now, t={"capture": now}, pixels=image)
                 out = classify_step(
-                    detect_step(msg, backend, spec, DetectorConfig.align),
+                    detect_step(msg, backend, spec, DetectorConfig().align),
                     emotions,
-                    ClassifierConfig.uncertain_below,
+                    ClassifierConfig().uncertain_below,
                 )
                 if out.kind != "frame":
                     raise BenchError(

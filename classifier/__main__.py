@@ -5,15 +5,18 @@ Stage: binds a PULL socket on ``[classifier] endpoints[--instance]``, connects a
 the face detector (``[detector]`` settings) on each image, because a whole photo classified as one
 face gives a confident-looking but meaningless answer:
 
-- a face covering at least :data:`CROP_COVER` of the image: a face crop, classified whole:
-  ``{"image", "label", "probs": {label: p}, "uncertain"}``;
+- a face covering at least :data:`CROP_COVER` of the image: a face crop, classified whole;
 - only smaller faces: not a face crop; it says so on stderr and classifies each detected face,
-  cropped as the pipeline crops it: ``{"image", "face"}`` and the face as the events record has it
-  (:meth:`bus.codec.Face.to_json`: ``box``, ``score``, ``kp``, ``label``, ``probs``, ``uncertain``);
+  cropped as the pipeline crops it (``"face"``: its index in the image);
 - no face: classified whole, with a warning on stderr (the detector misses many tight crops, e.g.
   half the CK+ 48 x 48 images at ``min_confidence`` 0.5, so this is not an error).
 
-``--no-detect`` skips the detector (every image is taken as a crop). The detector is imported from
+``--no-detect`` skips the detector (every image is taken as a crop). Every line is ``{"image"}``
+(plus ``"face"`` for a detected face) and the face as the events record has it
+(:meth:`bus.codec.Face.to_json`: ``box``, ``score``, ``kp``, ``label``, ``probs``, ``uncertain``).
+An image classified whole is a face whose ``box`` is the whole image ``[0, 0, width, height]``, with
+``score`` 0 and no ``kp``: no detector scored it (0 is the face's "no score", the default the wire
+leaves out; 1.0 would claim a detection that did not happen). The detector is imported from
 the detector package here, in this debugging mode only; the stage itself never loads it.
 """
 
@@ -31,7 +34,7 @@ import msgspec
 import numpy as np
 
 from bus.cli import config_option, fail, instance_option
-from bus.codec import Face, named_probs
+from bus.codec import Face
 from bus.config import Config, ConfigError, load
 from bus.preprocess import crop_face, eye_angle, to_model_pixels, to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
@@ -60,7 +63,7 @@ def classify_images(
     image is one crop. ``uncertain``: the top probability is below ``uncertain_below``."""
     crops: list[np.ndarray] = []
     entries: list[dict[str, object]] = []
-    found: list[Face | None] = []  # per entry: the detected face it is, or None for a whole image
+    found: list[Face] = []  # per entry: the detected face it is, or the whole image (no score, no keypoints)
     for p in paths:
         img = cv2.imread(p, cv2.IMREAD_UNCHANGED)
         if img is None:
@@ -79,15 +82,12 @@ def classify_images(
             warn(f"{p}: the face detector finds no face; classified as one face crop")
         crops.append(to_model_pixels(img, model.size, model.spec.colour))
         entries.append({"image": p})
-        found.append(None)
+        found.append(Face(box=(0.0, 0.0, float(img.shape[1]), float(img.shape[0]))))
     probs = model.classify(np.stack(crops))
     for entry, face, row in zip(entries, found, probs, strict=True):
         label, uncertain = model.labels[int(np.argmax(row))], bool(np.max(row) < uncertain_below)
-        if face is not None:  # the one face object (bus.codec.Face.to_json), as the events record has it
-            classified = msgspec.structs.replace(face, label=label, probs=[float(v) for v in row], uncertain=uncertain)
-            entry.update(classified.to_json(model.labels))
-        else:
-            entry.update(label=label, probs=named_probs(model.labels, row), uncertain=uncertain)
+        classified = msgspec.structs.replace(face, label=label, probs=[float(v) for v in row], uncertain=uncertain)
+        entry.update(classified.to_json(model.labels))  # the one face object, as the events record has it
     return entries
 
 

@@ -8,7 +8,6 @@ SIGTERM/SIGINT stop it within ~1 s.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import click
 import cv2
+import msgspec
 import numpy as np
 
 from bus import sockets
@@ -89,7 +89,7 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
     except ConfigError as e:
         fail("detector", str(e))
     if model is not None:
-        cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, model=model))
+        cfg = msgspec.structs.replace(cfg, detector=msgspec.structs.replace(cfg.detector, model=model))
     if image is not None or video is not None:
         if image is not None and video is not None:
             fail("detector", "give --image or --video, not both")

@@ -42,7 +42,7 @@ class _State:
     recent: collections.deque[tuple[int, np.ndarray]] = field(default_factory=collections.deque)
 
 
-D = DisplayConfig  # the defaults are [display]'s, written once in bus/config.py
+D = DisplayConfig()  # the defaults are [display]'s, written once in bus/config.py
 
 
 class Smoother:

@@ -97,7 +97,7 @@ class Track:
 class Tracker:
     """The tracks of one source. ``update`` once per frame, in ``seq`` order (late frames are read-only)."""
 
-    def __init__(self, iou_min: float = DisplayConfig.track_iou, max_missed: int = DisplayConfig.track_max_missed):
+    def __init__(self, iou_min: float = DisplayConfig().track_iou, max_missed: int = DisplayConfig().track_max_missed):
         if not 0.0 < iou_min < 1.0 or max_missed < 0:
             raise ValueError("iou_min must be in (0, 1) and max_missed >= 0")
         self.iou_min, self.max_missed = iou_min, max_missed

@@ -19,12 +19,13 @@ import glob
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from msgspec.structs import replace
 
 from bus.codec import Face, Frame
 from bus.config import Config, ConfigError, SourceConfig, load, validate

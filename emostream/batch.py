@@ -1,9 +1,14 @@
 """Folders, globs and lists of images -> one row per face with the image's path.
 
-Consumes :class:`emostream.api.Result` objects; writes ``faces.csv`` (path, face, x, y, w, h, score,
-label, uncertain, ``p_<label>``...) and ``faces.jsonl`` (the same, one JSON object a line, the
-probabilities as a map). Images without a face and unreadable ones have no row; :class:`Summary`
-counts and names them.
+Consumes :class:`emostream.api.Result` objects; writes
+
+- ``faces.jsonl``: one JSON object a line, ``path`` (the image), ``face`` (its index in the image,
+  left to right) and the face object of the events record (:meth:`bus.codec.Face.to_json`:
+  ``box`` [x, y, w, h], ``score``, ``kp``, ``label``, ``probs`` label -> p, ``uncertain``);
+- ``faces.csv``: the same faces as a table, so flat: path, face, x, y, w, h, score, label,
+  uncertain, ``p_<label>``... (no keypoints; a cell holds one value, for spreadsheets and pandas).
+
+Images without a face and unreadable ones have no row; :class:`Summary` counts and names them.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ class Summary:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def face_rows(result: Result) -> list[dict[str, Any]]:
-    rows = []
-    for i, f in enumerate(result.faces):
-        x, y, w, h = (round(v, 1) for v in f.box)
-        row: dict[str, Any] = {"path": result.path, "face": i, "x": x, "y": y, "w": w, "h": h}
-        row.update(score=round(f.score, 4), label=f.label, uncertain=f.uncertain)
-        row["probs"] = {k: round(v, 4) for k, v in f.probs.items()}
-        rows.append(row)
-    return rows
+def face_objects(result: Result) -> list[dict[str, Any]]:
+    """The ``faces.jsonl`` lines of one image: ``path``, ``face`` (index) and the face object."""
+    return [{"path": result.path, "face": i, **f.to_dict()} for i, f in enumerate(result.faces)]
+
+
+def csv_row(face: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """A ``faces.jsonl`` line flattened into a ``faces.csv`` row (box -> x, y, w, h; probs -> p_<label>)."""
+    x, y, w, h = face["box"]
+    row = {k: face[k] for k in ("path", "face", "score", "label")}
+    row.update(x=x, y=y, w=w, h=h, uncertain=str(face["uncertain"]).lower())
+    return {**row, **{f"p_{n}": face["probs"].get(n) for n in labels}}
 
 
 def write_tables(results: Iterable[Result], labels: Sequence[str], out: Path) -> Summary:
@@ -57,10 +64,8 @@ def write_tables(results: Iterable[Result], labels: Sequence[str], out: Path) ->
                 continue
             if not r.faces:
                 summary.without_face.append(str(r.path))
-            for row in face_rows(r):
+            for face in face_objects(r):
                 summary.faces += 1
-                j.write(json.dumps(row) + "\n")
-                probs = row.pop("probs")
-                row["uncertain"] = "" if row["uncertain"] is None else str(row["uncertain"]).lower()
-                writer.writerow({**row, **{f"p_{n}": probs.get(n) for n in labels}})
+                j.write(json.dumps(face) + "\n")
+                writer.writerow(csv_row(face, labels))
     return summary

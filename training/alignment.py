@@ -13,13 +13,13 @@ No TensorFlow: LiteRT models only.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import cv2
+import msgspec
 import numpy as np
 
 from bus.codec import Frame
@@ -124,7 +124,7 @@ def upright(images: np.ndarray, labels: np.ndarray, classes: list[str], model: P
 
 
 def check(videos: list[Path], model: Path, fer: Path | None, ck: Path | None) -> dict[str, Any]:
-    report: dict[str, Any] = {"model": str(model), "videos": [], "detector": dataclasses.asdict(DetectorConfig())}
+    report: dict[str, Any] = {"model": str(model), "videos": [], "detector": msgspec.to_builtins(DetectorConfig())}
     for v in videos:
         for align in (False, True):
             row = stability(v, model, align)

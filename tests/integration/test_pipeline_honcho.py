@@ -164,8 +164,8 @@ def check_faces(run: Run, labels: list[str]) -> int:
             assert sum(face["probs"].values()) == pytest.approx(1.0, abs=1e-3)
             assert face["label"] == max(face["probs"], key=face["probs"].get)
             top = max(face["probs"].values())
-            if abs(top - ClassifierConfig.uncertain_below) > 1e-3:  # events round probabilities to 4 places
-                assert face["uncertain"] == (top < ClassifierConfig.uncertain_below), f"frame {e['seq']}: {face}"
+            if abs(top - ClassifierConfig().uncertain_below) > 1e-3:  # events round probabilities to 4 places
+                assert face["uncertain"] == (top < ClassifierConfig().uncertain_below), f"frame {e['seq']}: {face}"
             uncertain += face["uncertain"]
     return uncertain
 

@@ -8,7 +8,6 @@ squatting on the endpoint a CURVE PUSH connects to.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import stat
 import subprocess
@@ -17,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 import zmq.auth
@@ -114,7 +114,7 @@ def test_a_pull_squatting_on_the_endpoint_receives_nothing(keys: Path, impostor:
         if impostor == "curve_pull_with_other_keys":
             generate(tmp_path / "evil", ("classifier",))  # same name, different key; accepts the real client
             (tmp_path / "evil" / "allowed" / "detector.key").write_bytes((keys / "detector.key").read_bytes())
-            evil = dataclasses.replace(bus(keys), keys_dir=str(tmp_path / "evil"))
+            evil = msgspec.structs.replace(bus(keys), keys_dir=str(tmp_path / "evil"))
             sec = sockets.security(evil, "classifier")
             assert sec is not None
             sec.server(squat, ctx)

@@ -4,10 +4,10 @@ test_stage_cli.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 from pathlib import Path
 
+import msgspec
 import pytest
 import zmq
 
@@ -88,7 +88,7 @@ def test_a_missing_key_is_one_line_and_exit_2_before_anything_opens(
     keys = tmp_path / "keys"
     generate(keys, STAGES)
     (keys / f"{stage}.key_secret").unlink()
-    cfg = dataclasses.replace(config(), bus=BusConfig(curve=True, keys_dir=str(keys)))
+    cfg = msgspec.structs.replace(config(), bus=BusConfig(curve=True, keys_dir=str(keys)))
     with pytest.raises(SystemExit) as e:
         StageSockets(stage, cfg)
     err = capsys.readouterr().err
@@ -98,7 +98,7 @@ def test_a_missing_key_is_one_line_and_exit_2_before_anything_opens(
 def test_with_curve_the_stages_talk(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     generate(keys, STAGES)
-    cfg = dataclasses.replace(config(), bus=BusConfig(curve=True, keys_dir=str(keys)))
+    cfg = msgspec.structs.replace(config(), bus=BusConfig(curve=True, keys_dir=str(keys)))
     with StageSockets("display", cfg) as display, StageSockets("classifier", cfg) as classifier:
         assert display.pull is not None and classifier.security is not None
         classifier.push[0].send_multipart([b"hello"])
@@ -108,7 +108,7 @@ def test_with_curve_the_stages_talk(tmp_path: Path) -> None:
 @pytest.mark.parametrize("two_paths", [True, False])
 def test_the_detector_with_two_paths_also_pushes_to_the_display(two_paths: bool) -> None:
     cfg = config()
-    cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, two_paths=two_paths))
+    cfg = msgspec.structs.replace(cfg, detector=msgspec.structs.replace(cfg.detector, two_paths=two_paths))
     with StageSockets("detector", cfg) as socks:
         side = socks.side
         assert (side is not None) == two_paths and len(socks.push) == 1

@@ -31,7 +31,9 @@ def test_image_mode_prints_one_json_line_per_image(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert [x["image"] for x in lines] == paths
-    for x in lines:
+    for x, shape in zip(lines, [(100, 80), (48, 48), (30, 60)], strict=True):
+        assert x["box"] == [0, 0, shape[1], shape[0]] and x["score"] == 0.0 and x["kp"] == []  # the whole image
+        assert isinstance(x["uncertain"], bool)
         assert set(x["probs"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
         assert x["label"] == max(x["probs"], key=x["probs"].get)
         assert sum(x["probs"].values()) == pytest.approx(1.0, abs=1e-4)
@@ -74,7 +76,10 @@ def test_a_photo_is_not_taken_for_a_face_crop(shared_data: Path) -> None:
     assert all(len(x["box"]) == 4 and x["label"] == max(x["probs"], key=x["probs"].get) for x in lines)  # type: ignore[arg-type,call-overload]
     assert all(isinstance(x["uncertain"], bool) for x in lines)
     whole, err = _run("--image", photo, "--no-detect")
-    assert err == "" and len(whole) == 1 and "box" not in whole[0]
+    h, w = cv2.imread(photo).shape[:2]
+    assert err == "" and len(whole) == 1 and "face" not in whole[0]
+    assert {k: whole[0][k] for k in ("box", "score", "kp")} == {"box": [0, 0, w, h], "score": 0.0, "kp": []}
+    assert set(whole[0]) == {"image", "box", "score", "kp", "label", "probs", "uncertain"}  # bus.codec.Face.to_json
 
 
 def test_a_face_crop_is_classified_whole(shared_data: Path, tmp_path: Path) -> None:
@@ -86,7 +91,8 @@ def test_a_face_crop_is_classified_whole(shared_data: Path, tmp_path: Path) -> N
     crop = tmp_path / "crop.png"
     cv2.imwrite(str(crop), cv2.cvtColor(crop_face(img, face.box, 96, "rgb", 0.2), cv2.COLOR_RGB2BGR))
     lines, err = _run("--image", str(crop))
-    assert err == "" and len(lines) == 1 and "box" not in lines[0]
+    h, w = cv2.imread(str(crop)).shape[:2]
+    assert err == "" and len(lines) == 1 and "face" not in lines[0] and lines[0]["box"] == [0, 0, w, h]
 
 
 def test_no_face_found_is_said(shared_data: Path) -> None:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import threading
 import time
 
 import cv2
+import msgspec
 import numpy as np
 import pytest
 
@@ -22,10 +22,10 @@ def config(tmp_path, n_sources=1, **display) -> Config:
     cfg = Config()
     sources = tuple(SourceConfig(uri=f"v{i}.mp4", id=f"cam{i}", fps=12.0 if i == 0 else 0.0) for i in range(n_sources))
     return validate(
-        dataclasses.replace(
+        msgspec.structs.replace(
             cfg,
-            capture=dataclasses.replace(cfg.capture, sources=sources),
-            display=dataclasses.replace(cfg.display, **display),
+            capture=msgspec.structs.replace(cfg.capture, sources=sources),
+            display=msgspec.structs.replace(cfg.display, **display),
         )
     )
 

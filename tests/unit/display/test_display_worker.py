@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
@@ -42,13 +43,13 @@ class RecordingSink:
 
 def config(*uris: str, drain: float = 5.0, max_age_ms: int = 500) -> Config:
     cfg = Config()
-    cfg = dataclasses.replace(
+    cfg = msgspec.structs.replace(
         cfg,
-        capture=dataclasses.replace(
+        capture=msgspec.structs.replace(
             cfg.capture, sources=tuple(SourceConfig(uri=u, id=f"s{i}") for i, u in enumerate(uris))
         ),
-        display=dataclasses.replace(cfg.display, drain_timeout_s=drain),
-        bus=dataclasses.replace(cfg.bus, max_age_ms=max_age_ms),
+        display=msgspec.structs.replace(cfg.display, drain_timeout_s=drain),
+        bus=msgspec.structs.replace(cfg.bus, max_age_ms=max_age_ms),
     )
     return validate(cfg)
 
@@ -334,7 +335,7 @@ def test_a_source_that_restarts_its_numbering_is_followed_after_a_few_frames():
 def test_sources_not_in_the_config_are_bounded_and_evicted_least_recently_used():
     """Issue 11 case 10: 300 forged source ids added 274 MB that were never freed."""
     cfg = config("a.mp4")
-    cfg = dataclasses.replace(cfg, display=dataclasses.replace(cfg.display, max_sources=4))
+    cfg = msgspec.structs.replace(cfg, display=msgspec.structs.replace(cfg.display, max_sources=4))
     stats = Stats(LOG, 60.0)
 
     class Forgetting(RecordingSink):

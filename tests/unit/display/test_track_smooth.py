@@ -3,9 +3,9 @@ events record, the overlay and the display loop."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -197,10 +197,10 @@ def test_overlay_shows_the_track_and_the_smoothed_label():
 def config(uri: str, **display) -> Config:
     cfg = Config()
     return validate(
-        dataclasses.replace(
+        msgspec.structs.replace(
             cfg,
-            capture=dataclasses.replace(cfg.capture, sources=(SourceConfig(uri=uri, id="s0"),)),
-            display=dataclasses.replace(cfg.display, **display),
+            capture=msgspec.structs.replace(cfg.capture, sources=(SourceConfig(uri=uri, id="s0"),)),
+            display=msgspec.structs.replace(cfg.display, **display),
         )
     )
 

@@ -94,9 +94,12 @@ def test_analyze_a_folder_and_a_glob_of_images(shared_data: Path, tmp_path: Path
         assert [(x["path"], x["face"], x["label"]) for x in lines] == [
             (r["path"], int(r["face"]), r["label"]) for r in rows
         ]
-        for x in lines:
+        for x, r in zip(lines, rows, strict=True):
+            assert set(x) == {"path", "face", "box", "score", "kp", "label", "probs", "uncertain"}  # Face.to_json
             assert x["label"] == max(x["probs"], key=x["probs"].get)
             assert sum(x["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+            assert x["box"] == [float(r[k]) for k in "xywh"] and len(x["kp"]) == 6  # the CSV: the same, flat
+            assert r["uncertain"] == str(x["uncertain"]).lower()
     summary = CliRunner().invoke(main, ["analyze", str(images / "*" / "*"), "--out", str(tmp_path / "all"), "--quiet"])
     assert "9 image(s), 5 face(s); 5 without a face, 0 unreadable" in summary.output
 
