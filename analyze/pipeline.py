@@ -285,6 +285,7 @@ def _receive(
             if parts is not None:
                 disp.handle(parts, now)
                 last = now
+            disp.expire(now)  # two paths: frames whose emotions did not come are shown without them
             count = disp.ledger.sources.get(src)
             if count is not None and count.accounted > bar.n:
                 bar.update(count.accounted - bar.n)

@@ -14,7 +14,9 @@ Sections (``--only`` picks some; all by default):
   over loopback TCP and ipc://;
 - ``stall``: the real display (writing events) SIGSTOPped for 2 s in a 30 fps run: every stage's
   memory before/during/after, and how soon after SIGCONT latency is back under 25 ms;
-- ``profile``: py-spy on the detector and classifier for ``--profile-s`` seconds, where time goes.
+- ``profile``: py-spy on the detector and classifier for ``--profile-s`` seconds, where time goes;
+- ``hosts``: the real pipeline over network namespaces (1, 2 and 3 "hosts"), CURVE off and on, one
+  path against two (:mod:`bench.hosts`; skipped, saying why, without root and ``ip``).
 
 Prints Markdown tables, then ONE JSON object as the last line of stdout (``--json-out`` also writes
 it to a file). Progress goes to stderr. Every process it starts is stopped and reaped, also on
@@ -51,8 +53,9 @@ DEFAULT_DATA = research_data() / "media"
 ONE_FACE = "asl_signer_concat10.mp4"
 CROWD = "face-demographics-walking-and-pause.gif"
 MODELS = ("full_range", "short_range")
-SECTIONS = ("sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile")
+SECTIONS = ("sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile", "hosts")
 LATENCY_FPS = 30.0
+ONE_FACE_FRAMES = 648  # asl_signer_concat10.mp4
 
 log = logging.getLogger("bench")
 
@@ -213,6 +216,13 @@ def measure(
         out["profile"] = runner.pipeline(
             Setup(f"one_face/{models[0]} profiled", (one,), 200, models[0], profile_s=profile_s)
         )
+    if "hosts" in sections:
+        from bench.hosts import run as hosts
+
+        runner.count += 1
+        workdir = runner.logs / f"{runner.count:02d}-hosts"
+        log.info("across hosts: network namespaces (logs in %s)", workdir)
+        out["hosts"] = runner.guarded("hosts", partial(hosts, one, ONE_FACE_FRAMES, workdir))
     return out
 
 

@@ -6,8 +6,10 @@ honcho starts (``python -m classifier``, ``python -m detector``, ``python -m cap
 decodes every message as the display does but draws, encodes and writes nothing, so the figures are
 those of capture -> detector -> classifier, the same work the sequential reference does.
 
-The sources loop, so the run stops when ``frames`` frames (results and drop markers) have reached
-the sink; the first :func:`bench.figures.warmup` of them are left out of every figure. At the cut and
+With two paths (``[detector] two_paths``, the default) the sink joins a frame and its classifier
+result by source and seq, as the display does (docs/pipeline.md#two-paths): a frame counts, with its
+latency, when its second half arrives. The sources loop, so the run stops when ``frames`` frames
+(results and drop markers) have reached the sink; the first :func:`bench.figures.warmup` of them are left out of every figure. At the cut and
 at the end it reads each stage's CPU time, and before stopping its peak memory. Stages are stopped
 with SIGTERM, so each writes its ``final stats`` line (frames, drops by reason) to its log.
 """
@@ -20,7 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import zmq
 from bench import figures
 from bench.procs import BenchError, cpu_seconds, peak_rss_mb
 from bus import sockets
-from bus.codec import CodecError, decode
+from bus.codec import CodecError, Drop, DropReason, Message, decode
 from bus.paths import shipped_root
 from bus.shm import Rings
 from emostream.launch import Launcher, endpoint, write_config
@@ -116,6 +118,24 @@ def _hops(t: dict[str, float], now: float) -> dict[str, float]:
     return out
 
 
+def joined(halves: dict[tuple[str, int], Message], msg: Message) -> Message | None:
+    """Two paths at the sink: a frame marked ``wait`` or a ``result`` half waits in ``halves`` for
+    the other (None); when both are in, the frame as the display shows it (a drop when the result
+    was one). Any other message is returned as it is."""
+    if not (msg.kind == "frame" and msg.wait) and not (msg.kind != "eos" and msg.result):
+        return msg
+    other = halves.pop((msg.src, msg.seq), None)
+    if other is None:
+        halves[(msg.src, msg.seq)] = msg
+        return None
+    frame, res = (other, msg) if msg.result else (msg, other)
+    t = {**frame.t, **res.t}
+    if res.kind == "drop" or frame.kind != "frame":
+        return Drop(msg.src, msg.seq, msg.ts, res.reason if res.kind == "drop" else DropReason.UNKNOWN, t=t)
+    faces = res.faces if res.kind == "frame" else frame.faces
+    return replace(frame, faces=faces, t=t, wait=False)
+
+
 def _cpu(procs: Launcher) -> dict[str, float | None]:
     return {p.name: cpu_seconds(p.pid) for p in procs.procs}
 
@@ -183,6 +203,7 @@ def _sink(
     warm = figures.warmup(setup.frames)
     tally = Tally()
     rings = Rings()
+    halves: dict[tuple[str, int], Message] = {}
     seen = 0
     t_warm = t_end = 0.0
     cpu_warm: dict[str, float | None] = {}
@@ -205,8 +226,10 @@ def _sink(
             raise BenchError(f"the sink got an undecodable message: {e}") from None
         if msg.shm is not None:  # the journey ends here, as in the display
             rings.release(msg.shm)
-        if msg.kind == "eos" or seen >= setup.frames:
+        got = joined(halves, msg)
+        if got is None or got.kind == "eos" or seen >= setup.frames:
             continue
+        msg = got
         seen += 1
         if seen == warm:
             t_warm, cpu_warm, own_warm = now_m, _cpu(procs), time.process_time()

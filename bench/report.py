@@ -110,6 +110,17 @@ def tables(res: dict[str, Any]) -> str:
         rows = [[n, m["before_mb"], m["peak_mb"], m["end_mb"], m["growth_mb"]] for n, m in st["memory"].items()]
         header = ["stage", "RSS before MiB", "peak (stall .. +2 s) MiB", "end MiB", "growth MiB"]
         parts.append(figures.table("Stall: resident memory", header, rows))
+    hosts = res.get("hosts")
+    if hosts and hosts.get("skipped"):
+        parts.append(f"Across hosts: skipped ({hosts['skipped']})")
+    elif hosts and hosts.get("rows"):
+        rows = []
+        for h in hosts["rows"]:
+            lat = h.get("latency_ms") or {}
+            fps = h.get("fps") or h.get("error", "-")[:60]
+            rows.append([h["name"], fps, lat.get("p50"), lat.get("p99"), h.get("no_emotions")])
+        header = ["placement", "fps", "p50 ms", "p99 ms", "frames without emotions"]
+        parts.append(figures.table("Across hosts (network namespaces, files as fast as possible)", header, rows))
     prof = (res.get("profile") or {}).get("profile")
     if prof:
         rows = [[stage, k, v] for stage, p in prof.items() if p for k, v in p["categories"].items()]

@@ -52,6 +52,18 @@ Frames (parts)
             refuses what carries another (or none when it has one): :class:`ForeignRun`, so
             a second pipeline started on the same endpoints cannot feed frames or an
             end-of-stream into this one.
+  ``wait``  bool, on a frame the detector sends straight to the display (two paths,
+            ``[detector] two_paths``): its crops went to a classifier, so the display waits
+            for that result (same ``src`` and ``seq``) before it shows the frame, at most
+            ``[display] join_wait_ms``.
+  ``result``  bool, on a frame without pixels (a classifier's request: ``faces`` and
+            ``crops``; its result: labelled ``faces``, ``labels``, ``uncertain_below``) or on
+            the ``drop`` a classifier sends instead of a result: this is one half of a frame
+            whose pixels went to the display by the other path. The display joins it to that
+            frame and never counts it as a frame of its own.
+  ``no_emotions``  a drop reason, on a frame with faces that no result will label (its crops
+            could not go to a classifier: ``send``, ``encode``); the display shows it without
+            emotions and says why (the events record's ``no_emotions``).
   ``reason``  why a ``drop`` was dropped: one of :class:`DropReason` (str; a reader maps a
             name it does not know to ``unknown``); ``frames``/``dropped`` ints on ``eos``.
             ``dropped`` also on capture's frames (and the markers that stand for them): the
@@ -107,6 +119,10 @@ Drop reasons (:class:`DropReason`; also the keys every stage counts drops under 
 - detector: ``no_image``, ``bad_image``, ``detect_error``, ``crop_error``, ``excess_faces`` (faces
   beyond ``max_faces``, counted only);
 - classifier: ``no_crops``, ``crop_shape``, ``classify_error``;
+- display, two paths (the frame is shown without emotions, counted): ``join_timeout`` (its result
+  did not come within ``[display] join_wait_ms``), ``join_full`` (``[display] join_max_pending``
+  frames and results were waiting: the oldest went first), ``stopped`` (the display stopped while it
+  waited); ``late_result`` (a result whose frame never came or was shown already; counted only);
 - display (counted only): ``seq_window``, ``too_many_sources``, ``evicted_source``, ``display_error``
   (and ``sink_<name>`` per failing sink);
 - ``unknown``: a reason this reader does not know (a newer writer's).
@@ -175,6 +191,10 @@ class DropReason(StrEnum):
     NO_CROPS = "no_crops"
     CROP_SHAPE = "crop_shape"
     CLASSIFY_ERROR = "classify_error"
+    JOIN_TIMEOUT = "join_timeout"
+    JOIN_FULL = "join_full"
+    STOPPED = "stopped"
+    LATE_RESULT = "late_result"
     SEQ_WINDOW = "seq_window"
     TOO_MANY_SOURCES = "too_many_sources"
     EVICTED_SOURCE = "evicted_source"
@@ -311,6 +331,9 @@ class Frame:
     path: str | None = None  # the image file the frame came from (folder and image sources)
     t: dict[str, float] = field(default_factory=dict)
     dropped: int | None = None
+    wait: bool = False  # two paths: a classifier result for this frame follows (the display joins it)
+    result: bool = False  # two paths: a classifier's request or result, no pixels (joined at the display)
+    no_emotions: DropReason | None = None  # why no result will label these faces
 
     @property
     def image(self) -> np.ndarray | None:
@@ -340,6 +363,7 @@ class Drop:
     t: dict[str, float] = field(default_factory=dict)
     shm: ShmRef | None = None
     dropped: int | None = None
+    result: bool = False  # two paths: it stands for a classifier result (see Frame.result)
 
 
 @dataclass(slots=True)
@@ -408,11 +432,16 @@ class _FrameHead(_Head, tag="frame"):
     faces: Annotated[list[Face], Meta(max_length=MAX_FACES)] = msgspec.field(default_factory=list)
     labels: Annotated[list[Name], Meta(max_length=MAX_LABELS)] | None = None
     uncertain_below: Unit | None = None
+    wait: bool = False
+    result: bool = False
+    no_emotions: Name | None = None  # a name this reader does not know reads as DropReason.UNKNOWN
 
     def __post_init__(self) -> None:
         _Head.__post_init__(self)
         if self.path is not None:
             _printable(self.path, "path")
+        if self.no_emotions is not None:
+            _printable(self.no_emotions, "no_emotions")
         for name in self.labels or ():
             _printable(name, "labels")
 
@@ -420,6 +449,7 @@ class _FrameHead(_Head, tag="frame"):
 class _DropHead(_Head, tag="drop"):
     reason: Name | None = None  # a name this reader does not know reads as DropReason.UNKNOWN
     image: _Shm | None = None  # the slot to release; a drop never carries pixels
+    result: bool = False
 
     def __post_init__(self) -> None:
         _Head.__post_init__(self)
@@ -478,9 +508,14 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
             faces=msg.faces,
             labels=msg.labels,
             uncertain_below=msg.uncertain_below,
+            wait=msg.wait,
+            result=msg.result,
+            no_emotions=msg.no_emotions,
         )
     elif isinstance(msg, Drop):
-        head = _DropHead(**common, reason=msg.reason, image=None if msg.shm is None else _shm_out(msg.shm))
+        head = _DropHead(
+            **common, reason=msg.reason, image=None if msg.shm is None else _shm_out(msg.shm), result=msg.result
+        )
     else:
         head = _EosHead(**common, frames=msg.frames)
     try:
@@ -549,7 +584,7 @@ def decode(parts: list[bytes] | list[memoryview] | list[Any], copy_image: bool =
     if isinstance(h, _DropHead):
         reason = DropReason.UNKNOWN if h.reason is None else DropReason.read(h.reason)
         shm = None if h.image is None else ShmRef(h.image.ring, h.image.slot, h.image.gen, h.image.shape)
-        return Drop(h.src, h.seq, h.ts, reason, h.live, h.t, shm, h.dropped)
+        return Drop(h.src, h.seq, h.ts, reason, h.live, h.t, shm, h.dropped, h.result)
     assert isinstance(h, _EosHead)
     return Eos(h.src, h.seq, h.ts, h.frames, h.dropped, h.live, h.t)
 
@@ -573,8 +608,23 @@ def _frame(h: _FrameHead, parts: list[Any], copy: bool) -> Frame:
         raise CodecError(f"{len(parts) - i} unexpected extra frame(s)")
     if crops is not None and len(crops) != len(h.faces):
         raise CodecError(f"{len(crops)} crops for {len(h.faces)} faces")
+    no_emotions = None if h.no_emotions is None else DropReason.read(h.no_emotions)
     return Frame(
-        h.src, h.seq, h.ts, h.live, pixels, h.faces, crops, h.labels, h.uncertain_below, h.path, h.t, h.dropped
+        h.src,
+        h.seq,
+        h.ts,
+        h.live,
+        pixels,
+        h.faces,
+        crops,
+        h.labels,
+        h.uncertain_below,
+        h.path,
+        h.t,
+        h.dropped,
+        h.wait,
+        h.result,
+        no_emotions,
     )
 
 
@@ -620,6 +670,7 @@ def drop_marker(msg: Message, reason: DropReason) -> Drop:
         t=dict(msg.t),
         shm=None if ref is None else ref.bare(),
         dropped=msg.dropped if msg.kind == "frame" else None,
+        result=msg.kind != "eos" and msg.result,
     )
 
 

@@ -95,6 +95,9 @@ class DetectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
     max_faces: Annotated[int, Meta(ge=1, le=256)] = 32  # bus.codec.MAX_FACES
     align: bool = True  # rotate each crop so the eyes are level (BlazeFace eye keypoints)
+    # crops and faces to the classifier, the frame straight to the display (which joins them); false: one
+    # path, every frame through the classifier (docs/pipeline.md#two-paths)
+    two_paths: bool = True
 
 
 class ClassifierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,6 +139,10 @@ class DisplayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mqtt: str = ""  # MQTT broker "host:port" for the events records; "" = off
     mqtt_prefix: str = "emostream"  # MQTT topics: <prefix>/<src>/events, <prefix>/<src>/tracks/<id>, <prefix>/status
     mqtt_qos: Annotated[int, Meta(ge=0, le=2)] = 0  # 0, 1 or 2
+    # two paths: a frame waits this long for its classifier result, then is shown without emotions
+    join_wait_ms: Annotated[int, Meta(ge=1, le=600_000)] = 1000
+    # two paths: frames and results waiting to be joined at once; the oldest is released first
+    join_max_pending: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -279,7 +279,9 @@ class StageSockets:
     """One stage's sockets, opened from the config the way every ``__main__`` needs them: a PULL
     bound on the stage's own endpoint (``[<stage>] endpoints[instance]``; the display's
     ``[display] endpoint``; capture binds none) and ``pushes`` PUSH sockets connected to every
-    endpoint of the next stage (the display pushes nothing).
+    endpoint of the next stage (the display pushes nothing); the detector with ``[detector]
+    two_paths`` also :attr:`side`, a PUSH connected to the display (a CURVE client of the display's
+    key: ``keys_dir/display.key``).
 
     Made early, it checks ``instance`` and loads the CURVE keys (:func:`security`, kept as
     :attr:`security` for the stage's other servers); entered, it binds and connects; left, it closes
@@ -301,6 +303,11 @@ class StageSockets:
             self.bind = endpoints[instance]
         try:
             self.security = security(cfg.bus, stage, peer=self.peer, serves=self.bind is not None)
+            self.side_security = (
+                security(cfg.bus, stage, peer="display", serves=False)
+                if stage == "detector" and cfg.detector.two_paths
+                else None
+            )
         except ConfigError as e:
             fail(stage, str(e))
         self.targets: tuple[str, ...] = ()
@@ -311,6 +318,7 @@ class StageSockets:
         self.ctx: Context | None = None
         self.pull: zmq.Socket | None = None
         self.push: list[zmq.Socket] = []
+        self.side: zmq.Socket | None = None
 
     def __enter__(self) -> StageSockets:
         bus = self.cfg.bus
@@ -324,6 +332,9 @@ class StageSockets:
             if self.targets:
                 for _ in range(self.pushes):
                     self.push.append(push(self.ctx, self.targets, bus.hwm, bus.send_timeout_ms, self.security))
+            if self.stage == "detector" and self.cfg.detector.two_paths:
+                display = (self.cfg.display.endpoint,)
+                self.side = push(self.ctx, display, bus.hwm, bus.send_timeout_ms, self.side_security)
         except BaseException:
             self.close()
             raise
@@ -336,9 +347,9 @@ class StageSockets:
         if self.pull is not None:
             self.pull.close(linger=0)
             self.pull = None
-        for s in self.push:
+        for s in [*self.push, *([self.side] if self.side is not None else [])]:
             s.close()  # LINGER_MS: what is queued gets a moment to go
-        self.push = []
+        self.push, self.side = [], None
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None

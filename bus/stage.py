@@ -25,6 +25,17 @@ What one message goes through (the backpressure rules themselves are :mod:`bus.s
    sent before the next message. A message that did not go frees its shared-memory slot at once:
    nothing downstream will (a later marker's release by the display is then a no-op,
    :meth:`bus.shm.Rings.release` checks the slot's generation).
+
+Two paths (the detector with ``[detector] two_paths``, :class:`TwoPaths`): a frame with faces sends
+its faces and crops to a classifier (a ``result`` request, no pixels) and then itself, without
+crops, to the display, marked ``wait``; the classifier's result (or the drop marker it sends
+instead) goes to the display, which joins the two by source and seq (:mod:`display.join`). A frame
+without faces, and every marker and eos, goes to the display only. A request that cannot go is not
+a drop: the frame goes on unmarked with ``no_emotions`` (shown without emotions, counted
+``no_emotions_<reason>``). File frames wait for the classifier as the one path does, until it has
+taken a first request; after that a request waits at most ``[bus] send_timeout_ms``, and once one
+has timed out (a classifier dead or hung) requests go without blocking until one goes again, so a
+dead classifier costs one timeout, not one per frame.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import numpy as np
 import zmq
 
 from bus import sockets
-from bus.codec import CodecError, DropReason, Message, decode, drop_marker, encode
+from bus.codec import CodecError, DropReason, Frame, Message, decode, drop_marker, encode
 from bus.config import Config
 from bus.owed import Owed
 from bus.runtime import RateLimited, Stats
@@ -164,6 +175,53 @@ class Sender:
             )
 
 
+class TwoPaths:
+    """The detector's two paths (see the module docstring): requests to ``classifier``, frames,
+    markers and eos to the display through ``display`` (a :class:`Sender`, with its policy)."""
+
+    def __init__(self, classifier: zmq.Socket, display: Sender):
+        self.sock, self.display = classifier, display
+        self.taken = False  # a classifier took a request (before: file requests wait as frames do)
+        self.absent = False  # a request timed out: send without blocking until one goes
+
+    def send(self, out: Message) -> bool:
+        """Send ``out`` by its path(s); False when the frame (or marker) did not reach the display."""
+        if out.kind == "frame" and out.faces and out.crops is not None:
+            reason = self.request(out)
+            out = replace(out, crops=None, wait=reason is None, no_emotions=reason)
+        return self.display.send(out)
+
+    def request(self, frame: Frame) -> DropReason | None:
+        """Send ``frame``'s faces and crops to a classifier; None when they went, else why not (counted)."""
+        d = self.display
+        req = Frame(frame.src, frame.seq, frame.ts, frame.live, faces=frame.faces, crops=frame.crops, result=True)
+        req.t = {**frame.t, d.stage: time.time()}
+        reason = None
+        try:
+            parts = encode(req)
+        except CodecError as e:
+            reason = DropReason.ENCODE
+            d.warn.warning("no_emotions_encode", "src %s seq %d: request not encoded: %s", frame.src, frame.seq, e)
+        else:
+            if frame.live or self.absent:
+                sent = sockets.send(self.sock, parts, block=False)
+            elif not self.taken:
+                sent = sockets.send_patiently(self.sock, parts, d.stop)
+            else:
+                sent = sockets.send(self.sock, parts, block=True)
+            self.taken = self.taken or sent
+            if not frame.live:
+                self.absent = not sent
+            if not sent:
+                reason = DropReason.SEND
+                d.warn.warning(
+                    "no_emotions_send", "src %s seq %d: no classifier took its crops: no emotions", frame.src, frame.seq
+                )
+        if reason is not None:
+            d.stats.drop(f"no_emotions_{reason}")
+        return reason
+
+
 def handle(
     msg: Message,
     step: Step,
@@ -212,13 +270,17 @@ def run(
     stats: Stats,
     log: logging.Logger,
     pixels: bool = False,
+    display_sock: zmq.Socket | None = None,
 ) -> None:
     """Move messages until ``stop`` (see the module docstring); one ``final stats`` line on the way
     out. ``error``: the drop reason of a frame ``step`` raised on; ``pixels``: ``step`` reads the
-    pixels of shared-memory frames (they are looked up in place and passed on as references)."""
+    pixels of shared-memory frames (they are looked up in place and passed on as references);
+    ``display_sock``: two paths (:class:`TwoPaths`), ``out_sock`` then takes only the requests."""
     warn = RateLimited(log)
     rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
-    sender = Sender(stage, out_sock, stop, stats, warn, rings, cfg.bus.jpeg_quality or None)
+    jpeg = cfg.bus.jpeg_quality or None
+    sender = Sender(stage, out_sock if display_sock is None else display_sock, stop, stats, warn, rings, jpeg)
+    send = sender.send if display_sock is None else TwoPaths(out_sock, sender).send
     while not stop.is_set():
         stats.maybe_log()
         parts = sockets.recv(in_sock, POLL_MS)
@@ -228,6 +290,6 @@ def run(
         msg = receive(parts, stats, warn)
         if msg is not None:
             got = rings if pixels else None
-            sender.send(handle(msg, step, error, time.time(), cfg.bus.max_age_ms, stats, warn, got))
+            send(handle(msg, step, error, time.time(), cfg.bus.max_age_ms, stats, warn, got))
     sender.close(log)
     log.info("final stats: %s", stats.line())

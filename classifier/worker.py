@@ -5,7 +5,9 @@ Consumes detector messages (``faces`` + ``crops``, image forwarded); produces th
 ``msg.uncertain_below`` and no crops, and sends it to the
 display. ``drop`` and ``eos`` markers pass through untouched; a frame this stage cannot classify
 becomes a ``drop`` marker with the reason, so the display can account for it. The loop around
-:func:`step` (age, sending, markers) is :mod:`bus.stage`'s.
+:func:`step` (age, sending, markers) is :mod:`bus.stage`'s. With two paths the detector sends only
+faces and crops (a ``result`` request, no pixels): the answer is a ``result`` frame (labelled faces,
+no pixels), or a ``result`` drop marker, which the display joins to the frame it got directly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m detector``: find faces in frames from capture and push frames + crops to the classifier.
+"""``python -m detector``: find faces in frames from capture; push crops to the classifier, frames to the display.
 
 With ``--image`` or ``--video`` it runs alone (no sockets) and prints one JSON line per frame:
 ``{"src", "seq", "faces": [...]}``, each face as the events record has it
@@ -112,16 +112,18 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
     with backend, plumbing as socks:
         assert socks.pull is not None
         log.info(
-            "%s on %s -> %s (crops %dx%d %s; %s backend)",
+            "%s on %s -> %s%s (crops %dx%d %s; %s backend)",
             backend.model,
             socks.bind,
             ", ".join(socks.targets),
+            f", frames -> {cfg.display.endpoint}" if socks.side is not None else "",
             spec.size,
             spec.size,
             spec.colour,
             cfg.detector.backend,
         )
-        run(cfg, socks.pull, socks.push[0], backend, stop, Stats(log, cfg.bus.stats_interval_s), spec)
+        stats = Stats(log, cfg.bus.stats_interval_s)
+        run(cfg, socks.pull, socks.push[0], backend, stop, stats, spec, socks.side)
 
 
 if __name__ == "__main__":

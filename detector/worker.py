@@ -6,7 +6,9 @@ reference) with ``faces`` (left to right) and ``crops`` (one ``size x size x C``
 face, made by :func:`bus.preprocess.crop_face` for the classifier model's sidecar spec), stamped
 ``t["detector"]`` when sent. Frames that cannot be processed become ``drop`` markers with a
 ``reason``; ``drop`` and ``eos`` messages are passed on unchanged. The loop around :func:`step`
-(pixels, age, sending, markers) is :mod:`bus.stage`'s.
+(pixels, age, sending, markers) is :mod:`bus.stage`'s. With two paths (``[detector] two_paths``,
+:class:`bus.stage.TwoPaths`) the faces and crops go to the classifier and the frame, without
+crops, straight to the display.
 """
 
 from __future__ import annotations
@@ -85,9 +87,10 @@ def run(
     stop: threading.Event,
     stats: Stats,
     spec: ModelSpec,
+    display_sock: zmq.Socket | None = None,
 ) -> None:
     """Run :func:`bus.stage.run` with :func:`step` until ``stop``; faces beyond ``max_faces`` are
-    counted (``excess_faces``)."""
+    counted (``excess_faces``). ``display_sock``: two paths (``out_sock`` gets only the crops)."""
 
     def detect(msg: Message) -> Message:
         before = backend.excess
@@ -97,4 +100,16 @@ def run(
             if backend.excess > before:
                 stats.drop(DropReason.EXCESS_FACES, backend.excess - before)
 
-    stage.run(cfg, "detector", in_sock, out_sock, detect, DropReason.DETECT_ERROR, stop, stats, log, pixels=True)
+    stage.run(
+        cfg,
+        "detector",
+        in_sock,
+        out_sock,
+        detect,
+        DropReason.DETECT_ERROR,
+        stop,
+        stats,
+        log,
+        pixels=True,
+        display_sock=display_sock,
+    )

@@ -14,6 +14,12 @@ taken as the source's new numbering (a restarted capture starts again at 0). At 
 ``[display] max_sources`` sources have state at once: those in ``[capture]`` always, others are
 evicted least recently used (counted and logged; their counts go into one ``evicted`` line).
 
+Two paths (``[detector] two_paths``): a frame marked ``wait`` is held until its classifier result
+arrives (:mod:`display.join`, bounded by ``[display] join_wait_ms`` and ``join_max_pending``), then
+shown with its emotions, or without them (``no_emotions`` and its reason, in the events record and
+counted ``no_emotions_<reason>``). A ``result`` half is never counted as a frame of its own; a frame
+is accounted once, when it is shown or dropped.
+
 Tracking lives here because the display is the only single sink (detectors and classifiers may run
 as several copies): one :class:`display.track.Follow` per source gives every face a ``track`` id and
 ``smoothed`` probabilities / ``smoothed_label``, added to the events record next to the raw ones.
@@ -40,6 +46,7 @@ from bus.shm import Rings
 from bus.sockets import recv
 from bus.stage import POLL_MS, is_stale, receive, take_pixels
 from display.draw import annotate
+from display.join import Joins, Released
 from display.journal import Journal
 from display.smooth import Smoother
 from display.track import Follow, Tracked, Tracker
@@ -308,6 +315,8 @@ def event(msg: Frame, now: float, tracked: Sequence[Tracked] | None = None) -> d
     rec.update(faces=faces, latency_ms=round((now - msg.ts) * 1000.0, 1))
     if below is not None:
         rec["uncertain_below"] = below
+    if msg.no_emotions is not None:
+        rec["no_emotions"] = str(msg.no_emotions)  # two paths: why no classifier result labels these faces
     return rec
 
 
@@ -367,6 +376,7 @@ class Display:
         self.others: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
         self.max_others = max(0, cfg.display.max_sources - len(self.configured))
         self.rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
+        self.joins = Joins(cfg.display.join_wait_ms / 1000.0, cfg.display.join_max_pending)
 
     def _admit(self, msg: Message) -> bool:
         """Room for ``msg``'s source (evicting the least recently used other source), and its seq
@@ -423,16 +433,40 @@ class Display:
             self.log.info(
                 "%s: end of source after %d frames (%d dropped at capture)", msg.src, msg.frames, msg.dropped or 0
             )
+        elif msg.result or (
+            msg.kind == "frame" and msg.wait and not is_stale(msg, self.wall(), self.cfg.bus.max_age_ms)
+        ):
+            frame, released = self.joins.add(msg, now)
+            self.release(released, now)
+            if frame is not None:
+                self._show(frame, now, frame.dropped)
         elif msg.kind == "drop":
             reason = msg.reason or DropReason.UNKNOWN  # a name bus.codec does not know is UNKNOWN already
             self.ledger.drop(msg.src, reason, now, msg.seq, capture_dropped)
             self.stats.drop(reason)
+            self.joins.forget(msg.src, msg.seq)  # a result already here has nothing to join
         elif is_stale(msg, self.wall(), self.cfg.bus.max_age_ms):
             self.ledger.drop(msg.src, DropReason.STALE, now, msg.seq, capture_dropped)
             self.stats.drop(DropReason.STALE)
             self.warn.warning(DropReason.STALE, "%s#%d: stale live frame dropped", msg.src, msg.seq)
+            self.joins.forget(msg.src, msg.seq)
         else:
             self._show(msg, now, capture_dropped)
+
+    def expire(self, now: float) -> None:
+        """Release what has waited ``[display] join_wait_ms`` for its other half (call it often)."""
+        self.release(self.joins.expire(now), now)
+
+    def release(self, released: list[Released], now: float) -> None:
+        """Show the frames that waited in vain (without emotions); count the results nobody joined."""
+        for r in released:
+            if r.frame is None:
+                self.stats.drop(r.reason)
+            else:
+                self.warn.warning(
+                    f"no_emotions_{r.reason}", "%s#%d: shown without emotions: %s", r.frame.src, r.frame.seq, r.reason
+                )
+                self._show(r.frame, now, r.frame.dropped)
 
     def _show(self, msg: Frame, now: float, capture_dropped: int | None) -> None:
         """Track, draw and hand a frame to every sink. Nothing raised here stops the stage: a
@@ -451,6 +485,8 @@ class Display:
             return
         self.ledger.frame(msg.src, now, msg.seq, capture_dropped)
         self.stats.frame(msg.ts)
+        if msg.no_emotions is not None and msg.faces:
+            self.stats.drop(f"no_emotions_{msg.no_emotions}")
         for sink in self.sinks:
             try:
                 sink.write(msg, out.image, out.event)
@@ -494,6 +530,7 @@ def run(
             now = clock()
             if parts is not None:
                 disp.handle(parts, now)
+            disp.expire(now)
             stall.check(  # configured sources only: a stranger that goes quiet is not a stall
                 {
                     s: c.last
@@ -506,6 +543,7 @@ def run(
                 log.info("every source ended and is accounted for: exiting")
                 break
     finally:
+        disp.release(disp.joins.flush(), clock())
         disp.close()
         disp.ledger.finalise()
         if disp.journal is not None:  # the run is over for the display only when it ended by itself

@@ -1,7 +1,7 @@
 """``python -m capture`` and ``python -m detector`` as real processes on random ports.
 
 The test plays the classifier: it binds a PULL socket on the classifier endpoint and reads what the
-detector sends. asl_book.mkv has one face in every frame (see docs/detector.md).
+detector sends, with ``[detector] two_paths = false`` (the two paths: ``test_two_paths.py``). asl_book.mkv has one face in every frame (see docs/detector.md).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ sources = [{{ id = "book", uri = "{video}", realtime = false }}]
 eof_linger_s = 30.0
 [detector]
 endpoints = ["{det}"]
+two_paths = false  # one path: the test, playing the classifier, gets whole frames, markers and eos
 [classifier]
 endpoints = ["{clf}"]
 model = "{tmp_path / "fake.tflite"}"

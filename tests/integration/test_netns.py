@@ -4,7 +4,9 @@
 
 The sender with the classifier's key gets every frame through; a sender without keys, and one with
 a key the display does not allow, get nothing in (the display's ledger counts exactly the real
-frames). Skips, saying why, where network namespaces cannot be made (not root, no ``ip``, a
+frames). The whole pipeline with two paths runs across them too: capture and detector in one,
+classifier and display in the other, CURVE on, every frame joined with its emotion (and, with the
+classifier killed mid-run, the rest shown without emotions, the run ending by itself). Skips, saying why, where network namespaces cannot be made (not root, no ``ip``, a
 container without CAP_SYS_ADMIN); the namespaces are always deleted afterwards.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -177,3 +180,89 @@ def test_curve_across_namespaces_lets_the_key_holder_in_and_nobody_else(
         if display.poll() is None:
             display.kill()
             display.wait(5)
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["all", "classifier_killed"])
+def test_two_paths_across_namespaces_with_curve(
+    netns: tuple[str, str], tmp_path: Path, bus_toml, shared_data: Path, kill: bool
+) -> None:
+    """Capture and detector on one "host", classifier and display on the other, CURVE on: the crops
+    and the frames cross the veth pair by their two paths, and every frame of asl_signer_concat10.mp4
+    (648, one face each) reaches the events with its emotion. With the classifier stopped and killed
+    after 100 frames, the frames whose crops it held and every later one are shown without emotions,
+    and the run ends by itself, nothing lost."""
+    server, client = netns
+    keys = tmp_path / "keys"
+    generate(keys, STAGES)
+    video = shared_data / "media/videos/asl_signer_concat10.mp4"
+    events = tmp_path / "events.jsonl"
+    cfg = bus_toml(
+        {
+            "bus": {
+                "allow_remote": True,
+                "curve": True,
+                "keys_dir": str(keys),
+                "shm_slots": 0,  # pixels in the messages: the hosts share no memory
+                "stats_interval_s": 60.0,
+            },
+            "capture": {
+                "sources": [{"id": "asl", "uri": str(video), "realtime": kill, **({"fps": 60.0} if kill else {})}],
+                "eof_linger_s": 30.0,
+            },
+            "detector": {"endpoints": [f"tcp://{CLIENT_IP}:5601"]},
+            "classifier": {
+                "endpoints": [f"tcp://{SERVER_IP}:5602"],
+                "model": str(ROOT / "models/fer2013_emonet.tflite"),
+            },
+            "display": {
+                "endpoint": f"tcp://{SERVER_IP}:5603",
+                "web": "",
+                "events": str(events),
+                "drain_timeout_s": 3.0,
+                "join_wait_ms": 500,
+            },
+        }
+    )
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {s: tmp_path / f"{s}.log" for s in ("display", "classifier", "detector", "capture")}
+    try:
+        for stage, ns in (("display", server), ("classifier", server), ("detector", client), ("capture", client)):
+            with logs[stage].open("wb") as out:
+                procs[stage] = subprocess.Popen(
+                    in_ns(ns, sys.executable, "-m", stage, "--config", str(cfg)),
+                    cwd=ROOT,
+                    env=env(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        if kill:
+            deadline = time.monotonic() + 120
+            while not events.exists() or len(events.read_text().splitlines()) < 100:
+                assert time.monotonic() < deadline and procs["display"].poll() is None, logs["display"].read_text()
+                time.sleep(0.05)
+            procs["classifier"].send_signal(signal.SIGSTOP)  # its queue fills with crops...
+            time.sleep(1.0)
+            procs["classifier"].send_signal(signal.SIGKILL)  # ...and goes with it
+        rc = procs["display"].wait(150)
+        text = logs["display"].read_text(errors="replace")
+        assert rc == 0, text[-3000:]
+        assert "final asl: read 648  in events 648  dropped 0  lost 0" in text, text[-3000:]
+        recs = [json.loads(line) for line in events.read_text().splitlines()]
+        assert sorted(r["seq"] for r in recs) == list(range(648))
+        bare = {r["no_emotions"] for r in recs if "no_emotions" in r}
+        if kill:
+            assert "join_timeout" in bare and bare <= {"join_timeout", "join_full", "send"}, bare
+            assert all((r["faces"][0]["label"] is None) == ("no_emotions" in r) for r in recs)
+        else:
+            assert not bare and all(r["faces"][0]["label"] is not None for r in recs)
+        assert "frames -> tcp://169.254.77.1:5603" in logs["detector"].read_text(errors="replace")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)

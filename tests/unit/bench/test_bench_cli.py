@@ -13,7 +13,7 @@ from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"bench", "date", "command", "machine", "loadavg_start_end", "note", "frames"}
-SECTIONS = {"sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile"}
+SECTIONS = {"sequential", "pipeline", "latency", "stall", "scaling", "classifier", "hop", "profile", "hosts"}
 RUN_KEYS = {"name", "fps", "ratio_to_sequential", "latency_ms", "hops_p50_ms", "drops_at_sink", "stages"}
 
 

@@ -255,3 +255,32 @@ def test_report_stall_tables() -> None:
     base = {"hop": {"error": "x"}}
     for res in (base, {**base, "stall": None}, {**base, "stall": {"name": "stall 2 s", "error": "boom"}}):
         assert "Stall:" not in tables(res)
+
+
+def test_the_sink_joins_the_two_paths_as_the_display_does() -> None:
+    from bench.pipeline import joined
+    from bus.codec import Drop, DropReason, Face, Frame
+
+    halves: dict = {}
+    face, labelled = Face((1.0, 1.0, 5.0, 5.0)), Face((1.0, 1.0, 5.0, 5.0), label="a", probs=[1.0])
+    assert joined(halves, Frame("s", 0, 1.0, faces=[face], wait=True, t={"detector": 2.0})) is None
+    out = joined(halves, Frame("s", 0, 1.0, faces=[labelled], result=True, t={"classifier": 3.0}))
+    assert out is not None and out.kind == "frame" and out.faces == [labelled]
+    assert out.t == {"detector": 2.0, "classifier": 3.0} and halves == {}
+    assert joined(halves, Drop("s", 1, 1.0, DropReason.STALE, result=True)) is None
+    dropped = joined(halves, Frame("s", 1, 1.0, faces=[face], wait=True))
+    assert dropped is not None and dropped.kind == "drop" and dropped.reason == "stale"
+    plain = Frame("s", 2, 1.0)
+    assert joined(halves, plain) is plain
+
+
+def test_the_hosts_configs_place_each_stage_in_its_namespace(tmp_path: Path) -> None:
+    from bench.hosts import PLACEMENTS, config
+
+    one = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e")
+    three = config(PLACEMENTS["3 hosts"], tmp_path / "c.mp4", tmp_path, True, False, tmp_path / "e")
+    assert one["display"]["endpoint"] == "tcp://127.0.0.1:5603" and one["detector"]["two_paths"] is True
+    assert three["detector"]["endpoints"] == ["tcp://169.254.78.1:5601"]
+    assert three["classifier"]["endpoints"] == ["tcp://169.254.78.2:5602"]
+    assert three["display"]["endpoint"] == "tcp://169.254.78.3:5603"
+    assert three["bus"]["curve"] is True and three["bus"]["shm_slots"] == 0 and not three["detector"]["two_paths"]

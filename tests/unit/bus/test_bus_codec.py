@@ -46,6 +46,29 @@ def test_frame_roundtrip_keeps_everything() -> None:
     assert out.labels == ["sad", "happy"] and out.t == {"capture": 1.0}
 
 
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Frame("c", 1, 2.0, pixels=np.zeros((4, 4, 3), np.uint8), faces=[Face((1, 1, 2, 2))], wait=True),
+        Frame("c", 1, 2.0, faces=[Face((1, 1, 2, 2))], crops=np.zeros((1, 8, 8, 1), np.uint8), result=True),
+        Frame("c", 1, 2.0, faces=[Face((1, 1, 2, 2))], no_emotions=DropReason.SEND),
+        Drop("c", 1, 2.0, DropReason.CLASSIFY_ERROR, result=True),
+    ],
+)
+def test_the_two_paths_keys_round_trip(msg: Message) -> None:
+    out = roundtrip(msg)
+    for key in ("wait", "result", "no_emotions", "reason"):
+        assert getattr(out, key, None) == getattr(msg, key, None), key
+
+
+def test_a_result_frame_becomes_a_result_drop_and_an_unknown_no_emotions_reads_unknown() -> None:
+    res = Frame("c", 1, 2.0, result=True)
+    assert drop_marker(res, DropReason.STALE).result and not drop_marker(Eos("c", 1, 2.0), DropReason.SEND).result
+    head = msgpack.packb({"v": VERSION, "kind": "frame", "src": "c", "seq": 1, "ts": 2.0, "no_emotions": "newer"})
+    out = decode([head])
+    assert out.kind == "frame" and out.no_emotions == DropReason.UNKNOWN
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (5, 7, 1), (480, 640, 3)])
 def test_image_shapes(shape: tuple[int, int, int]) -> None:
     img = np.zeros(shape, np.uint8)

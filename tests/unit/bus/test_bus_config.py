@@ -178,6 +178,8 @@ OUT_OF_RANGE = [
     ("display", "smoothing_alpha", 0, r"\[display\] smoothing_alpha: must be in \(0, 1\], got 0.0"),
     ("display", "smoothing_window", 0, r"\[display\] smoothing_window: must be in \[1, 100000\], got 0"),
     ("display", "smoothing_hold", 0, r"\[display\] smoothing_hold: must be in \[1, 100000\], got 0"),
+    ("display", "join_wait_ms", 0, r"\[display\] join_wait_ms: must be in \[1, 600000\], got 0"),
+    ("display", "join_max_pending", 0, r"\[display\] join_max_pending: must be in \[1, 100000\], got 0"),
     ("display", "stall_warn_s", -0.5, r"\[display\] stall_warn_s: must be in \[0, 86400\], got -0.5"),
 ]
 

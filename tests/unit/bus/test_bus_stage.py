@@ -4,8 +4,10 @@ reasons on the wire. The loop over real sockets is tested through the stages tha
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -13,10 +15,12 @@ import numpy as np
 import pytest
 import zmq
 
+from bus import sockets
 from bus.codec import Drop, DropReason, Eos, Face, Frame, Message, ShmRef, decode, encode
 from bus.runtime import RateLimited, Stats
 from bus.shm import Ring, Rings
-from bus.stage import Sender, handle, is_stale, receive, take_pixels, view_pixels
+from bus.stage import Sender, TwoPaths, handle, is_stale, receive, take_pixels, view_pixels
+from emostream.launch import free_port
 
 LOG = logging.getLogger("test.stage")
 NOW = 1_000_000.0
@@ -187,3 +191,70 @@ def test_a_frame_that_cannot_be_encoded_goes_on_as_an_encode_marker(tmp_path: Pa
         ctx.term()
     assert (got.kind, got.seq, got.reason) == ("drop", 4, "encode") and "detector" in got.t
     assert dict(stats.drops) == {"encode": 1}
+
+
+def test_two_paths_crops_to_the_classifier_the_frame_to_the_display_and_no_emotions_when_none_takes_them(
+    tmp_path: Path,
+) -> None:
+    ctx = zmq.Context()
+    clf_in, disp_in = sockets.pull(ctx, "inproc://two-clf", 4), sockets.pull(ctx, "inproc://two-disp", 4)
+    to_clf = sockets.push(ctx, ["inproc://two-clf"], 4, 100)
+    to_disp = sockets.push(ctx, ["inproc://two-disp"], 4, 100)
+    nobody = sockets.push(ctx, [f"tcp://127.0.0.1:{free_port()}"], 4, 100)  # a classifier that is not there
+    stats = Stats(LOG, 60.0)
+    display = Sender("detector", to_disp, threading.Event(), stats, RateLimited(LOG), Rings(directory=tmp_path))
+    face = Face((1.0, 2.0, 30.0, 30.0), 0.9)
+    crops = np.full((1, 48, 48, 1), 7, np.uint8)
+    with_face = Frame("cam", 1, NOW, live=True, pixels=np.zeros((60, 80, 3), np.uint8), faces=[face], crops=crops)
+    try:
+        paths = TwoPaths(to_clf, display)
+        assert paths.send(with_face)
+        assert paths.send(Frame("cam", 2, NOW, live=True, pixels=np.zeros((60, 80, 3), np.uint8)))
+        assert paths.send(Drop("cam", 3, NOW, DropReason.STALE))
+        request = decode(clf_in.recv_multipart())
+        got = [decode(disp_in.recv_multipart()) for _ in range(3)]
+        assert not clf_in.poll(100), "only frames with faces go to the classifier"
+        lonely = TwoPaths(nobody, display)
+        lonely.send(dataclasses.replace(with_face, seq=4))
+        unlabelled = decode(disp_in.recv_multipart())
+    finally:
+        for s in (clf_in, disp_in, to_clf, to_disp, nobody):
+            s.close(0)
+        ctx.term()
+    assert request.kind == "frame" and request.result and request.pixels is None and request.crops is not None
+    assert (request.seq, request.faces, request.crops.shape, "detector" in request.t) == (
+        1,
+        [face],
+        (1, 48, 48, 1),
+        True,
+    )
+    first = got[0]
+    assert first.kind == "frame" and first.wait and first.crops is None and first.image is not None
+    assert [(m.kind, m.seq, getattr(m, "wait", False)) for m in got[1:]] == [("frame", 2, False), ("drop", 3, False)]
+    assert unlabelled.kind == "frame" and not unlabelled.wait and unlabelled.no_emotions == "send"
+    assert dict(stats.drops) == {"no_emotions_send": 1}
+
+
+def test_two_paths_a_file_request_that_timed_out_makes_the_next_ones_not_wait(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    disp_in = sockets.pull(ctx, "inproc://two-disp2", 16)
+    to_disp = sockets.push(ctx, ["inproc://two-disp2"], 16, 100)
+    nobody = sockets.push(ctx, [f"tcp://127.0.0.1:{free_port()}"], 4, 300)
+    display = Sender("detector", to_disp, threading.Event(), Stats(LOG, 60.0), RateLimited(LOG), Rings(tmp_path))
+    face = Face((1.0, 2.0, 30.0, 30.0), 0.9)
+    msg = Frame("f", 0, NOW, pixels=np.zeros((8, 8, 3), np.uint8), faces=[face], crops=np.zeros((1, 4, 4, 1), np.uint8))
+    took = []
+    try:
+        paths = TwoPaths(nobody, display)
+        paths.taken = True  # a classifier took requests before, then died
+        for seq in range(3):
+            t0 = time.monotonic()
+            paths.send(dataclasses.replace(msg, seq=seq))
+            took.append(time.monotonic() - t0)
+        got = [decode(disp_in.recv_multipart()) for _ in range(3)]
+    finally:
+        for s in (disp_in, to_disp, nobody):
+            s.close(0)
+        ctx.term()
+    assert took[0] >= 0.25 and max(took[1:]) < 0.1, took
+    assert [(m.seq, m.no_emotions) for m in got] == [(0, "send"), (1, "send"), (2, "send")]

@@ -103,3 +103,15 @@ def test_with_curve_the_stages_talk(tmp_path: Path) -> None:
         assert display.pull is not None and classifier.security is not None
         classifier.push[0].send_multipart([b"hello"])
         assert display.pull.poll(5000) and display.pull.recv_multipart() == [b"hello"]
+
+
+@pytest.mark.parametrize("two_paths", [True, False])
+def test_the_detector_with_two_paths_also_pushes_to_the_display(two_paths: bool) -> None:
+    cfg = config()
+    cfg = msgspec.structs.replace(cfg, detector=msgspec.structs.replace(cfg.detector, two_paths=two_paths))
+    with StageSockets("detector", cfg) as socks:
+        side = socks.side
+        assert (side is not None) == two_paths and len(socks.push) == 1
+        if side is not None:
+            assert side.type == zmq.PUSH and side.getsockopt_string(zmq.LAST_ENDPOINT) == cfg.display.endpoint
+    assert side is None or side.closed

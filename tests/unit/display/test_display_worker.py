@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -366,3 +367,24 @@ def test_distinct_drop_reasons_are_bounded():
     for seq in range(1000):
         d.handle(encode(Drop(src="s0", seq=seq, ts=1.0, reason=f"r{seq:04d}" + "x" * 50)), 0.0)
     assert dict(stats.drops) == {"unknown": 1000} and dict(d.ledger.sources["s0"].drops) == {"unknown": 1000}
+
+
+def test_two_paths_a_frame_is_shown_once_with_its_result_or_without_emotions_after_the_wait():
+    stats, sink = Stats(LOG, 60.0), RecordingSink()
+    d = Display(config("a.mp4"), [sink], stats, LOG)
+    bare = dataclasses.replace(frame(seq=0), labels=None, faces=[Face((1, 1, 10, 10), 0.9)], wait=True)
+    res = dataclasses.replace(frame(seq=0), pixels=None, result=True)
+    d.handle(encode(res), 0.0)  # the result first
+    assert sink.events == [] and len(d.joins) == 1
+    d.handle(encode(bare), 0.1)
+    assert [e["faces"][0]["label"] for e in sink.events] == ["b"] and "no_emotions" not in sink.events[0]
+    d.handle(encode(dataclasses.replace(bare, seq=1)), 0.2)  # its result never comes
+    d.handle(encode(dataclasses.replace(bare, seq=2, wait=False, no_emotions=DropReason.SEND)), 0.2)
+    d.handle(encode(Drop("s0", 3, 1.0, DropReason.STALE, result=True)), 0.2)  # a result whose frame was dropped
+    d.handle(encode(Drop("s0", 3, 1.0, DropReason.SEND)), 0.2)
+    d.release(d.joins.expire(0.2 + d.cfg.display.join_wait_ms / 1000.0), 2.0)
+    assert [(e["seq"], e.get("no_emotions")) for e in sink.events] == [(0, None), (2, "send"), (1, "join_timeout")]
+    assert sink.events[2]["faces"][0]["label"] is None and len(d.joins) == 0
+    c = d.ledger.sources["s0"]
+    assert (c.received, dict(c.drops), c.duplicates) == (3, {"send": 1}, 0)
+    assert stats.drops["no_emotions_join_timeout"] == 1 and stats.drops["no_emotions_send"] == 1
