@@ -5,7 +5,9 @@ added to this machine's own network; all deleted at the end. Placements: every s
 (loopback TCP: one host); capture + detector in ``h1``, classifier + display in ``h2`` (two hosts);
 capture + detector in ``h1``, classifier in ``h2``, display in ``h3`` (three hosts). Each with
 CURVE off and on, ``[detector] two_paths`` off and on. ``shm_slots = 0`` everywhere (hosts share no
-memory; the same on one host so that only the placement differs).
+memory; the same on one host so that only the placement differs), except the first row: one host with
+the shipped settings (pixels in shared memory, no CURVE, two paths), the reference every row's
+``of_default`` (its fps over that row's) is measured against, in the same run.
 
 Each run reads ``clip`` once, as fast as the pipeline takes it, through the real display writing
 events: fps = frames after the warm-up / the time between their events, latency p50/p99 from the
@@ -90,8 +92,10 @@ def namespaces(tag: str) -> Iterator[list[str] | str]:
             _ip("netns", "del", ns)
 
 
-def config(placement: dict[str, int], clip: Path, keys: Path, curve: bool, two_paths: bool, events: Path) -> dict:
-    """The bus.toml of one run (pure)."""
+def config(
+    placement: dict[str, int], clip: Path, keys: Path, curve: bool, two_paths: bool, events: Path, shm: bool = False
+) -> dict:
+    """The bus.toml of one run (pure); ``shm``: pixels in shared memory (one host only)."""
 
     def ep(stage: str) -> str:
         host = "127.0.0.1" if len(set(placement.values())) == 1 else f"{NET}.{placement[stage]}"
@@ -102,7 +106,7 @@ def config(placement: dict[str, int], clip: Path, keys: Path, curve: bool, two_p
             "allow_remote": True,
             "curve": curve,
             "keys_dir": str(keys),
-            "shm_slots": 0,
+            "shm_slots": 16 if shm else 0,
             "hwm": 4,
             "send_timeout_ms": 1000,
             "stats_interval_s": 3600.0,
@@ -131,12 +135,14 @@ def figures_of(events: Path, expected: int) -> dict[str, Any]:
     }
 
 
-def one(ns: list[str], name: str, clip: Path, frames: int, curve: bool, two_paths: bool, work: Path) -> dict:
+def one(
+    ns: list[str], name: str, clip: Path, frames: int, curve: bool, two_paths: bool, work: Path, shm: bool = False
+) -> dict:
     placement = PLACEMENTS[name]
     work.mkdir(parents=True, exist_ok=True)
     keys, events = work / "keys", work / "events.jsonl"
     generate(keys, STAGES)
-    cfg = write_config(work / "bus.toml", config(placement, clip, keys, curve, two_paths, events))
+    cfg = write_config(work / "bus.toml", config(placement, clip, keys, curve, two_paths, events, shm))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for stage in ("display", "classifier", "detector", "capture"):
@@ -180,15 +186,28 @@ def run(clip: Path, frames: int, workdir: Path) -> dict[str, Any]:
     with namespaces(f"eb{os.getpid() % 100000}") as ns:
         if isinstance(ns, str):
             return {"skipped": ns}
-        for name in PLACEMENTS:
-            for curve in (False, True):
-                for two_paths in (False, True):
-                    label = f"{name}, curve {'on' if curve else 'off'}, {'two paths' if two_paths else 'one path'}"
-                    log.info("hosts: %s", label)
-                    work = workdir / label.replace(", ", "-").replace(" ", "_")
-                    try:
-                        row = one(ns, name, clip, frames, curve, two_paths, work)
-                    except (BenchError, OSError) as e:
-                        row = {"error": str(e)[-1000:]}
-                    rows.append({"name": label, "placement": name, "curve": curve, "two_paths": two_paths, **row})
+        runs = [("1 host, shared memory (shipped settings)", "1 host", False, True, True)]
+        runs += [
+            (
+                f"{name}, curve {'on' if curve else 'off'}, {'two paths' if two_paths else 'one path'}",
+                name,
+                curve,
+                two_paths,
+                False,
+            )
+            for name in PLACEMENTS
+            for curve in (False, True)
+            for two_paths in (False, True)
+        ]
+        for label, name, curve, two_paths, shm in runs:
+            log.info("hosts: %s", label)
+            work = workdir / label.replace(", ", "-").replace(" ", "_").replace("(", "").replace(")", "")
+            try:
+                row = one(ns, name, clip, frames, curve, two_paths, work, shm)
+            except (BenchError, OSError) as e:
+                row = {"error": str(e)[-1000:]}
+            rows.append({"name": label, "placement": name, "curve": curve, "two_paths": two_paths, "shm": shm, **row})
+    default = rows[0].get("fps")
+    for row in rows:
+        row["of_default"] = round(row["fps"] / default, 3) if default and row.get("fps") else None
     return {"rows": rows}

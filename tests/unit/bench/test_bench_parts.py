@@ -284,3 +284,5 @@ def test_the_hosts_configs_place_each_stage_in_its_namespace(tmp_path: Path) -> 
     assert three["classifier"]["endpoints"] == ["tcp://169.254.78.2:5602"]
     assert three["display"]["endpoint"] == "tcp://169.254.78.3:5603"
     assert three["bus"]["curve"] is True and three["bus"]["shm_slots"] == 0 and not three["detector"]["two_paths"]
+    shipped = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e", shm=True)
+    assert shipped["bus"]["shm_slots"] == 16 and one["bus"]["shm_slots"] == 0
