@@ -34,7 +34,7 @@ from bench import figures
 from bench.procs import BenchError
 from bus.keys import STAGES, generate
 from bus.paths import shipped_root
-from emostream.launch import child_env, write_config
+from emostream.launch import child_env, stop_all, write_config
 
 log = logging.getLogger("bench")
 
@@ -167,15 +167,7 @@ def one(
             raise BenchError(f"the display exited {rc}: {(work / 'display.log').read_text()[-1000:]}")
         return figures_of(events, frames)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(list(procs.values()), 10.0)
 
 
 def run(clip: Path, frames: int, workdir: Path) -> dict[str, Any]:

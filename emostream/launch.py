@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,17 @@ class Proc:
         return _reap(self.popen, timeout_s)
 
 
+def stop_all(popens: Sequence[subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+    """SIGTERM every process still running, in the given order; up to ``timeout_s`` in all, then
+    SIGKILL. Every one is reaped; their exit codes, in the same order (for processes started with a
+    prefix :meth:`Launcher.start` cannot give, e.g. ``ip netns exec``)."""
+    for popen in popens:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    return [_reap(popen, deadline - time.monotonic()) for popen in popens]
+
+
 def _reap(popen: subprocess.Popen[bytes], timeout_s: float) -> int:
     try:
         return popen.wait(max(POLL_S, timeout_s))
@@ -250,11 +261,9 @@ class Launcher:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
         """SIGTERM every process, the last started (the source) first; up to ``timeout_s`` in all,
         then SIGKILL. Every process is reaped; their exit codes by name."""
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        return {p.name: _reap(p.popen, deadline - time.monotonic()) for p in self.procs}
+        last_first = list(reversed(self.procs))
+        codes = dict(zip((p.name for p in last_first), stop_all([p.popen for p in last_first], timeout_s), strict=True))
+        return {p.name: codes[p.name] for p in self.procs}
 
     def __enter__(self) -> Launcher:
         return self

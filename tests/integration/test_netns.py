@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bus.keys import STAGES, generate
-from emostream.launch import child_env
+from emostream.launch import child_env, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(180)
@@ -257,12 +257,4 @@ def test_two_paths_across_namespaces_with_curve(
             assert not bare and all(r["faces"][0]["label"] is not None for r in recs)
         assert "frames -> tcp://169.254.77.1:5603" in logs["detector"].read_text(errors="replace")
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_all(list(procs.values()), 10.0)
