@@ -191,8 +191,8 @@ def _shorthands(value: Any, tp: Any) -> Any:
         items = [value] if isinstance(value, (str, dict)) else value
         return [_shorthands(v, item) for v in items] if isinstance(items, list) else items
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct) and isinstance(value, dict):
-        fields = {f.name: f.type for f in msgspec.structs.fields(tp)}
-        return {k: _shorthands(v, fields[k]) if k in fields else v for k, v in value.items()}
+        names = {f.name for f in msgspec.structs.fields(tp)}
+        return {k: _shorthands(v, _step(tp, k)) if k in names else v for k, v in value.items()}
     if tp is str and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
@@ -215,7 +215,7 @@ def _explain(err: msgspec.ValidationError, table: dict[str, Any]) -> str:
     where = "".join(f"[{k}]" if isinstance(k, int) else f" {k}" for k in keys[1:])
     where = f"[{keys[0]}]{where}" if keys else ""
     if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", text):
-        known = ", ".join(f.name for f in msgspec.structs.fields(tp) if f.name != "path")
+        known = _known(tp)
         if not keys:
             return f"unknown section [{unknown[1]}] (known: {known})"
         return f"{where} unknown key {unknown[1]!r} (known: {known})"
@@ -239,6 +239,11 @@ def _step(tp: Any, key: str | int) -> Any:
     return {f.name: f.type for f in msgspec.structs.fields(tp)}[key]
 
 
+def _known(tp: Any) -> str:
+    """The keys a file may write in the Struct ``tp`` (``path`` is where the file was read from)."""
+    return ", ".join(f.name for f in msgspec.structs.fields(tp) if f.name != "path")
+
+
 def _quote(value: Any, limit: int = 60) -> str:
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 3] + "..."
@@ -247,8 +252,7 @@ def _quote(value: Any, limit: int = 60) -> str:
 def _typed(table: dict[str, Any], path: str) -> Config:
     """``table`` (sections of keys) checked against the types by msgspec -> Config."""
     if "path" in table:  # a field of Config, but no section of the file
-        known = ", ".join(f.name for f in msgspec.structs.fields(Config) if f.name != "path")
-        raise ConfigError(f"unknown section [path] (known: {known})")
+        raise ConfigError(f"unknown section [path] (known: {_known(Config)})")
     table = _shorthands(table, Config)
     try:
         return msgspec.convert({**table, "path": path}, Config, strict=True)

@@ -41,9 +41,11 @@ base=(--source fer --data "$data" --model emonet --no-export)
 # t1-t3 continue the shipped model (6 epochs each): they turned out too alike to gain as an ensemble
 # (ensemble of the three: PrivateTest 68.74 %, below t1 alone), so t4 on is trained from scratch.
 common=("${base[@]}" --init models/fer2013_emonet.keras --keep-head --lr 5e-4 --epochs "${TEACHER_EPOCHS:-6}")
+names=()  # every teacher, in order: the ensemble below takes them all
 teacher() {
   local name=$1
   shift
+  names+=("$name")
   if [[ ! -f runs/teachers/$name/progress.json && -f $ckpt/$name/progress.json ]]; then
     mkdir -p "runs/teachers/$name"
     for f in "${files[@]}"; do [[ -f $ckpt/$name/$f ]] && cp "$ckpt/$name/$f" "runs/teachers/$name/"; done
@@ -71,7 +73,7 @@ teacher t4-scratch "${base[@]}" --seed 44 --mix mixup --mix-alpha 0.2 --lr 2e-3 
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
 # --select: the mean over the teachers greedy forward selection picks on PublicTest.
 teachers=(models/teachers/preds/t0-emonet-c2.npz)  # the shipped model up to this ensemble (commit e13e793)
-for name in t1-mixup t2-cutmix t3-ferplus t4-scratch; do
+for name in "${names[@]}"; do
   if [[ -f runs/teachers/$name/final.keras ]]; then
     teachers+=("runs/teachers/$name/final.keras")
   elif [[ -f models/teachers/preds/$name.npz ]]; then
