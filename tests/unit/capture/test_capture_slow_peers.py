@@ -63,6 +63,8 @@ def test_live_capture_is_never_stalled_by_its_detector(ctx: zmq.Context, peer: s
         hung.linger = 0
         hung.bind(ep)
     push = sockets.push(ctx, [ep], hwm=4, send_timeout_ms=1000)
+    if hung is not None:  # IMMEDIATE: writable only once the connection is up; a live source does not wait for it
+        assert push.poll(10_000, zmq.POLLOUT), "the hung peer never accepted the connection"
     shared = _Shared(Stats(logging.getLogger("test"), 60.0))
     t0 = time.monotonic()
     frames, dropped = pump(Camera(FRAMES), socket_sender(push, 0), threading.Event(), shared, True, peer_wait_s=0.5)
