@@ -115,7 +115,7 @@ def stage_table(base: Config, info: VideoInfo, video: Path | None = None) -> dic
     t["capture"] = {"sources": [source], "eof_linger_s": 3600.0}  # capture waits for our SIGTERM
     t["detector"]["endpoints"] = [ep[0]]  # one copy each: frames reach the display in order
     t["classifier"]["endpoints"] = [ep[1]]
-    drawn = "" if video is None else str(video)
+    drawn = "" if video is None else str(Path(video).absolute())  # a config's relative path is its folder's
     t["display"].update(endpoint=ep[2], window=False, web="", video=drawn, events="", exit_at_end=True)
     return t
 
@@ -209,7 +209,7 @@ def analyze(
             raise AnalyzeError(f"internal: the stage config is invalid: {e}") from None
         collect = Collect()
         sinks: list[Sink] = [collect]
-        recorder = VideoSink(cfg.display.video, cfg, log) if cfg.display.video else None
+        recorder = VideoSink(out / "annotated.mp4", cfg, log) if annotated else None
         sinks += [recorder] if recorder is not None else []
         # we decode the children's messages here: they belong to this process's run (usually none)
         children = Launcher(Path(tmp), {RUN_ENV: codec.RUN} if codec.RUN else {})
