@@ -104,8 +104,10 @@ def source_id(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "video"
 
 
-def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
-    """The children's config: ``base`` with the video as the only source and fresh loopback ports."""
+def stage_table(base: Config, info: VideoInfo, video: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The children's config: ``base`` with the video as the only source and fresh loopback ports;
+    ``video``: the annotated video this process's display writes (so the detector sends it pixels:
+    :func:`bus.config.display_pixels`)."""
     t = to_table(base)
     ep = [endpoint() for _ in range(3)]
     t["bus"].update(allow_remote=False, curve=False, send_timeout_ms=max(SEND_TIMEOUT_MS, base.bus.send_timeout_ms))
@@ -113,7 +115,8 @@ def stage_table(base: Config, info: VideoInfo) -> dict[str, dict[str, Any]]:
     t["capture"] = {"sources": [source], "eof_linger_s": 3600.0}  # capture waits for our SIGTERM
     t["detector"]["endpoints"] = [ep[0]]  # one copy each: frames reach the display in order
     t["classifier"]["endpoints"] = [ep[1]]
-    t["display"].update(endpoint=ep[2], window=False, web="", video="", events="", exit_at_end=True)
+    drawn = "" if video is None else str(Path(video).absolute())  # a config's relative path is its folder's
+    t["display"].update(endpoint=ep[2], window=False, web="", video=drawn, events="", exit_at_end=True)
     return t
 
 
@@ -197,7 +200,9 @@ def analyze(
     stop = stop or threading.Event()
     log = log or logging.getLogger("analyze")
     with tempfile.TemporaryDirectory(prefix="emostream-analyze-") as tmp:
-        cfg_path = write_config(Path(tmp) / "bus.toml", stage_table(base, info))
+        cfg_path = write_config(
+            Path(tmp) / "bus.toml", stage_table(base, info, out / "annotated.mp4" if annotated else None)
+        )
         try:
             cfg = load(cfg_path, {})
         except ConfigError as e:  # pragma: no cover (we wrote it from a valid config)

@@ -4,10 +4,19 @@ Three namespaces (``h1``, ``h2``, ``h3``) joined by a bridge in a fourth (``hub`
 added to this machine's own network; all deleted at the end. Placements: every stage in ``h1``
 (loopback TCP: one host); capture + detector in ``h1``, classifier + display in ``h2`` (two hosts);
 capture + detector in ``h1``, classifier in ``h2``, display in ``h3`` (three hosts). Each with
-CURVE off and on, ``[detector] two_paths`` off and on. ``shm_slots = 0`` everywhere (hosts share no
-memory; the same on one host so that only the placement differs), except the first row: one host with
-the shipped settings (pixels in shared memory, no CURVE, two paths), the reference every row's
-``of_default`` (its fps over that row's) is measured against, in the same run.
+CURVE off and on, ``[detector] two_paths`` off and on, ``shm_slots = 0`` (pixels in the messages;
+the same on one host so that only the placement differs). The first row is one host with the shipped
+settings (pixels in shared memory, no CURVE, two paths), the reference every row's ``of_default``
+(its fps over that row's) is measured against, in the same run. Then the settings for hosts
+(docs/operations.md, "Placing stages on hosts"): 2 and 3 hosts, CURVE, two paths, shared memory
+between capture and detector (``shm``: on their host; the display, drawing nothing, gets no pixels
+and no shared-memory reference); and 2 hosts, CURVE, two paths, ``jpeg_quality = 85``, once with a
+display that draws nothing (JPEG between capture and detector only) and once with one that draws
+(``web``: its page on, nobody watching: the frames cross to the display as JPEG files).
+
+The display of every row but the last draws nothing (events only), so on two paths its frames carry
+a thumbnail instead of pixels (:func:`bus.config.display_pixels`); ``display_got`` counts, from its
+final log line, the frames it showed with pixels and with a thumbnail only.
 
 Each run reads ``clip`` once, as fast as the pipeline takes it, through the real display writing
 events: fps = frames after the warm-up / the time between their events, latency p50/p99 from the
@@ -20,11 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +55,43 @@ PLACEMENTS = {  # stage -> namespace index
     "2 hosts": {"capture": 1, "detector": 1, "classifier": 2, "display": 2},
     "3 hosts": {"capture": 1, "detector": 1, "classifier": 2, "display": 3},
 }
-PORTS = {"detector": 5601, "classifier": 5602, "display": 5603}
+PORTS = {"detector": 5601, "classifier": 5602, "display": 5603, "web": 5604}
 RUN_TIMEOUT_S = 300.0
+GOT = re.compile(r"final frames shown: with pixels (\d+), thumbnail only (\d+)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row: where the stages run and how the frames travel."""
+
+    placement: str  # a PLACEMENTS key
+    curve: bool
+    two_paths: bool
+    shm: bool = False  # pixels in shared memory between capture and detector
+    jpeg: int = 0  # [bus] jpeg_quality
+    web: bool = False  # the display draws: its web page on (nobody watching)
+    label: str = ""  # the row's name when not the usual one
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        name = (
+            f"{self.placement}, curve {'on' if self.curve else 'off'}, {'two paths' if self.two_paths else 'one path'}"
+        )
+        name += ", shared memory" if self.shm else ""
+        name += f", jpeg_quality {self.jpeg}" if self.jpeg else ""
+        return name + (", display draws (web page)" if self.web else "")
+
+
+RUNS = [
+    Run("1 host", False, True, shm=True, label="1 host, shared memory (shipped settings)"),
+    *(Run(p, c, t) for p in PLACEMENTS for c in (False, True) for t in (False, True)),
+    Run("2 hosts", True, True, shm=True),
+    Run("3 hosts", True, True, shm=True),
+    Run("2 hosts", True, True, jpeg=85),
+    Run("2 hosts", True, True, jpeg=85, web=True),
+]
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,9 +139,18 @@ def namespaces(tag: str) -> Iterator[list[str] | str]:
 
 
 def config(
-    placement: dict[str, int], clip: Path, keys: Path, curve: bool, two_paths: bool, events: Path, shm: bool = False
+    placement: dict[str, int],
+    clip: Path,
+    keys: Path,
+    curve: bool,
+    two_paths: bool,
+    events: Path,
+    shm: bool = False,
+    jpeg: int = 0,
+    web: bool = False,
 ) -> dict:
-    """The bus.toml of one run (pure); ``shm``: pixels in shared memory (one host only)."""
+    """The bus.toml of one run (pure); ``shm``: pixels in shared memory (between stages of one host);
+    ``jpeg``: ``[bus] jpeg_quality``; ``web``: the display's page on (it draws)."""
 
     def ep(stage: str) -> str:
         host = "127.0.0.1" if len(set(placement.values())) == 1 else f"{NET}.{placement[stage]}"
@@ -107,6 +162,7 @@ def config(
             "curve": curve,
             "keys_dir": str(keys),
             "shm_slots": 16 if shm else 0,
+            "jpeg_quality": jpeg,
             "hwm": 4,
             "send_timeout_ms": 1000,
             "stats_interval_s": 3600.0,
@@ -114,7 +170,12 @@ def config(
         "capture": {"sources": [{"id": "s0", "uri": str(clip), "realtime": False}], "eof_linger_s": 30.0},
         "detector": {"endpoints": [ep("detector")], "two_paths": two_paths},
         "classifier": {"endpoints": [ep("classifier")], "model": str(shipped_root() / "models/fer2013_emonet.tflite")},
-        "display": {"endpoint": ep("display"), "web": "", "events": str(events), "drain_timeout_s": 3.0},
+        "display": {
+            "endpoint": ep("display"),
+            "web": f"127.0.0.1:{PORTS['web']}" if web else "",  # in the display's namespace
+            "events": str(events),
+            "drain_timeout_s": 3.0,
+        },
     }
 
 
@@ -135,14 +196,13 @@ def figures_of(events: Path, expected: int) -> dict[str, Any]:
     }
 
 
-def one(
-    ns: list[str], name: str, clip: Path, frames: int, curve: bool, two_paths: bool, work: Path, shm: bool = False
-) -> dict:
-    placement = PLACEMENTS[name]
+def one(ns: list[str], run: Run, clip: Path, frames: int, work: Path) -> dict:
+    placement = PLACEMENTS[run.placement]
     work.mkdir(parents=True, exist_ok=True)
     keys, events = work / "keys", work / "events.jsonl"
     generate(keys, STAGES)
-    cfg = write_config(work / "bus.toml", config(placement, clip, keys, curve, two_paths, events, shm))
+    table = config(placement, clip, keys, run.curve, run.two_paths, events, run.shm, run.jpeg, run.web)
+    cfg = write_config(work / "bus.toml", table)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for stage in ("display", "classifier", "detector", "capture"):
@@ -163,9 +223,12 @@ def one(
             rc = procs["display"].wait(RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise BenchError(f"the display did not finish within {RUN_TIMEOUT_S:.0f} s") from None
+        text = (work / "display.log").read_text(errors="replace")
         if rc != 0:
-            raise BenchError(f"the display exited {rc}: {(work / 'display.log').read_text()[-1000:]}")
-        return figures_of(events, frames)
+            raise BenchError(f"the display exited {rc}: {text[-1000:]}")
+        got = GOT.findall(text)
+        shown = {"pixels": int(got[-1][0]), "thumbnail": int(got[-1][1])} if got else None
+        return {**figures_of(events, frames), "display_got": shown}
     finally:
         stop_all(list(procs.values()), 10.0)
 
@@ -178,27 +241,25 @@ def run(clip: Path, frames: int, workdir: Path) -> dict[str, Any]:
     with namespaces(f"eb{os.getpid() % 100000}") as ns:
         if isinstance(ns, str):
             return {"skipped": ns}
-        runs = [("1 host, shared memory (shipped settings)", "1 host", False, True, True)]
-        runs += [
-            (
-                f"{name}, curve {'on' if curve else 'off'}, {'two paths' if two_paths else 'one path'}",
-                name,
-                curve,
-                two_paths,
-                False,
-            )
-            for name in PLACEMENTS
-            for curve in (False, True)
-            for two_paths in (False, True)
-        ]
-        for label, name, curve, two_paths, shm in runs:
-            log.info("hosts: %s", label)
-            work = workdir / label.replace(", ", "-").replace(" ", "_").replace("(", "").replace(")", "")
+        for r in RUNS:
+            log.info("hosts: %s", r.name)
+            work = workdir / r.name.replace(", ", "-").replace(" ", "_").replace("(", "").replace(")", "")
             try:
-                row = one(ns, name, clip, frames, curve, two_paths, work, shm)
+                row = one(ns, r, clip, frames, work)
             except (BenchError, OSError) as e:
                 row = {"error": str(e)[-1000:]}
-            rows.append({"name": label, "placement": name, "curve": curve, "two_paths": two_paths, "shm": shm, **row})
+            rows.append(
+                {
+                    "name": r.name,
+                    "placement": r.placement,
+                    "curve": r.curve,
+                    "two_paths": r.two_paths,
+                    "shm": r.shm,
+                    "jpeg_quality": r.jpeg,
+                    "draws": r.web,
+                    **row,
+                }
+            )
     default = rows[0].get("fps")
     for row in rows:
         row["of_default"] = round(row["fps"] / default, 3) if default and row.get("fps") else None

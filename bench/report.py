@@ -118,8 +118,12 @@ def tables(res: dict[str, Any]) -> str:
         for h in hosts["rows"]:
             lat = h.get("latency_ms") or {}
             fps = h.get("fps") or h.get("error", "-")[:60]
-            rows.append([h["name"], fps, h.get("of_default"), lat.get("p50"), lat.get("p99"), h.get("no_emotions")])
+            got = h.get("display_got") or {}
+            shown = f"{got.get('pixels', '-')} / {got.get('thumbnail', '-')}"
+            row = [h["name"], fps, h.get("of_default"), lat.get("p50"), lat.get("p99"), h.get("no_emotions"), shown]
+            rows.append(row)
         header = ["placement", "fps", "of the first row", "p50 ms", "p99 ms", "frames without emotions"]
+        header += ["display got pixels / thumbnail"]
         parts.append(figures.table("Across hosts (network namespaces, files as fast as possible)", header, rows))
     prof = (res.get("profile") or {}).get("profile")
     if prof:

@@ -15,8 +15,8 @@ Frames (parts)
   ``kind``  ``"frame"`` (a picture and what is known about it), ``"drop"`` (a frame a
             stage dropped, sent on so the sink can account for it), or ``"eos"``
             (end of a source: ``frames`` read in total, ``dropped`` at capture). Required.
-            ``image`` (pixels), ``crops``, ``faces``, ``labels``, ``uncertain_below`` and
-            ``path`` belong to frames, ``reason`` to drops, ``frames`` to ends: on another
+            ``image`` (pixels), ``crops``, ``thumb``, ``faces``, ``labels``,
+            ``uncertain_below`` and ``path`` belong to frames, ``reason`` to drops, ``frames`` to ends: on another
             kind they are keys its reader does not know (ignored), except that a drop's
             ``image`` may only be a shared-memory reference (the slot to release; a drop
             never carries pixels) and only a frame has buffers.
@@ -34,6 +34,11 @@ Frames (parts)
   ``crops`` absent, or ``{"n": n, "size": s, "ch": c}``: the next buffer holds ``n``
             uint8 face crops ``s x s x c``, in ``faces`` order, made by
             ``bus.preprocess.crop_face`` for the classifier's model.
+  ``thumb`` absent, or ``{"shape": [48, 64]}`` (exactly; :data:`THUMB`): the next buffer holds
+            the frame's grey 48x64 uint8 thumbnail (``bus.preprocess.thumbnail``), what the
+            display's scene-cut detection compares (``[display] track_cut``). Sent instead of
+            ``image`` on the frames the detector sends to a display that draws nothing (two
+            paths), so the pixels never travel to a stage that does not use them.
   ``faces`` list of maps (:class:`Face`): ``box`` [x, y, w, h] pixels, ``score`` float,
             ``kp`` list of [x, y] keypoints; after the classifier also ``label`` str,
             ``probs`` list of float (in ``labels`` order, calibrated: the model's
@@ -71,8 +76,8 @@ Frames (parts)
             without an eos (camera, looped file) is accounted for too.
   ========  =========================================================================
 
-- buffers: ``image`` pixels first (when present), then ``crops`` (when present). Sizes are
-  checked against the header; anything else raises :class:`CodecError`.
+- buffers: ``image`` pixels first (when present), then ``crops`` (when present), then ``thumb``
+  (when present). Sizes are checked against the header; anything else raises :class:`CodecError`.
 
 Limits (decode refuses anything outside them with :class:`CodecError`, so no stage or sink ever
 sees a number it cannot draw or a string that forges a log line):
@@ -85,7 +90,8 @@ sees a number it cannot draw or a string that forges a log line):
   ``seq``, ``frames``, ``dropped`` ints in [0, 2**63); ``image.shape`` [h, w, c] with sides in
   [1, ``MAX_SIDE``] and c 1 or 3; ``image.slot`` in [0, ``MAX_SLOTS``), ``image.ring`` up to
   ``MAX_RING`` characters; ``crops`` ``n`` up to ``MAX_FACES``, ``size`` up to ``MAX_CROP``, ``ch`` 1
-  or 3; at most ``MAX_FACES`` faces; ``path`` up to ``MAX_PATH`` characters, ``run`` up to
+  or 3; ``thumb.shape`` exactly [48, 64] (and an encoded ``thumb`` a 48x64 uint8 array); at most
+  ``MAX_FACES`` faces; ``path`` up to ``MAX_PATH`` characters, ``run`` up to
   ``MAX_RUN``.
 - strings (``src`` up to ``MAX_SRC``, ``reason``, ``label``, ``labels`` items and ``t`` keys up
   to ``MAX_NAME`` characters) are non-empty and printable (``str.isprintable``: no newline,
@@ -104,7 +110,8 @@ In memory
 or an :class:`Eos` (``kind`` is a class constant, so ``msg.kind == "frame"`` narrows the type).
 A frame's one pixel field, ``pixels``, is an array (raw BGR), a :class:`Jpeg` (the file as it came,
 and the picture it decodes to), a :class:`ShmRef` (a shared-memory slot; once looked up in place,
-with a view of it) or None; ``Frame.image`` is the array in every case. A drop has no pixel field,
+with a view of it) or None; ``Frame.image`` is the array in every case. ``Frame.thumb`` is the grey
+thumbnail, a 48x64 uint8 array, or None. A drop has no pixel field,
 only ``shm``, the slot the stage where the journey ends releases.
 
 Drop reasons (:class:`DropReason`; also the keys every stage counts drops under in its stats line):
@@ -166,6 +173,8 @@ MAX_RING = 64  # a shared-memory ring's name
 MAX_SLOTS = 4096  # slots of one ring
 MAX_CROP = 512  # px, a face crop's side
 QUOTE = 40
+ThumbShape = tuple[Literal[48], Literal[64]]
+THUMB: ThumbShape = (48, 64)  # (height, width) of a frame's grey scene-cut thumbnail (``thumb``)
 MAX_RUN = 64
 RUN = os.environ.get(RUN_ENV, "")[:MAX_RUN]  # this process's pipeline run ("" = none given)
 
@@ -334,6 +343,7 @@ class Frame:
     wait: bool = False  # two paths: a classifier result for this frame follows (the display joins it)
     result: bool = False  # two paths: a classifier's request or result, no pixels (joined at the display)
     no_emotions: DropReason | None = None  # why no result will label these faces
+    thumb: np.ndarray | None = None  # grey THUMB uint8 scene-cut thumbnail, instead of pixels (two paths)
 
     @property
     def image(self) -> np.ndarray | None:
@@ -409,6 +419,10 @@ class _Crops(msgspec.Struct):
     ch: Literal[1, 3]
 
 
+class _Thumb(msgspec.Struct):
+    shape: ThumbShape  # THUMB, exactly
+
+
 class _Head(msgspec.Struct, tag_field="kind", omit_defaults=True):
     v: Literal[1]  # VERSION: a reader speaks one protocol version and refuses others
     src: Annotated[str, Meta(min_length=1, max_length=MAX_SRC)]
@@ -429,6 +443,7 @@ class _FrameHead(_Head, tag="frame"):
     path: Annotated[str, Meta(min_length=1, max_length=MAX_PATH)] | None = None
     image: _Bgr | _Jpeg | _Shm | None = None
     crops: _Crops | None = None
+    thumb: _Thumb | None = None
     faces: Annotated[list[Face], Meta(max_length=MAX_FACES)] = msgspec.field(default_factory=list)
     labels: Annotated[list[Name], Meta(max_length=MAX_LABELS)] | None = None
     uncertain_below: Unit | None = None
@@ -500,11 +515,16 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
             n, s, _, c = msg.crops.shape
             crops = _Crops(int(n), int(s), cast(Literal[1, 3], int(c)))
             parts.append(_bytes_view(np.asarray(msg.crops, dtype=np.uint8)))
+        thumb = None
+        if msg.thumb is not None:
+            thumb = _Thumb(THUMB)
+            parts.append(_bytes_view(_thumb_out(msg.thumb)))
         head = _FrameHead(
             **common,
             path=msg.path,
             image=image,
             crops=crops,
+            thumb=thumb,
             faces=msg.faces,
             labels=msg.labels,
             uncertain_below=msg.uncertain_below,
@@ -522,6 +542,13 @@ def encode(msg: Message, jpeg_quality: int | None = None) -> list[bytes | memory
         return [_ENCODER.encode(head), *parts]
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as e:
         raise CodecError(f"cannot encode: {e}") from None
+
+
+def _thumb_out(thumb: np.ndarray) -> np.ndarray:
+    if not isinstance(thumb, np.ndarray) or thumb.dtype != np.uint8 or thumb.shape != THUMB:
+        what = f"{thumb.dtype} {list(thumb.shape)}" if isinstance(thumb, np.ndarray) else type(thumb).__name__
+        raise CodecError(f"thumb: must be a {THUMB[0]}x{THUMB[1]} uint8 grey array, got {what}")
+    return thumb
 
 
 def _shm_out(ref: ShmRef) -> _Shm:
@@ -604,6 +631,11 @@ def _frame(h: _FrameHead, parts: list[Any], copy: bool) -> Frame:
         if len(parts) <= i:
             raise CodecError("crops: expected a crops frame")
         crops, i = _crops_in(h.crops, parts[i]), i + 1
+    thumb = None
+    if h.thumb is not None:
+        if len(parts) <= i:
+            raise CodecError("thumb: expected a thumbnail frame")
+        thumb, i = _thumb_in(parts[i]), i + 1
     if len(parts) > i:
         raise CodecError(f"{len(parts) - i} unexpected extra frame(s)")
     if crops is not None and len(crops) != len(h.faces):
@@ -625,6 +657,7 @@ def _frame(h: _FrameHead, parts: list[Any], copy: bool) -> Frame:
         h.wait,
         h.result,
         no_emotions,
+        thumb,
     )
 
 
@@ -647,6 +680,13 @@ def _pixels_in(spec: _Bgr | _Jpeg, data: Any, copy: bool) -> np.ndarray | Jpeg:
         raise CodecError(f"image: {buf.nbytes} bytes for shape {list(spec.shape)}")
     img = np.frombuffer(buf, np.uint8).reshape(hgt, wid, ch)
     return img.copy() if copy else img
+
+
+def _thumb_in(data: Any) -> np.ndarray:
+    buf = memoryview(data)
+    if buf.nbytes != THUMB[0] * THUMB[1]:
+        raise CodecError(f"thumb: {buf.nbytes} bytes for {THUMB[0]}x{THUMB[1]}")
+    return np.frombuffer(buf, np.uint8).reshape(THUMB)
 
 
 def _crops_in(spec: _Crops, data: Any) -> np.ndarray:

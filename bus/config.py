@@ -144,6 +144,11 @@ class DisplayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # two paths: frames and results waiting to be joined at once; the oldest is released first
     join_max_pending: Annotated[int, Meta(ge=1, le=100_000)] = 64
 
+    @property
+    def draws(self) -> bool:
+        """A sink that draws on the frames is on (window, web page, video): the display needs their pixels."""
+        return self.window or bool(self.web) or bool(self.video)
+
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
@@ -155,6 +160,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def source_ids(self) -> list[str]:
         return [s.id for s in self.capture.sources]
+
+
+def display_pixels(cfg: Config) -> bool:
+    """Whether the frames reach the display with their pixels. On one path always (the classifier
+    forwards them); on two paths only to a display that draws (:attr:`DisplayConfig.draws`): otherwise
+    the detector sends them without, with their grey thumbnail (``thumb``) when ``[display]
+    track_cut`` > 0, and the pixels go no further than the detector. Every stage reads the same
+    config, so the detector and the display agree."""
+    return not cfg.detector.two_paths or cfg.display.draws
 
 
 def ranges(cls: Any) -> dict[str, Meta]:

@@ -3,7 +3,9 @@
 Consumes a frame (H x W, H x W x 1, x 3 BGR or x 4 BGRA; uint8 or uint16) and a face box in pixels;
 produces a square ``size x size`` uint8 crop in the model's colour mode ("grey" -> H x W x 1,
 "rgb" -> H x W x 3). The runtime detector and the training loaders both call these functions, so the
-pixels a model is trained on and the pixels it sees in production are made the same way.
+pixels a model is trained on and the pixels it sees in production are made the same way. Also a
+frame's grey scene-cut thumbnail (:func:`thumbnail`), made by the display or, for a display that gets
+no pixels, by the detector.
 
 Pixel scaling to the model's float input is ``x / 255`` (``SCALING``); an int8 model whose input
 quantisation is scale 1/255, zero point -128 therefore takes ``uint8 - 128`` exactly.
@@ -16,6 +18,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+from bus.codec import THUMB
 
 Colour = Literal["grey", "rgb"]
 SCALING = "x/255"
@@ -39,6 +43,15 @@ def to_uint8_bgr(frame: np.ndarray) -> np.ndarray:
     if channels == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     raise ValueError(f"unsupported channel count {channels}")
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """A frame's grey scene-cut thumbnail: :data:`bus.codec.THUMB` (48x64) uint8, area-averaged. The
+    display's scene-cut detection compares these (:class:`display.track.Follow`); the detector makes
+    them for a display that gets no pixels (``thumb`` on the wire), so both make them here."""
+    grey = image if image.ndim == 2 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    small = cv2.resize(grey, (THUMB[1], THUMB[0]), interpolation=cv2.INTER_AREA)
+    return small.reshape(THUMB)
 
 
 def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[int, int, int, int]:

@@ -38,8 +38,11 @@ Limits (every one named)
   table is writable (a release is one store to a slot's ``state`` word).
 
 Only capture writes pixels; the only other write is a reader's release. One 8-byte aligned store
-each, so no locks are needed. Stages on other hosts cannot see the ring: set ``[bus] shm_slots =
-0`` (or ``jpeg_quality > 0``) there.
+each, so no locks are needed. Stages on other hosts cannot see the ring: no reference may reach
+them. On two paths with a display that draws nothing none does (the detector releases every slot
+and sends on no reference: :func:`bus.stage.unshared`), so capture and detector on one host keep the
+ring; otherwise set ``[bus] shm_slots = 0`` (or ``jpeg_quality > 0``) where a stage reads frames from
+another host.
 """
 
 from __future__ import annotations

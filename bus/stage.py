@@ -36,6 +36,12 @@ a drop: the frame goes on unmarked with ``no_emotions`` (shown without emotions,
 taken a first request; after that a request waits at most ``[bus] send_timeout_ms``, and once one
 has timed out (a classifier dead or hung) requests go without blocking until one goes again, so a
 dead classifier costs one timeout, not one per frame.
+
+Where the pixels' journey ends before the last stage (``ends``: the detector, on two paths, when the
+display draws nothing and gets frames without pixels, :func:`bus.config.display_pixels`), the stage
+releases each message's shared-memory slot once it is handled and sends on no reference to it
+(:func:`unshared`): frames, drop markers and eos alike, so no stage downstream, on this host or
+another, ever gets a shared-memory reference.
 """
 
 from __future__ import annotations
@@ -105,6 +111,13 @@ def take_pixels(msg: Message, rings: Rings, warn: RateLimited) -> Message:
         return copied if rings.valid(ref) else drop_marker(msg, DropReason.OVERWRITTEN)
     finally:
         rings.release(ref)
+
+
+def unshared(msg: Message) -> Message:
+    """``msg`` without a shared-memory reference (a frame that had one then goes without pixels)."""
+    if msg.shm is None:
+        return msg
+    return replace(msg, pixels=None) if msg.kind == "frame" else replace(msg, shm=None)
 
 
 class Sender:
@@ -271,11 +284,13 @@ def run(
     log: logging.Logger,
     pixels: bool = False,
     display_sock: zmq.Socket | None = None,
+    ends: bool = False,
 ) -> None:
     """Move messages until ``stop`` (see the module docstring); one ``final stats`` line on the way
     out. ``error``: the drop reason of a frame ``step`` raised on; ``pixels``: ``step`` reads the
     pixels of shared-memory frames (they are looked up in place and passed on as references);
-    ``display_sock``: two paths (:class:`TwoPaths`), ``out_sock`` then takes only the requests."""
+    ``display_sock``: two paths (:class:`TwoPaths`), ``out_sock`` then takes only the requests;
+    ``ends``: the pixels' journey ends here (see the module docstring)."""
     warn = RateLimited(log)
     rings = Rings(max_bytes=cfg.bus.shm_max_bytes)
     jpeg = cfg.bus.jpeg_quality or None
@@ -290,6 +305,10 @@ def run(
         msg = receive(parts, stats, warn)
         if msg is not None:
             got = rings if pixels else None
-            send(handle(msg, step, error, time.time(), cfg.bus.max_age_ms, stats, warn, got))
+            out = handle(msg, step, error, time.time(), cfg.bus.max_age_ms, stats, warn, got)
+            if ends and msg.shm is not None:
+                rings.release(msg.shm)  # handled: nothing downstream reads these pixels
+                out = unshared(out)
+            send(out)
     sender.close(log)
     log.info("final stats: %s", stats.line())

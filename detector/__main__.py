@@ -21,7 +21,7 @@ import numpy as np
 
 from bus import sockets
 from bus.cli import config_option, fail, instance_option
-from bus.config import Config, ConfigError, load
+from bus.config import Config, ConfigError, display_pixels, load
 from bus.preprocess import to_uint8_bgr
 from bus.runtime import Stats, install_stop, setup_logging, single_threaded_opencv
 from bus.sidecar import SidecarError, load_spec
@@ -116,7 +116,9 @@ def main(config_path: str | None, instance: int, image: str | None, video: str |
             backend.model,
             socks.bind,
             ", ".join(socks.targets),
-            f", frames -> {cfg.display.endpoint}" if socks.side is not None else "",
+            f", frames{'' if display_pixels(cfg) else ' without pixels'} -> {cfg.display.endpoint}"
+            if socks.side is not None
+            else "",
             spec.size,
             spec.size,
             spec.colour,

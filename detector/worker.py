@@ -8,7 +8,10 @@ face, made by :func:`bus.preprocess.crop_face` for the classifier model's sideca
 ``reason``; ``drop`` and ``eos`` messages are passed on unchanged. The loop around :func:`step`
 (pixels, age, sending, markers) is :mod:`bus.stage`'s. With two paths (``[detector] two_paths``,
 :class:`bus.stage.TwoPaths`) the faces and crops go to the classifier and the frame, without
-crops, straight to the display.
+crops, straight to the display; to a display that draws nothing (:func:`bus.config.display_pixels`)
+without its pixels too, with its grey scene-cut thumbnail instead (``[display] track_cut`` > 0): the
+pixels' journey ends here, so a frame's shared-memory slot is released here and what goes on
+refers to none (the display may be on another host).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import zmq
 
 from bus import stage
 from bus.codec import DropReason, Face, Frame, Jpeg, Message, ShmRef, drop_marker
-from bus.config import Config
-from bus.preprocess import crop_face, eye_angle, to_uint8_bgr
+from bus.config import Config, display_pixels
+from bus.preprocess import crop_face, eye_angle, thumbnail, to_uint8_bgr
 from bus.runtime import Stats
 from bus.sidecar import ModelSpec
 
@@ -36,9 +39,12 @@ class Backend(Protocol):
     def detect(self, bgr: np.ndarray) -> list[Face]: ...
 
 
-def step(msg: Message, backend: Backend, spec: ModelSpec, align: bool = False) -> Message:
+def step(
+    msg: Message, backend: Backend, spec: ModelSpec, align: bool = False, pixels: bool = True, thumb: bool = False
+) -> Message:
     """One message in, one out (pure: no sockets, no clock). With ``align`` each crop is rotated so
-    the face's eyes are level (:func:`bus.preprocess.eye_angle`)."""
+    the face's eyes are level (:func:`bus.preprocess.eye_angle`). ``pixels``: the frame goes on with
+    its pixels (else without); ``thumb``: with its grey thumbnail (:func:`bus.preprocess.thumbnail`)."""
     if msg.kind != "frame":
         return msg
     if msg.image is None:
@@ -64,13 +70,14 @@ def step(msg: Message, backend: Backend, spec: ModelSpec, align: bool = False) -
     except ValueError:  # a box that is not a number
         return drop_marker(msg, DropReason.CROP_ERROR)
     # a shared-memory reference or a JPEG file goes on as it came; an array as converted
-    pixels = msg.pixels if isinstance(msg.pixels, Jpeg | ShmRef) else image
+    sent = (msg.pixels if isinstance(msg.pixels, Jpeg | ShmRef) else image) if pixels else None
     return Frame(
         src=msg.src,
         seq=msg.seq,
         ts=msg.ts,
         live=msg.live,
-        pixels=pixels,
+        pixels=sent,
+        thumb=thumbnail(image) if thumb else None,
         path=msg.path,
         faces=faces,
         crops=crops,
@@ -91,11 +98,13 @@ def run(
 ) -> None:
     """Run :func:`bus.stage.run` with :func:`step` until ``stop``; faces beyond ``max_faces`` are
     counted (``excess_faces``). ``display_sock``: two paths (``out_sock`` gets only the crops)."""
+    keep = display_pixels(cfg) or display_sock is None  # one path: the classifier forwards the frames
+    thumb = not keep and cfg.display.track_cut > 0
 
     def detect(msg: Message) -> Message:
         before = backend.excess
         try:
-            return step(msg, backend, spec, cfg.detector.align)
+            return step(msg, backend, spec, cfg.detector.align, keep, thumb)
         finally:
             if backend.excess > before:
                 stats.drop(DropReason.EXCESS_FACES, backend.excess - before)
@@ -112,4 +121,5 @@ def run(
         log,
         pixels=True,
         display_sock=display_sock,
+        ends=not keep,
     )

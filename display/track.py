@@ -24,7 +24,6 @@ import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from bus.codec import Face
@@ -33,7 +32,6 @@ from display.smooth import Smoother
 
 Box = tuple[float, float, float, float]  # x, y, w, h
 VELOCITY_GAIN = 0.5  # how much of the newest displacement enters the velocity estimate
-THUMB = (64, 48)  # scene-cut detection compares grey thumbnails of this size
 MAX_CUTS = 10000  # scene cuts remembered per source (for reports)
 
 
@@ -153,9 +151,11 @@ class Follow:
     """One source's tracker and per-track smoother: a classified frame's faces -> :class:`Tracked`.
 
     With ``cut`` > 0 it also ends every track at a scene cut (an edited video: another shot, so
-    another person may stand where the last one stood): a frame whose grey 64x48 thumbnail differs
-    from the previous frame's by more than ``cut`` (mean absolute difference, 0..255). Measured on
-    the research videos: cuts 17..57, consecutive frames of one shot at most 7.
+    another person may stand where the last one stood): a frame whose grey 48x64 thumbnail
+    (:func:`bus.preprocess.thumbnail`, made from the pixels by the display or, when the display gets
+    none, by the detector: the frame's ``thumb``) differs from the previous frame's by more than
+    ``cut`` (mean absolute difference, 0..255). Measured on the research videos: cuts 17..57,
+    consecutive frames of one shot at most 7.
     """
 
     def __init__(self, tracker: Tracker, smoother: Smoother, cut: float = 0.0):
@@ -163,17 +163,18 @@ class Follow:
         self.thumb: np.ndarray | None = None
         self.cuts: collections.deque[int] = collections.deque(maxlen=MAX_CUTS)  # seqs of the latest cuts
 
-    def _scene_cut(self, image: np.ndarray) -> bool:
-        grey = image if image.ndim == 2 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        thumb = cv2.resize(grey, THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
-        prev, self.thumb = self.thumb, thumb
-        return prev is not None and float(np.mean(np.abs(thumb - prev))) > self.cut
+    def _scene_cut(self, thumb: np.ndarray) -> bool:
+        now = thumb.astype(np.float32)
+        prev, self.thumb = self.thumb, now
+        return prev is not None and float(np.mean(np.abs(now - prev))) > self.cut
 
     def faces(
-        self, seq: int, faces: Sequence[Face], labels: Sequence[str] | None, image: np.ndarray | None = None
+        self, seq: int, faces: Sequence[Face], labels: Sequence[str] | None, thumb: np.ndarray | None = None
     ) -> list[Tracked]:
+        """The tracking of one frame's ``faces``; ``thumb``: its grey thumbnail
+        (:func:`bus.preprocess.thumbnail`), for the scene cuts (None: no cut detection on this frame)."""
         late = self.tracker.seq is not None and seq <= self.tracker.seq
-        if not late and self.cut > 0 and image is not None and self._scene_cut(image):
+        if not late and self.cut > 0 and thumb is not None and self._scene_cut(thumb):
             self.tracker.end_all()
             self.cuts.append(seq)
         ids = self.tracker.update(seq, [f.box for f in faces])

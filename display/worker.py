@@ -39,8 +39,9 @@ import numpy as np
 import zmq
 
 from bus.codec import RUN, DropReason, Frame, Message, named_probs
-from bus.config import Config, DisplayConfig
+from bus.config import Config, DisplayConfig, display_pixels
 from bus.media import is_image_name
+from bus.preprocess import thumbnail
 from bus.runtime import RateLimited, RuntimeDirError, Stall, Stats
 from bus.shm import Rings
 from bus.sockets import recv
@@ -76,6 +77,24 @@ def follower(d: DisplayConfig, image: bool = False) -> Follow:
     mode = "off" if image else d.smoothing
     smoother = Smoother(mode, d.smoothing_alpha, d.smoothing_window, d.smoothing_hold)
     return Follow(Tracker(d.track_iou, d.track_max_missed), smoother, d.track_cut)
+
+
+def scene_thumb(msg: Frame, cut: float) -> np.ndarray | None:
+    """The frame's grey thumbnail for scene cuts (``cut``: ``[display] track_cut``; 0 = none): the
+    one it carries (two paths, a display that draws nothing), else made from its pixels."""
+    if cut <= 0:
+        return None
+    if msg.thumb is not None:
+        return msg.thumb
+    return None if msg.image is None else thumbnail(msg.image)
+
+
+CARRIED = ("pixels", "thumbnail", "neither")
+
+
+def carried(msg: Frame) -> str:
+    """What a shown frame brought: ``pixels``, ``thumbnail`` (no pixels) or ``neither``."""
+    return "pixels" if msg.pixels is not None else "thumbnail" if msg.thumb is not None else "neither"
 
 
 def waiting_sources(cfg: Config) -> list[str]:
@@ -369,6 +388,12 @@ class Display:
                 log.info("restarted within run %s: %d earlier frames, drops and ends carried over", RUN[:16], n)
         self.warn = RateLimited(log)
         self.draw = any(s.wants_image for s in self.sinks)
+        if self.draw and not display_pixels(cfg):
+            log.warning(
+                "a sink draws, but [display] window, web and video are off: the detector sends frames without "
+                "pixels (two paths), so there is nothing to draw"
+            )
+        self.carried: collections.Counter[str] = collections.Counter()  # shown frames by what they brought
         self.images = {s.id for s in cfg.capture.sources if is_image_uri(s.uri)}
         self.follow: dict[str, Follow] = {}
         self.windows: dict[str, SeqWindow] = {}
@@ -474,7 +499,8 @@ class Display:
         try:
             if msg.src not in self.follow:
                 self.follow[msg.src] = follower(self.cfg.display, msg.src in self.images)
-            tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels, msg.image)
+            thumb = scene_thumb(msg, self.cfg.display.track_cut)
+            tracked = self.follow[msg.src].faces(msg.seq, msg.faces, msg.labels, thumb)
             out = step(msg, self.wall(), self.draw, tracked)
         except Exception as e:  # a bug in tracking or drawing must not end the run: count it, go on
             self.ledger.drop(msg.src, DropReason.DISPLAY_ERROR, now, msg.seq, capture_dropped)
@@ -485,6 +511,7 @@ class Display:
             return
         self.ledger.frame(msg.src, now, msg.seq, capture_dropped)
         self.stats.frame(msg.ts)
+        self.carried[carried(msg)] += 1
         if msg.no_emotions is not None and msg.faces:
             self.stats.drop(f"no_emotions_{msg.no_emotions}")
         for sink in self.sinks:
@@ -549,6 +576,8 @@ def run(
         if disp.journal is not None:  # the run is over for the display only when it ended by itself
             disp.journal.close(done=cfg.display.exit_at_end and disp.ledger.done(clock(), cfg.display.drain_timeout_s))
         log.info("final stats: %s", stats.line())
+        c = disp.carried
+        log.info("final frames shown: with pixels %d, thumbnail only %d, neither %d", *(c[k] for k in CARRIED))
         for line in disp.ledger.lines():
             log.info("final %s", line)
     return disp.ledger

@@ -24,7 +24,7 @@ import numpy as np
 
 from bus.codec import Frame
 from bus.config import DetectorConfig, DisplayConfig
-from bus.preprocess import crop_face, eye_angle
+from bus.preprocess import crop_face, eye_angle, thumbnail
 from bus.sidecar import load_spec
 from classifier.model import EmotionModel
 from classifier.worker import step as classify_step
@@ -66,7 +66,7 @@ def stability(video: Path, model: Path, align: bool) -> dict[str, Any]:
             out = classify_step(detect_step(msg, backend, spec, align), emotions)
             if out.kind != "frame":
                 continue
-            for face, t in zip(out.faces, follow.faces(seq, out.faces, out.labels, image), strict=True):
+            for face, t in zip(out.faces, follow.faces(seq, out.faces, out.labels, thumbnail(image)), strict=True):
                 if t.track is None or face.label is None:
                     continue
                 raw[t.track].append(face.label)

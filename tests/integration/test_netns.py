@@ -188,9 +188,11 @@ def test_two_paths_across_namespaces_with_curve(
 ) -> None:
     """Capture and detector on one "host", classifier and display on the other, CURVE on: the crops
     and the frames cross the veth pair by their two paths, and every frame of asl_signer_concat10.mp4
-    (648, one face each) reaches the events with its emotion. With the classifier stopped and killed
-    after 100 frames, the frames whose crops it held and every later one are shown without emotions,
-    and the run ends by itself, nothing lost."""
+    (648, one face each) reaches the events with its emotion. The display draws nothing, so its
+    frames cross without pixels (a thumbnail each), and capture and detector may share memory (on
+    in the first run, off in the second). With the classifier stopped and killed after 100 frames,
+    the frames whose crops it held and every later one are shown without emotions, and the run ends
+    by itself, nothing lost."""
     server, client = netns
     keys = tmp_path / "keys"
     generate(keys, STAGES)
@@ -202,7 +204,7 @@ def test_two_paths_across_namespaces_with_curve(
                 "allow_remote": True,
                 "curve": True,
                 "keys_dir": str(keys),
-                "shm_slots": 0,  # pixels in the messages: the hosts share no memory
+                "shm_slots": 0 if kill else 16,  # only capture and detector, on one host, see the ring
                 "stats_interval_s": 60.0,
             },
             "capture": {
@@ -255,6 +257,7 @@ def test_two_paths_across_namespaces_with_curve(
             assert all((r["faces"][0]["label"] is None) == ("no_emotions" in r) for r in recs)
         else:
             assert not bare and all(r["faces"][0]["label"] is not None for r in recs)
-        assert "frames -> tcp://169.254.77.1:5603" in logs["detector"].read_text(errors="replace")
+        assert "final frames shown: with pixels 0, thumbnail only 648, neither 0" in text, text[-3000:]
+        assert "frames without pixels -> tcp://169.254.77.1:5603" in logs["detector"].read_text(errors="replace")
     finally:
         stop_all(list(procs.values()), 10.0)

@@ -2,7 +2,8 @@
 classifier and the frame itself to the display, which joins them by source and seq.
 
 asl_signer_concat10.mp4 (648 frames, one face in each): every frame is in the events with its
-emotion. With the classifier killed (SIGKILL) mid-run, the frames it held are shown without
+emotion; a display that draws nothing gets every frame without pixels (a thumbnail for the scene
+cuts instead, the shared-memory slots released by the detector), one that draws (a video) with them. With the classifier killed (SIGKILL) mid-run, the frames it held are shown without
 emotions (``no_emotions: join_timeout``) after ``[display] join_wait_ms``, every later one too
 (``send``: no classifier takes its crops), and the run ends by itself with an exact account.
 """
@@ -23,11 +24,21 @@ from tests.integration.managers import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "fer2013_emonet.tflite"
 FINAL = re.compile(r"final (\S+): read (\d+)  in events (\d+)  dropped (.+?)  lost (\d+)")
+GOT = re.compile(r"final frames shown: with pixels (\d+), thumbnail only (\d+), neither (\d+)")
 FRAMES = 648
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def config(bus_toml, ports, shared_data: Path, events: Path, fps: float = 0.0, copies: int = 1):
+def config(
+    bus_toml,
+    ports,
+    shared_data: Path,
+    events: Path,
+    fps: float = 0.0,
+    copies: int = 1,
+    drawn: str = "",
+    wait_ms: int = 500,
+):
     video = shared_data / "media/videos/asl_signer_concat10.mp4"
     extra = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2 * (copies - 1))]
     source = {"id": "asl", "uri": str(video), "realtime": fps > 0, **({"fps": fps} if fps else {})}
@@ -43,9 +54,10 @@ def config(bus_toml, ports, shared_data: Path, events: Path, fps: float = 0.0, c
             "display": {
                 "endpoint": f"tcp://127.0.0.1:{ports['display']}",
                 "web": "",
+                "video": drawn,  # "": the display draws nothing
                 "events": str(events),
                 "drain_timeout_s": 3.0,
-                "join_wait_ms": 500,
+                "join_wait_ms": wait_ms,
             },
         }
     )
@@ -56,6 +68,14 @@ def records(events: Path) -> list[dict]:
         return []
     lines = events.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def carried(text: str) -> tuple[int, int, int]:
+    """Frames the display showed with pixels, with a thumbnail only, with neither."""
+    found = GOT.findall(text)
+    assert found, text[-3000:]
+    pixels, thumb, neither = found[-1]
+    return int(pixels), int(thumb), int(neither)
 
 
 def final(text: str) -> tuple[int, int, str, int]:
@@ -83,14 +103,31 @@ def test_every_frame_is_joined_with_its_emotion(tmp_path, bus_toml, ports, share
     for r in recs:
         assert "no_emotions" not in r, r
         assert len(r["faces"]) == 1 and r["faces"][0]["label"] is not None, r
+    assert carried(text) == (0, FRAMES, 0), text[-3000:]  # it draws nothing: no pixels came, thumbnails did
     det = procs["detector"].text()
-    assert "frames -> tcp://127.0.0.1" in det, det[-2000:]  # it really ran two paths
+    assert "frames without pixels -> tcp://127.0.0.1" in det, det[-2000:]  # it really ran two paths
     for p in stages.procs:  # every copy took its share
         if p.stage in ("classifier", "detector"):
             assert p.stop(5) == 0
             assert re.search(r"final stats: .* frames [1-9]", p.text()), p.tail()
     lat = sorted(r["latency_ms"] for r in recs)
     print(f"\n{len(recs)} frames joined; latency p50 {lat[len(lat) // 2]} ms, p99 {lat[int(len(lat) * 0.99)]} ms")
+
+
+def test_a_display_that_draws_gets_the_pixels(tmp_path, bus_toml, ports, shared_data, stages) -> None:
+    events, video = tmp_path / "events.jsonl", tmp_path / "annotated.mp4"
+    cfg = config(bus_toml, ports, shared_data, events, drawn=str(video), wait_ms=10_000)  # a slow display
+    procs = {s: stages.start(s, "--config", str(cfg)) for s in ("display", "classifier", "detector", "capture")}
+    assert procs["display"].wait(180) == 0, procs["display"].tail()
+    text = procs["display"].text()
+    read, shown, dropped, lost = final(text)  # encoding the video is slow: capture may drop (ring_full)
+    n_drops = sum(int(v) for v in re.findall(r"=(\d+)", dropped))
+    assert read == FRAMES and lost == 0 and shown + n_drops == FRAMES and shown > FRAMES // 2, text[-3000:]
+    assert carried(text) == (shown, 0, 0), text[-3000:]
+    assert all(len(r["faces"]) == 1 and r["faces"][0]["label"] is not None for r in records(events))
+    det = procs["detector"].text()
+    assert "frames -> tcp://127.0.0.1" in det, det[-2000:]
+    assert any(p.stat().st_size > 0 for p in tmp_path.glob("annotated.*")), list(tmp_path.iterdir())
 
 
 def test_a_killed_classifier_leaves_frames_shown_without_emotions(

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import tomllib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ from analyze.report import (
     track_summary,
     write_reports,
 )
-from bus.config import Config, parse
+from bus.config import Config, display_pixels, parse
 from bus.runtime import Stats
 from display.worker import Display
 from emostream.launch import Launcher, toml_text
@@ -209,6 +210,9 @@ def test_stage_config_is_valid_and_points_at_the_video(tmp_path):
     assert len({cfg.detector.endpoints[0], cfg.classifier.endpoints[0], cfg.display.endpoint}) == 3
     assert (cfg.display.web, cfg.display.events, cfg.display.window, cfg.bus.allow_remote) == ("", "", False, False)
     assert cfg.display.smoothing == Config().display.smoothing  # the user's settings are kept
+    assert not display_pixels(cfg)  # two paths, nothing drawn: the frames come without pixels
+    drawn = parse(tomllib.loads(toml_text(an.stage_table(Config(), info, Path("out/annotated.mp4")))))
+    assert drawn.display.video == str(Path("out/annotated.mp4").absolute()) and display_pixels(drawn)  # --video
 
 
 def test_analyze_help():

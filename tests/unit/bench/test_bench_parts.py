@@ -286,3 +286,19 @@ def test_the_hosts_configs_place_each_stage_in_its_namespace(tmp_path: Path) -> 
     assert three["bus"]["curve"] is True and three["bus"]["shm_slots"] == 0 and not three["detector"]["two_paths"]
     shipped = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e", shm=True)
     assert shipped["bus"]["shm_slots"] == 16 and one["bus"]["shm_slots"] == 0
+    drawn = config(PLACEMENTS["2 hosts"], tmp_path / "c.mp4", tmp_path, True, True, tmp_path / "e", jpeg=85, web=True)
+    assert drawn["bus"]["jpeg_quality"] == 85 and drawn["display"]["web"] == "127.0.0.1:5604"
+    assert one["bus"]["jpeg_quality"] == 0 and one["display"]["web"] == ""
+
+
+def test_the_hosts_rows_keep_the_reference_first_and_add_the_settings_for_hosts() -> None:
+    from bench.hosts import RUNS
+
+    names = [r.name for r in RUNS]
+    assert names[0] == "1 host, shared memory (shipped settings)" and len(set(names)) == len(names) == 17
+    assert names[-4:] == [
+        "2 hosts, curve on, two paths, shared memory",
+        "3 hosts, curve on, two paths, shared memory",
+        "2 hosts, curve on, two paths, jpeg_quality 85",
+        "2 hosts, curve on, two paths, jpeg_quality 85, display draws (web page)",
+    ]

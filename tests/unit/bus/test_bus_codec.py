@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bus.codec import (
+    THUMB,
     VERSION,
     CodecError,
     Drop,
@@ -284,3 +285,42 @@ def test_one_face_object_in_json() -> None:
         "probs": {},
         "uncertain": False,
     }
+
+
+def test_a_thumbnail_travels_after_the_crops_and_comes_back_the_same() -> None:
+    thumb = np.random.default_rng(1).integers(0, 256, THUMB, dtype=np.uint8)
+    crops = np.zeros((1, 8, 8, 1), np.uint8)
+    msg = Frame("s", 1, 1.0, faces=[Face((1, 2, 3, 4))], crops=crops, thumb=thumb, wait=True)
+    parts = encode(msg)
+    assert len(parts) == 3 and bytes(parts[2]) == thumb.tobytes()  # header, crops, thumb: no pixels
+    out = roundtrip(msg)
+    assert out.kind == "frame" and out.pixels is None and out.wait
+    assert out.thumb is not None and out.thumb.dtype == np.uint8 and np.array_equal(out.thumb, thumb)
+    assert roundtrip(Frame("s", 1, 1.0)).thumb is None  # absent unless sent
+
+
+@pytest.mark.parametrize(
+    "thumb",
+    [np.zeros((64, 48), np.uint8), np.zeros((48, 64, 1), np.uint8), np.zeros(THUMB, np.float32), [[0] * 64] * 48],
+)
+def test_a_thumbnail_that_is_not_48x64_uint8_is_not_encoded(thumb) -> None:
+    with pytest.raises(CodecError, match=r"^thumb: must be a 48x64 uint8 grey array") as e:
+        encode(Frame("s", 1, 1.0, thumb=thumb))
+    assert len(e.value.args) == 1
+
+
+@pytest.mark.parametrize(
+    ("parts", "error"),
+    [
+        ([header(thumb={"shape": [64, 48]}), b"\x00" * 3072], r"^thumb\.shape\[0\]: "),
+        ([header(thumb={"shape": [48, 64, 1]}), b"\x00" * 3072], r"^thumb\.shape: "),
+        ([header(thumb={}), b"\x00" * 3072], r"^thumb: "),
+        ([header(thumb={"shape": [48, 64]}), b"\x00" * 3071], r"^thumb: 3071 bytes for 48x64"),
+        ([header(thumb={"shape": [48, 64]}), b"\x00" * 6144], r"^thumb: 6144 bytes for 48x64"),  # 16-bit
+        ([header(thumb={"shape": [48, 64]})], r"^thumb: expected a thumbnail frame"),
+        ([header(thumb={"shape": [48, 64]}), b"\x00" * 3072, b"x"], r"unexpected extra frame"),
+    ],
+)
+def test_a_bad_thumbnail_is_one_codec_error_naming_the_field(parts: list[bytes], error: str) -> None:
+    with pytest.raises(CodecError, match=error):
+        decode(parts)

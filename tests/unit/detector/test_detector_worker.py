@@ -15,7 +15,8 @@ import zmq
 
 from bus import sockets, stage
 from bus.codec import Drop, Eos, Face, Frame, Message, ShmRef, decode, encode
-from bus.config import BusConfig, Config
+from bus.config import BusConfig, Config, DisplayConfig, display_pixels
+from bus.preprocess import thumbnail
 from bus.runtime import Stats
 from bus.shm import Ring, Rings
 from bus.sidecar import ModelSpec
@@ -316,3 +317,90 @@ def test_run_frees_the_slot_of_a_live_frame_it_could_not_send_on(
             s.close(linger=0)
         ctx.term()
         ring.close()
+
+
+def test_step_sends_the_thumbnail_instead_of_the_pixels_when_asked() -> None:
+    img = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (120, 1, 3))
+    kept = step(frame(img), FakeBackend([face(10, 10)]), GREY)
+    assert kept.kind == "frame" and kept.image is not None and kept.thumb is None
+    lean = step(frame(img), FakeBackend([face(10, 10)]), GREY, pixels=False, thumb=True)
+    assert lean.kind == "frame" and lean.pixels is None and lean.crops is not None
+    assert lean.thumb is not None and np.array_equal(lean.thumb, thumbnail(img))
+    bare = step(frame(img), FakeBackend([]), GREY, pixels=False)  # [display] track_cut = 0
+    assert bare.kind == "frame" and bare.pixels is None and bare.thumb is None
+
+
+@pytest.mark.parametrize("video", ["", "annotated.mp4"])
+def test_two_paths_a_display_that_draws_gets_pixels_one_that_draws_nothing_a_thumbnail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, video: str
+) -> None:
+    """Frames in shared memory. A display that draws nothing gets no pixels and no shared-memory
+    reference (it may be on another host): the detector releases every slot; one that draws gets
+    the references, and releases them itself."""
+    monkeypatch.setattr(stage, "Rings", partial(Rings, directory=tmp_path))
+    ring = Ring(4, 120 * 160 * 3, directory=tmp_path)
+    cfg = Config(display=DisplayConfig(web="", video=video and str(tmp_path / video)))
+    assert display_pixels(cfg) is bool(video)
+    ctx = zmq.Context()
+    in_sock = sockets.pull(ctx, "inproc://det-thumb-in", hwm=10)
+    feed = sockets.push(ctx, ["inproc://det-thumb-in"], hwm=10, send_timeout_ms=500)
+    socks = {}
+    for name in ("classifier", "display"):
+        socks[name] = (
+            sockets.pull(ctx, f"inproc://det-thumb-{name}", hwm=10),
+            sockets.push(ctx, [f"inproc://det-thumb-{name}"], hwm=10, send_timeout_ms=500),
+        )
+    stop, stats = threading.Event(), Stats(logging.getLogger("test"), 60.0)
+
+    class OneFace(FakeBackend):
+        """A face in the first frame only."""
+
+        def detect(self, bgr: np.ndarray) -> list[Face]:
+            self.seen.append(bgr.shape)
+            return [face(10, 10)] if len(self.seen) == 1 else []
+
+    backend = OneFace()
+    args = (cfg, in_sock, socks["classifier"][1], backend, stop, stats, GREY, socks["display"][1])
+    thread = threading.Thread(target=run_worker, args=args)
+    thread.start()
+    img = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (120, 1, 3))
+    refs = [ring.put(img), ring.put(255 - img)]
+    assert refs[0] is not None and refs[1] is not None
+    sent: list[Message] = [shm_frame(refs[0], 0), shm_frame(refs[1], 1), shm_frame(MISSING, 2)]
+    sent += [Eos("cam", 3, NOW, frames=3)]
+    try:
+        for m in sent:
+            assert sockets.send(feed, encode(m), block=True)
+        shown = []
+        for _ in sent:
+            parts = sockets.recv(socks["display"][0], 2000)
+            assert parts is not None, "detector output timed out"
+            shown.append(decode(parts))
+        request = sockets.recv(socks["classifier"][0], 2000)
+        assert request is not None
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        for pair in socks.values():
+            for s in pair:
+                s.close(linger=0)
+        for s in (in_sock, feed):
+            s.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()
+    got = decode(request)
+    assert got.kind == "frame" and got.result and got.pixels is None and got.thumb is None and got.crops is not None
+    assert [(m.kind, m.seq) for m in shown] == [("frame", 0), ("frame", 1), ("drop", 2), ("eos", 3)]
+    frames = [m for m in shown if m.kind == "frame"]
+    assert frames[0].wait and not frames[1].wait  # the second has no faces: nothing to wait for
+    if video:
+        assert [m.shm for m in shown] == [*refs, MISSING, None]
+        assert all(m.thumb is None for m in frames)
+        assert ring.busy() == 2, "the display releases the slots"
+    else:
+        assert [m.shm for m in shown] == [None] * 4, "no shared-memory reference leaves the detector"
+        assert [m.pixels for m in frames] == [None, None]
+        for m, pixels in zip(frames, (img, 255 - img), strict=True):
+            assert m.thumb is not None and np.array_equal(m.thumb, thumbnail(pixels))
+        assert ring.busy() == 0, "the detector released every slot"
+    ring.close()

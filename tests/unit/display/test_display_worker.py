@@ -388,3 +388,22 @@ def test_two_paths_a_frame_is_shown_once_with_its_result_or_without_emotions_aft
     c = d.ledger.sources["s0"]
     assert (c.received, dict(c.drops), c.duplicates) == (3, {"send": 1}, 0)
     assert stats.drops["no_emotions_join_timeout"] == 1 and stats.drops["no_emotions_send"] == 1
+
+
+@pytest.mark.parametrize(
+    ("video", "two_paths", "warned"), [("", True, True), ("out.mp4", True, False), ("", False, False)]
+)
+def test_a_drawing_sink_without_pixels_coming_is_said_at_start(caplog, tmp_path, video, two_paths, warned):
+    cfg = config("a.mp4")
+    cfg = msgspec.structs.replace(
+        cfg,
+        display=msgspec.structs.replace(cfg.display, video=video and str(tmp_path / video)),
+        detector=msgspec.structs.replace(cfg.detector, two_paths=two_paths),
+    )
+    with caplog.at_level(logging.WARNING, logger="test.display"):
+        Display(cfg, [RecordingSink()], Stats(LOG, 1e9), LOG)
+    assert ("the detector sends frames without pixels" in caplog.text) is warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="test.display"):
+        Display(cfg, [], Stats(LOG, 1e9), LOG)  # nothing draws: nothing to say
+    assert not caplog.text

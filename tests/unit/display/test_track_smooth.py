@@ -9,8 +9,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from bus.codec import Face, Frame, encode
-from bus.config import Config, ConfigError, DisplayConfig, SourceConfig, parse, validate
+from bus.codec import Face, Frame, decode, encode
+from bus.config import CaptureConfig, Config, ConfigError, DisplayConfig, SourceConfig, parse, validate
+from bus.preprocess import thumbnail
 from bus.runtime import Stats
 from display.draw import annotate
 from display.smooth import Smoother
@@ -142,7 +143,8 @@ def test_follow_ends_every_track_at_a_scene_cut():
     f = Follow(Tracker(0.3, 2), Smoother("off"), cut=12.0)
     dark, dim, bright = (np.full((48, 64, 3), v, np.uint8) for v in (20, 28, 200))
     frames = [(dark, [face(0), face(100)]), (dim, [face(1), face(101)]), (bright, [face(2)]), (bright, [face(3)])]
-    assert [[t.track for t in f.faces(i, faces, LABELS, img)] for i, (img, faces) in enumerate(frames)] == [
+    thumbs = [(thumbnail(img), faces) for img, faces in frames]
+    assert [[t.track for t in f.faces(i, faces, LABELS, th)] for i, (th, faces) in enumerate(thumbs)] == [
         [1, 2],
         [1, 2],  # a small change (8 grey levels): the same shot
         [3],  # a cut: the face at the same place is someone else
@@ -151,11 +153,46 @@ def test_follow_ends_every_track_at_a_scene_cut():
     assert list(f.cuts) == [2]
 
 
-@pytest.mark.parametrize(("cut", "image"), [(0.0, np.full((48, 64, 3), 255, np.uint8)), (12.0, None)])
-def test_no_cut_detection_when_off_or_without_an_image(cut, image):
+@pytest.mark.parametrize(("cut", "thumb"), [(0.0, np.full((48, 64), 255, np.uint8)), (12.0, None)])
+def test_no_cut_detection_when_off_or_without_a_thumbnail(cut, thumb):
     f = Follow(Tracker(0.3, 2), Smoother("off"), cut=cut)
-    f.faces(0, [face(0)], LABELS, np.zeros((48, 64, 3), np.uint8))
-    assert f.faces(1, [face(1)], LABELS, image)[0].track == 1 and not f.cuts
+    f.faces(0, [face(0)], LABELS, np.zeros((48, 64), np.uint8))
+    assert f.faces(1, [face(1)], LABELS, thumb)[0].track == 1 and not f.cuts
+
+
+def shots() -> list[np.ndarray]:
+    """Synthetic VGA frames: a shot of a horizontal gradient that drifts a little (with noise),
+    then a cut to a shot of bright discs on a dark ground, which drift too."""
+    rng = np.random.default_rng(3)
+    ramp = np.tile(np.linspace(30, 220, 640)[None, :], (480, 1))
+    yy, xx = np.mgrid[:480, :640]
+    discs = np.where(((xx % 160) - 80) ** 2 + ((yy % 160) - 80) ** 2 < 50**2, 230.0, 25.0)
+    out = []
+    for scene in (ramp, discs):
+        for i in range(4):
+            grey = np.roll(scene, 2 * i, axis=1) + rng.normal(0, 4, scene.shape)
+            out.append(np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2))
+    return out
+
+
+def test_a_cut_is_found_the_same_from_the_detectors_thumbnail_as_from_the_pixels():
+    """The display's scene cuts and track ids from frames with pixels, and from frames without,
+    carrying the thumbnail the detector made (two paths, a display that draws nothing)."""
+    frames = shots()
+    cfg = Config(capture=CaptureConfig(sources=(SourceConfig(uri="clip.mp4", id="s0"),)))
+    seen = {}
+    for how in ("pixels", "thumbnail"):
+        disp = Display(cfg, [], Stats(logging.getLogger("t"), 1e9), logging.getLogger("t"))
+        for seq, img in enumerate(frames):
+            kw = {"pixels": img} if how == "pixels" else {"thumb": thumbnail(img)}
+            msg = Frame("s0", seq, 1.0, faces=[face(100)], labels=list(LABELS), **kw)
+            parts = [bytes(p) for p in encode(msg)]
+            assert decode(parts).pixels is None or how == "pixels"
+            disp.handle(parts, 0.0)
+        assert disp.carried[how] == len(frames)  # every frame shown, each with what it brought
+        seen[how] = list(disp.follow["s0"].cuts), disp.follow["s0"].tracker.next_id
+    assert seen["pixels"] == ([4], 3)  # the one cut, between the shots: a second track
+    assert seen["thumbnail"] == seen["pixels"]
 
 
 def test_follow_names_labels_by_index_when_the_labels_do_not_fit():
