@@ -155,7 +155,7 @@ class Follow:
     (:func:`bus.preprocess.thumbnail`, made from the pixels by the display or, when the display gets
     none, by the detector: the frame's ``thumb``) differs from the previous frame's by more than
     ``cut`` (mean absolute difference, 0..255). Measured on the research videos: cuts 17..57,
-    consecutive frames of one shot at most 7.
+    consecutive frames of one shot at most 7.2.
     """
 
     def __init__(self, tracker: Tracker, smoother: Smoother, cut: float = 0.0):

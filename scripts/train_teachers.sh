@@ -68,6 +68,7 @@ teacher t1-mixup "${common[@]}" --seed 11 --mix mixup --mix-alpha 0.3
 teacher t2-cutmix "${common[@]}" --seed 22 --mix cutmix --mix-alpha 1.0
 teacher t3-ferplus "${common[@]}" --seed 33 --ferplus-blend 0.5
 teacher t4-scratch "${base[@]}" --seed 44 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
+teacher t5-scratch-cutmix "${base[@]}" --seed 55 --mix cutmix --mix-alpha 1.0 --lr 2e-3 --epochs 40
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
 # session counts through its .npz even when its weights are gone. The model shipped before the student
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
