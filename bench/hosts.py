@@ -15,7 +15,8 @@ display that draws nothing (JPEG between capture and detector only) and once wit
 (``web``: its page on, nobody watching: the frames cross to the display as JPEG files).
 
 The display of every row but the last draws nothing (events only), so on two paths its frames carry
-a thumbnail instead of pixels (:func:`bus.config.display_pixels`); ``display_got`` counts, from its
+a thumbnail instead of pixels (:func:`bus.config.display_pixels`), except in the first row (one host,
+shared memory: references); ``display_got`` counts, from its
 final log line, the frames it showed with pixels and with a thumbnail only.
 
 Each run reads ``clip`` once, as fast as the pipeline takes it, through the real display writing

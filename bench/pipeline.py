@@ -8,8 +8,9 @@ those of capture -> detector -> classifier, the same work the sequential referen
 
 With two paths (``[detector] two_paths``, the default) the sink joins a frame and its classifier
 result by source and seq, as the display does (docs/pipeline.md#two-paths): a frame counts, with its
-latency, when its second half arrives. The run's ``[display]`` draws nothing, so on two paths the frames
-come without pixels (a thumbnail each), as to a real display that draws nothing. The sources loop, so the run stops when ``frames`` frames
+latency, when its second half arrives. The run's ``[display]`` draws nothing and shares memory with the
+detector (one host), so the frames come as shared-memory references, as to a real display on the
+detector's host (:func:`bus.config.display_pixels`). The sources loop, so the run stops when ``frames`` frames
 (results and drop markers) have reached the sink; the first :func:`bench.figures.warmup` of them are left out of every figure. At the cut and
 at the end it reads each stage's CPU time, and before stopping its peak memory. Stages are stopped
 with SIGTERM, so each writes its ``final stats`` line (frames, drops by reason) to its log.

@@ -164,11 +164,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def display_pixels(cfg: Config) -> bool:
     """Whether the frames reach the display with their pixels. On one path always (the classifier
-    forwards them); on two paths only to a display that draws (:attr:`DisplayConfig.draws`): otherwise
-    the detector sends them without, with their grey thumbnail (``thumb``) when ``[display]
-    track_cut`` > 0, and the pixels go no further than the detector. Every stage reads the same
-    config, so the detector and the display agree."""
-    return not cfg.detector.two_paths or cfg.display.draws
+    forwards them); on two paths to a display that draws (:attr:`DisplayConfig.draws`), and to one on
+    this host (a loopback or ipc endpoint) while pixels travel in shared memory (a reference costs
+    nothing to send, and the display makes the scene-cut thumbnail itself, off the detector, the
+    slowest stage). Otherwise the detector sends them without, with their grey thumbnail (``thumb``)
+    when ``[display] track_cut`` > 0, and the pixels go no further than the detector. Every stage
+    reads the same config, so the detector and the display agree."""
+    shared = cfg.bus.shm_slots > 0 and cfg.bus.jpeg_quality == 0 and on_this_host(cfg.display.endpoint)
+    return not cfg.detector.two_paths or cfg.display.draws or shared
+
+
+def on_this_host(ep: str) -> bool:
+    """An ipc/inproc endpoint, or tcp on a loopback address."""
+    scheme, _, rest = ep.partition("://")
+    return scheme != "tcp" or rest.rpartition(":")[0].startswith(LOOPBACK)
 
 
 def ranges(cls: Any) -> dict[str, Meta]:

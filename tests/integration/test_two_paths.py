@@ -3,7 +3,8 @@ classifier and the frame itself to the display, which joins them by source and s
 
 asl_signer_concat10.mp4 (648 frames, one face in each): every frame is in the events with its
 emotion; a display that draws nothing gets every frame without pixels (a thumbnail for the scene
-cuts instead, the shared-memory slots released by the detector), one that draws (a video) with them. With the classifier killed (SIGKILL) mid-run, the frames it held are shown without
+cuts instead) unless it shares memory with the detector (one host: the references cost nothing), one
+that draws (a video) with them. With the classifier killed (SIGKILL) mid-run, the frames it held are shown without
 emotions (``no_emotions: join_timeout``) after ``[display] join_wait_ms``, every later one too
 (``send``: no classifier takes its crops), and the run ends by itself with an exact account.
 """
@@ -38,13 +39,14 @@ def config(
     copies: int = 1,
     drawn: str = "",
     wait_ms: int = 500,
+    shm_slots: int = 16,
 ):
     video = shared_data / "media/videos/asl_signer_concat10.mp4"
     extra = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2 * (copies - 1))]
     source = {"id": "asl", "uri": str(video), "realtime": fps > 0, **({"fps": fps} if fps else {})}
     return bus_toml(
         {
-            "bus": {"hwm": 4, "send_timeout_ms": 300, "stats_interval_s": 1.0},
+            "bus": {"hwm": 4, "send_timeout_ms": 300, "stats_interval_s": 1.0, "shm_slots": shm_slots},
             "capture": {"sources": [source], "eof_linger_s": 30.0},
             "detector": {"endpoints": [f"tcp://127.0.0.1:{ports['detector']}", *extra[: copies - 1]]},
             "classifier": {
@@ -85,12 +87,15 @@ def final(text: str) -> tuple[int, int, str, int]:
     return int(read), int(shown), dropped, int(lost)
 
 
-@pytest.mark.parametrize("copies", [1, 2])
-def test_every_frame_is_joined_with_its_emotion(tmp_path, bus_toml, ports, shared_data, stages, copies) -> None:
+@pytest.mark.parametrize(("copies", "shm_slots"), [(1, 16), (2, 0)])
+def test_every_frame_is_joined_with_its_emotion(
+    tmp_path, bus_toml, ports, shared_data, stages, copies: int, shm_slots: int
+) -> None:
     """Also with two detector and two classifier copies (each frame's halves then meet at the
-    display from different processes)."""
+    display from different processes). The display draws nothing: with shared memory on this host
+    it gets the frames' references (its own thumbnails), without it a thumbnail each, no pixels."""
     events = tmp_path / "events.jsonl"
-    cfg = config(bus_toml, ports, shared_data, events, copies=copies)
+    cfg = config(bus_toml, ports, shared_data, events, copies=copies, shm_slots=shm_slots)
     procs = {s: stages.start(s, "--config", str(cfg)) for s in ("display", "classifier", "detector", "capture")}
     for i in range(1, copies):
         for s in ("classifier", "detector"):
@@ -103,9 +108,13 @@ def test_every_frame_is_joined_with_its_emotion(tmp_path, bus_toml, ports, share
     for r in recs:
         assert "no_emotions" not in r, r
         assert len(r["faces"]) == 1 and r["faces"][0]["label"] is not None, r
-    assert carried(text) == (0, FRAMES, 0), text[-3000:]  # it draws nothing: no pixels came, thumbnails did
     det = procs["detector"].text()
-    assert "frames without pixels -> tcp://127.0.0.1" in det, det[-2000:]  # it really ran two paths
+    if shm_slots:  # references in shared memory, on two paths all the same
+        assert carried(text) == (FRAMES, 0, 0), text[-3000:]
+        assert ", frames -> tcp://127.0.0.1" in det, det[-2000:]  # two paths (one path has no such target)
+    else:  # it draws nothing: no pixels came, thumbnails did
+        assert carried(text) == (0, FRAMES, 0), text[-3000:]
+        assert "frames without pixels -> tcp://127.0.0.1" in det, det[-2000:]  # it really ran two paths
     for p in stages.procs:  # every copy took its share
         if p.stage in ("classifier", "detector"):
             assert p.stop(5) == 0

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import cv2
+import msgspec
 import numpy as np
 import pytest
 import zmq
@@ -210,7 +211,9 @@ def test_stage_config_is_valid_and_points_at_the_video(tmp_path):
     assert len({cfg.detector.endpoints[0], cfg.classifier.endpoints[0], cfg.display.endpoint}) == 3
     assert (cfg.display.web, cfg.display.events, cfg.display.window, cfg.bus.allow_remote) == ("", "", False, False)
     assert cfg.display.smoothing == Config().display.smoothing  # the user's settings are kept
-    assert not display_pixels(cfg)  # two paths, nothing drawn: the frames come without pixels
+    # nothing drawn: the frames come as shared-memory references (one host), without pixels when it is off
+    assert display_pixels(cfg) and cfg.bus.shm_slots > 0
+    assert not display_pixels(msgspec.structs.replace(cfg, bus=msgspec.structs.replace(cfg.bus, shm_slots=0)))
     drawn = parse(tomllib.loads(toml_text(an.stage_table(Config(), info, Path("out/annotated.mp4")))))
     assert drawn.display.video == str(Path("out/annotated.mp4").absolute()) and display_pixels(drawn)  # --video
 

@@ -319,6 +319,24 @@ def test_run_frees_the_slot_of_a_live_frame_it_could_not_send_on(
         ring.close()
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "shm_slots", "jpeg_quality", "pixels"),
+    [
+        ("tcp://127.0.0.1:5603", 16, 0, True),  # one host, shared memory: a reference costs nothing
+        ("ipc:///tmp/display.sock", 16, 0, True),
+        ("tcp://127.0.0.1:5603", 0, 0, False),  # raw pixels over loopback: a thumbnail is cheaper
+        ("tcp://127.0.0.1:5603", 16, 85, False),  # JPEG: no shared memory
+        ("tcp://10.0.0.2:5603", 16, 0, False),  # another host
+    ],
+)
+def test_a_display_that_draws_nothing_gets_pixels_only_by_reference_on_this_host(
+    endpoint: str, shm_slots: int, jpeg_quality: int, pixels: bool
+) -> None:
+    bus = BusConfig(allow_remote=True, shm_slots=shm_slots, jpeg_quality=jpeg_quality)
+    cfg = Config(bus=bus, display=DisplayConfig(endpoint=endpoint, web=""))
+    assert display_pixels(cfg) is pixels
+
+
 def test_step_sends_the_thumbnail_instead_of_the_pixels_when_asked() -> None:
     img = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (120, 1, 3))
     kept = step(frame(img), FakeBackend([face(10, 10)]), GREY)
@@ -334,12 +352,13 @@ def test_step_sends_the_thumbnail_instead_of_the_pixels_when_asked() -> None:
 def test_two_paths_a_display_that_draws_gets_pixels_one_that_draws_nothing_a_thumbnail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, video: str
 ) -> None:
-    """Frames in shared memory. A display that draws nothing gets no pixels and no shared-memory
-    reference (it may be on another host): the detector releases every slot; one that draws gets
-    the references, and releases them itself."""
+    """Frames in shared memory, the display on another host. One that draws nothing gets no pixels and
+    no shared-memory reference: the detector releases every slot; one that draws gets the references,
+    and releases them itself (its host must share the ring: docs/operations.md)."""
     monkeypatch.setattr(stage, "Rings", partial(Rings, directory=tmp_path))
     ring = Ring(4, 120 * 160 * 3, directory=tmp_path)
-    cfg = Config(display=DisplayConfig(web="", video=video and str(tmp_path / video)))
+    remote = DisplayConfig(endpoint="tcp://10.0.0.2:5603", web="", video=video and str(tmp_path / video))
+    cfg = Config(bus=BusConfig(allow_remote=True), display=remote)
     assert display_pixels(cfg) is bool(video)
     ctx = zmq.Context()
     in_sock = sockets.pull(ctx, "inproc://det-thumb-in", hwm=10)
