@@ -139,19 +139,9 @@ def namespaces(tag: str) -> Iterator[list[str] | str]:
             _ip("netns", "del", ns)
 
 
-def config(
-    placement: dict[str, int],
-    clip: Path,
-    keys: Path,
-    curve: bool,
-    two_paths: bool,
-    events: Path,
-    shm: bool = False,
-    jpeg: int = 0,
-    web: bool = False,
-) -> dict:
-    """The bus.toml of one run (pure); ``shm``: pixels in shared memory (between stages of one host);
-    ``jpeg``: ``[bus] jpeg_quality``; ``web``: the display's page on (it draws)."""
+def config(run: Run, clip: Path, keys: Path, events: Path) -> dict:
+    """The bus.toml of one row (pure)."""
+    placement = PLACEMENTS[run.placement]
 
     def ep(stage: str) -> str:
         host = "127.0.0.1" if len(set(placement.values())) == 1 else f"{NET}.{placement[stage]}"
@@ -160,20 +150,20 @@ def config(
     return {
         "bus": {
             "allow_remote": True,
-            "curve": curve,
+            "curve": run.curve,
             "keys_dir": str(keys),
-            "shm_slots": 16 if shm else 0,
-            "jpeg_quality": jpeg,
+            "shm_slots": 16 if run.shm else 0,
+            "jpeg_quality": run.jpeg,
             "hwm": 4,
             "send_timeout_ms": 1000,
             "stats_interval_s": 3600.0,
         },
         "capture": {"sources": [{"id": "s0", "uri": str(clip), "realtime": False}], "eof_linger_s": 30.0},
-        "detector": {"endpoints": [ep("detector")], "two_paths": two_paths},
+        "detector": {"endpoints": [ep("detector")], "two_paths": run.two_paths},
         "classifier": {"endpoints": [ep("classifier")], "model": str(shipped_root() / "models/fer2013_emonet.tflite")},
         "display": {
             "endpoint": ep("display"),
-            "web": f"127.0.0.1:{PORTS['web']}" if web else "",  # in the display's namespace
+            "web": f"127.0.0.1:{PORTS['web']}" if run.web else "",  # in the display's namespace
             "events": str(events),
             "drain_timeout_s": 3.0,
         },
@@ -202,8 +192,7 @@ def one(ns: list[str], run: Run, clip: Path, frames: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     keys, events = work / "keys", work / "events.jsonl"
     generate(keys, STAGES)
-    table = config(placement, clip, keys, run.curve, run.two_paths, events, run.shm, run.jpeg, run.web)
-    cfg = write_config(work / "bus.toml", table)
+    cfg = write_config(work / "bus.toml", config(run, clip, keys, events))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for stage in ("display", "classifier", "detector", "capture"):

@@ -382,7 +382,7 @@ def check_endpoint(ep: str, where: str, allow_remote: bool) -> None:
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"{where}: {ep!r} needs tcp://host:port")
-        if not allow_remote and not host.startswith(LOOPBACK):
+        if not allow_remote and not on_this_host(ep):
             raise ConfigError(f"{where}: {ep!r} is not loopback; set [bus] allow_remote = true to bind it")
 
 

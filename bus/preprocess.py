@@ -46,7 +46,7 @@ def to_uint8_bgr(frame: np.ndarray) -> np.ndarray:
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
-    """A frame's grey scene-cut thumbnail: :data:`bus.codec.THUMB` (48x64) uint8, area-averaged. The
+    """A frame's grey scene-cut thumbnail: :data:`bus.codec.THUMB` (48x64) uint8, sampled and averaged. The
     display's scene-cut detection compares these (:class:`display.track.Follow`); the detector makes
     them for a display that gets no pixels (``thumb`` on the wire), so both make them here.
 

@@ -261,9 +261,8 @@ class Launcher:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
         """SIGTERM every process, the last started (the source) first; up to ``timeout_s`` in all,
         then SIGKILL. Every process is reaped; their exit codes by name."""
-        last_first = list(reversed(self.procs))
-        codes = dict(zip((p.name for p in last_first), stop_all([p.popen for p in last_first], timeout_s), strict=True))
-        return {p.name: codes[p.name] for p in self.procs}
+        codes = stop_all([p.popen for p in reversed(self.procs)], timeout_s)[::-1]
+        return {p.name: code for p, code in zip(self.procs, codes, strict=True)}
 
     def __enter__(self) -> Launcher:
         return self

@@ -275,18 +275,18 @@ def test_the_sink_joins_the_two_paths_as_the_display_does() -> None:
 
 
 def test_the_hosts_configs_place_each_stage_in_its_namespace(tmp_path: Path) -> None:
-    from bench.hosts import PLACEMENTS, config
+    from bench.hosts import Run, config
 
-    one = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e")
-    three = config(PLACEMENTS["3 hosts"], tmp_path / "c.mp4", tmp_path, True, False, tmp_path / "e")
+    one = config(Run("1 host", False, True), tmp_path / "c.mp4", tmp_path, tmp_path / "e")
+    three = config(Run("3 hosts", True, False), tmp_path / "c.mp4", tmp_path, tmp_path / "e")
     assert one["display"]["endpoint"] == "tcp://127.0.0.1:5603" and one["detector"]["two_paths"] is True
     assert three["detector"]["endpoints"] == ["tcp://169.254.78.1:5601"]
     assert three["classifier"]["endpoints"] == ["tcp://169.254.78.2:5602"]
     assert three["display"]["endpoint"] == "tcp://169.254.78.3:5603"
     assert three["bus"]["curve"] is True and three["bus"]["shm_slots"] == 0 and not three["detector"]["two_paths"]
-    shipped = config(PLACEMENTS["1 host"], tmp_path / "c.mp4", tmp_path, False, True, tmp_path / "e", shm=True)
+    shipped = config(Run("1 host", False, True, shm=True), tmp_path / "c.mp4", tmp_path, tmp_path / "e")
     assert shipped["bus"]["shm_slots"] == 16 and one["bus"]["shm_slots"] == 0
-    drawn = config(PLACEMENTS["2 hosts"], tmp_path / "c.mp4", tmp_path, True, True, tmp_path / "e", jpeg=85, web=True)
+    drawn = config(Run("2 hosts", True, True, jpeg=85, web=True), tmp_path / "c.mp4", tmp_path, tmp_path / "e")
     assert drawn["bus"]["jpeg_quality"] == 85 and drawn["display"]["web"] == "127.0.0.1:5604"
     assert one["bus"]["jpeg_quality"] == 0 and one["display"]["web"] == ""
 
