@@ -4,6 +4,7 @@ python -m training --source fer --data ../shared/data/fer2013           # train 
 python -m training --source ck --data ../shared/data/ck48               # 10-fold CV + shipped model
 python -m training evaluate runs/fer-emonet/best.keras --source fer
 python -m training export runs/fer-emonet/best.keras --source fer --name fer2013_emonet
+python -m training soup runs/ferplus-s*/final.keras --source ferplus --out runs/ferplus-soup/soup.keras
 """
 
 from __future__ import annotations
@@ -295,6 +296,30 @@ def ensemble(
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(report, indent=2))
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--source", type=click.Choice(["fer", "ferplus"]), required=True)
+@click.option("--data", type=click.Path(path_type=Path), help="default: $EMOSTREAM_DATA or ../shared/data: fer2013")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="the soup (.keras); its figures beside it as .json"
+)
+def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) -> None:
+    """Runs fine-tuned from one model (.keras) -> their greedy weight-average on PublicTest, one .keras
+    (export it with `export`); each run's, the soup's and the uniform soup's accuracy."""
+    if out.suffix != ".keras":
+        raise click.UsageError(f"--out must end in .keras, got {out}")
+    _setup("off")
+    from training.soup import greedy_soup
+
+    try:
+        report = greedy_soup(list(models), source, data or DEFAULT_DATA[source], out)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    text = json.dumps(report, indent=2)
+    out.with_suffix(".json").write_text(text)
+    click.echo(text)
 
 
 @cli.command()
