@@ -4,10 +4,13 @@ The runtime takes labels, input size, colour mode, pixel scaling and face-crop m
 never from constants, so any exported model (CK+ with *contempt*, FER2013 with *neutral*) just works::
 
     {"name": "fer2013_emonet", "labels": ["angry", ...], "dataset": "fer2013",
-     "input": {"size": 48, "colour": "grey", "scaling": "x/255", "crop_margin": 0.2},
+     "input": {"size": 48, "colour": "grey", "scaling": "x/255", "crop_margin": 0.2, "mirror": false},
      "quantization": "int8", "metrics": {...},
      "calibration": {"temperature": 1.3, "fitted_on": "...", ...}}
 
+``input.mirror`` (default false): the model is run on each crop and on its mirror image, and its
+probabilities are the mean of the two (test-time augmentation: one batch of 2N, about twice the time
+per face); the temperature is fitted in the same mode (``python -m training calibrate --mirror``).
 ``calibration.temperature`` (default 1: none) is applied to the model's probabilities at run time
 (:mod:`bus.calibration`); the rest of ``calibration`` records how it was fitted and what it changed.
 """
@@ -35,6 +38,7 @@ class ModelSpec:
     colour: Colour
     scaling: str = SCALING
     crop_margin: float = 0.2
+    mirror: bool = False
     dataset: str = ""
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     temperature: float = 1.0
@@ -50,11 +54,18 @@ class ModelSpec:
                 "colour": self.colour,
                 "scaling": self.scaling,
                 "crop_margin": self.crop_margin,
+                "mirror": self.mirror,
             },
             "quantization": "int8",
             "metrics": self.metrics,
             "calibration": {**self.calibration, "temperature": self.temperature},
         }
+
+
+def _flag(value: Any, path: Path, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise SidecarError(f"{path}: {name} must be true or false, got {value!r}")
+    return value
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -85,6 +96,7 @@ def load_spec(model: str | Path) -> ModelSpec:
             colour=colour,
             scaling=str(inp.get("scaling", SCALING)),
             crop_margin=float(inp.get("crop_margin", 0.2)),
+            mirror=_flag(inp.get("mirror", False), path, "input.mirror"),
             dataset=str(d.get("dataset", "")),
             metrics=dict(d.get("metrics", {})),
             temperature=float(d.get("calibration", {}).get("temperature", 1.0)),

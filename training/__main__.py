@@ -331,7 +331,13 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
 )
 @click.option("--ck", type=click.Path(path_type=Path), help="also the cross-dataset check on this CK+48 folder")
 @click.option("--dry-run", is_flag=True, help="report only; leave the sidecar as it is")
-def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: bool) -> None:
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    help="run the model on each image and its mirror (the mean of the two), fit the temperature so and "
+    "write it into the sidecar (input.mirror); default: as the sidecar says",
+)
+def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: bool, mirror: bool | None) -> None:
     """Fit an int8 FER2013 model's temperature on PublicTest, report ECE on PrivateTest before and after,
     and write it into the sidecar (the classifier applies it). With --ck: the CK+48 cross-dataset figures."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -343,9 +349,9 @@ def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: boo
     try:
         source = "ferplus" if load_spec(model_path).dataset == "ferplus" else "fer"
         splits = load_source(source, data or DEFAULT_DATA["fer"])
-        result: dict = {"calibration": fit(model_path, splits["val"], splits["test"], write=not dry_run)}
+        result: dict = {"calibration": fit(model_path, splits["val"], splits["test"], write=not dry_run, mirror=mirror)}
         if ck is not None:
-            result["ck48_cross_dataset"] = cross_dataset(model_path, load_source("ck", ck)["all"])
+            result["ck48_cross_dataset"] = cross_dataset(model_path, load_source("ck", ck)["all"], mirror)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2))

@@ -30,10 +30,11 @@ log = logging.getLogger("training.calibrate")
 UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
-def _raw_probs(path: Path, data: Dataset, spec: ModelSpec) -> np.ndarray:
-    """The model's probabilities before its sidecar temperature (undo it: T is applied at load)."""
-    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))
-    return apply_temperature(p, 1.0 / spec.temperature) if spec.temperature != 1.0 else p
+def _raw_probs(path: Path, data: Dataset, spec: ModelSpec, mirror: bool | None = None) -> np.ndarray:
+    """The model's probabilities without its sidecar temperature (not undone afterwards: a temperature
+    below 1 pushes small probabilities under ``bus.calibration.FLOOR``, so undoing it is not exact)."""
+    pixels = grey_to_model_pixels(data.images, spec.size, spec.colour)
+    return tflite_predict(path, pixels, mirror=mirror, calibrated=False)
 
 
 def uncertain_table(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
@@ -65,16 +66,24 @@ def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, f
     return {q: round(float(np.percentile(scores, v)), 4) for q, v in (("p5", 5), ("median", 50), ("p95", 95))}
 
 
-def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> dict[str, Any]:
-    """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+)."""
+def calibrate(
+    path: Path, val: Dataset, test: Dataset, write: bool = True, mirror: bool | None = None
+) -> dict[str, Any]:
+    """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+).
+    ``mirror`` (default: the sidecar's ``input.mirror``) runs the model on each image and its mirror,
+    as the classifier will; with ``write`` it goes into the sidecar with the temperature fitted so."""
     spec = load_spec(path)
     if list(spec.labels) != val.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
-    pv, pt = _raw_probs(path, val, spec), _raw_probs(path, test, spec)
+    mirror = spec.mirror if mirror is None else mirror
+    pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
     t = fit_temperature(pv, val.labels)
     cal = apply_temperature(pt, t)
     result = {
         "temperature": round(t, 4),
+        "mirror": mirror,
+        "accuracy_val": round(float((pv.argmax(1) == val.labels).mean()), 4),
+        "accuracy_test": round(float((pt.argmax(1) == test.labels).mean()), 4),
         "fitted_on": f"{'FER+' if spec.dataset == 'ferplus' else 'FER2013'} PublicTest (NLL, int8 outputs)",
         "ece_bins": 15,
         "ece_test_before": round(ece(pt, test.labels), 4),
@@ -86,8 +95,11 @@ def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> di
         "uncertain_on_test": uncertain_table(cal, test.labels),
     }
     log.info(
-        "%s: T = %.3f; ECE on PrivateTest %.4f -> %.4f",
+        "%s%s: accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; ECE on PrivateTest %.4f -> %.4f",
         path,
+        " with its mirror" if mirror else "",
+        result["accuracy_val"],
+        result["accuracy_test"],
         t,
         result["ece_test_before"],
         result["ece_test_after"],
@@ -95,20 +107,22 @@ def calibrate(path: Path, val: Dataset, test: Dataset, write: bool = True) -> di
     if write:
         d = json.loads(sidecar_path(path).read_text())
         d["calibration"] = {**d.get("calibration", {}), **result}
+        d["input"]["mirror"] = mirror
         sidecar_path(path).write_text(json.dumps(d, indent=2))
         load_spec(path)  # still a sidecar the runtime accepts
     return result
 
 
-def cross_dataset(path: Path, ck: Dataset) -> dict[str, Any]:
-    """FER-trained ``path`` on CK+48: the images of the classes the model knows (contempt left out)."""
+def cross_dataset(path: Path, ck: Dataset, mirror: bool | None = None) -> dict[str, Any]:
+    """FER-trained ``path`` on CK+48: the images of the classes the model knows (contempt left out);
+    ``mirror`` as in :func:`calibrate`."""
     spec = load_spec(path)
     names = list(spec.labels)
     shared = [c for c in ck.classes if c in names]
     keep = np.isin(np.array(ck.classes)[ck.labels], shared)
     data = ck.subset(np.flatnonzero(keep))
     y = np.array([names.index(ck.classes[i]) for i in data.labels], np.int64)
-    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour))
+    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour), mirror=mirror)
     m = metrics(y, p.argmax(1), names)
     result = {
         "images": len(y),
@@ -117,6 +131,7 @@ def cross_dataset(path: Path, ck: Dataset) -> dict[str, Any]:
         "recall": {c: m["per_class"][c]["recall"] for c in shared},
         "ece": round(ece(p, y), 4),
         "temperature": spec.temperature,
+        "mirror": spec.mirror if mirror is None else mirror,
         "protocol": "all CK+48 images of the classes FER2013 shares, as they are; argmax over all model classes",
     }
     log.info(

@@ -138,12 +138,18 @@ def evaluate_model(model: Any, data: Dataset, info: Any, out: Path, tag: str) ->
     return _write(report, out, f"{tag} (flip TTA)")
 
 
-def tflite_predict(path: Path, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
+def tflite_predict(
+    path: Path, pixels: np.ndarray, batch: int = 256, mirror: bool | None = None, calibrated: bool = True
+) -> np.ndarray:
     """Class probabilities from a .tflite model (with its sidecar) for uint8 model pixels (N x S x S x C),
-    through the runtime classifier's own code path (quantisation, batching, dequantisation)."""
+    through the runtime classifier's own code path (quantisation, batching, dequantisation, the mean
+    with the mirror image where the sidecar or ``mirror`` says so, and the sidecar's temperature unless
+    ``calibrated`` is off)."""
     from classifier.model import EmotionModel
 
-    model = EmotionModel(path, threads=2)
+    model = EmotionModel(path, threads=2, mirror=mirror)
+    if not calibrated:
+        model.temperature = 1.0
     chunks = [model.classify(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(model.labels)), np.float32)
 

@@ -111,3 +111,38 @@ def test_a_model_that_refuses_batches_is_run_face_by_face(tiny, caplog):
         np.testing.assert_allclose(model.classify(batch), expected, atol=1e-6)
     assert not model.batching
     assert caplog.text.count("cannot take a batch of 3") == 1
+
+
+def test_mirror_is_the_mean_over_each_crop_and_its_mirror_before_the_temperature(tiny, tmp_path):
+    path = _copy(tiny["int8"], tmp_path)
+    ramp = np.linspace(0, 255, 48)[None, None, :, None] * np.array([1.0, 0.6, 0.3])[:, None, None, None]
+    batch = np.broadcast_to(ramp, (3, 48, 48, 1)).astype(np.uint8)  # dark left, bright right: not symmetric
+    plain = EmotionModel(path)
+    raw, raw_mirrored = plain.classify(batch), plain.classify(batch[:, :, ::-1])
+    assert not np.allclose(raw, raw_mirrored, atol=1e-3)  # the tiny model is not symmetric
+
+    _edit_sidecar(path, mirror=True)
+    model = EmotionModel(path)
+    assert model.mirror and model.info["mirror"]
+    np.testing.assert_allclose(model.classify(batch), (raw + raw_mirrored) / 2, atol=1e-6)
+    assert model.classify(batch[:0]).shape == (0, 7)
+    # One face alone gives what it gives in the batch (a batch of 2 for one face, 6 for three).
+    np.testing.assert_allclose(model.classify(batch[1:2]), model.classify(batch)[1:2], atol=1e-6)
+    # The override, as training's calibration uses it: off gives the plain model.
+    np.testing.assert_allclose(EmotionModel(path, mirror=False).classify(batch), raw, atol=1e-6)
+
+    from bus.calibration import apply_temperature
+
+    d = json.loads(path.with_suffix(".json").read_text())
+    d["calibration"] = {"temperature": 0.5}
+    path.with_suffix(".json").write_text(json.dumps(d))
+    np.testing.assert_allclose(
+        EmotionModel(path).classify(batch), apply_temperature((raw + raw_mirrored) / 2, 0.5), atol=1e-5
+    )
+
+
+def test_mirror_must_be_a_boolean(tiny, tmp_path):
+    path = _copy(tiny["int8"], tmp_path)
+    _edit_sidecar(path, mirror="yes")
+    with pytest.raises(ModelError, match=r"input\.mirror must be true or false, got 'yes'"):
+        EmotionModel(path)
