@@ -94,7 +94,7 @@ class DetectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_confidence: Annotated[float, Meta(gt=0, lt=1)] = 0.6
     backend: str = "litert"  # "litert": BlazeFace on LiteRT (detector/blazeface.py) | "mediapipe": MediaPipe Tasks
     max_faces: Annotated[int, Meta(ge=1, le=256)] = 32  # bus.codec.MAX_FACES
-    align: bool = True  # rotate each crop so the eyes are level (BlazeFace eye keypoints)
+    align: bool = False  # rotate each crop so the eyes are level (BlazeFace eye keypoints); off: models/README.md
     # crops and faces to the classifier, the frame straight to the display (which joins them); false: one
     # path, every frame through the classifier (docs/pipeline.md#two-paths)
     two_paths: bool = True
