@@ -58,6 +58,7 @@ def test_ck_smoke_train_export_roundtrip(tmp_path: Path) -> None:
         "colour": "grey",
         "scaling": "x/255",
         "crop_margin": 0.0,
+        "mirror": False,
     }
     cv = json.loads((models / "ck_emonet.cv.json").read_text())
     assert len(cv["folds"]) == 2 and 0 <= cv["mean_accuracy"] <= 1
