@@ -40,6 +40,7 @@ py=.venv/bin/python
 base=(--source fer --data "$data" --model emonet --no-export)
 # t1-t3 continue the shipped model (6 epochs each): they turned out too alike to gain as an ensemble
 # (ensemble of the three: PrivateTest 68.74 %, below t1 alone), so t4 on is trained from scratch.
+# (They were made from models/fer2013_emonet.keras of commit 5b1d273; the file is the model soup since.)
 common=("${base[@]}" --init models/fer2013_emonet.keras --keep-head --lr 5e-4 --epochs "${TEACHER_EPOCHS:-6}")
 names=()  # every teacher, in order: the ensemble below takes them all
 teacher() {
