@@ -3,7 +3,6 @@ without the mirror image, written into the sidecar the runtime reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -38,16 +37,10 @@ def test_floor_is_what_a_perfectly_calibrated_model_scores_and_shrinks_with_more
     assert ece_floor(p, draws=20, seed=3) == ece_floor(p, draws=20, seed=3)
 
 
-def _tiny_int8(tmp_path: Path) -> Path:
-    path = Path(__file__).resolve().parents[1] / "classifier" / "tiny_model.py"
-    spec = importlib.util.spec_from_file_location("emostream_tests_tiny_model", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    src = mod.tiny_models(tmp_path / "cache")["int8"]
+def _copy(model: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "m.tflite"
-    shutil.copy(src, dst)
-    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    shutil.copy(model, dst)
+    shutil.copy(model.with_suffix(".json"), dst.with_suffix(".json"))
     return dst
 
 
@@ -56,8 +49,10 @@ def _split(n: int, seed: int, classes: list[str]) -> Dataset:
     return Dataset(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, len(classes), n), classes)
 
 
-def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(tmp_path: Path) -> None:
-    model = _tiny_int8(tmp_path)
+def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    model = _copy(tiny["int8"], tmp_path)
     classes = list(load_spec(model).labels)
     val, test = _split(300, 1, classes), _split(300, 2, classes)
 

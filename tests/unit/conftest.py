@@ -1,3 +1,5 @@
+"""Unit-test fixtures shared across packages: the tiny emotion models (classifier, training)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +11,7 @@ import pytest
 
 def load_tiny_model_module() -> ModuleType:
     """tiny_model.py by path, so it loads the same way under any pytest import mode."""
-    path = Path(__file__).with_name("tiny_model.py")
+    path = Path(__file__).parent / "classifier" / "tiny_model.py"
     spec = importlib.util.spec_from_file_location("emostream_tests_tiny_model", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
