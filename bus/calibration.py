@@ -1,11 +1,19 @@
-"""Probability calibration: one temperature per model, fitted offline, applied at run time.
+"""Probability calibration: a class bias and one temperature per model, fitted offline, applied at run time.
 
 Consumes class probabilities (N x K, rows summing to 1, as the int8 model outputs them after
-dequantisation) and produces probabilities of the same shape. Temperature scaling (Guo et al., 2017)
-divides the log-probabilities by ``T`` before the softmax: the ranking (and so the label) never
-changes, only how sure the model says it is. ``T`` is fitted by minimising the negative log-likelihood
-on a held-out split (FER2013 PublicTest) and kept in the model's sidecar (``bus.sidecar``); the
-classifier applies it (``classifier.model``), training fits and reports it (``training.calibrate``).
+dequantisation) and produces probabilities of the same shape: ``softmax((log(p) + b) / T)``.
+
+- ``b``, the class bias (optional; none by default), is post-hoc logit adjustment (Menon et al., 2021):
+  ``b = -tau * log(prior)`` with the class shares of the training split. A model trained on FER2013
+  learns its skewed prior (disgust 1.5 % of the images, happy 25 %) and so under-calls rare classes on
+  faces from elsewhere; ``tau`` (0: none, 1: the full correction for a uniform prior) is picked on a
+  held-out split (:func:`fit_prior_tau`). Unlike ``T`` it can change the label: that is its purpose.
+- ``T``, temperature scaling (Guo et al., 2017), divides the (adjusted) log-probabilities before the
+  softmax: the ranking never changes, only how sure the model says it is. ``T`` is fitted after ``b``
+  by minimising the negative log-likelihood on the held-out split (FER2013 PublicTest).
+
+Both are kept in the model's sidecar (``bus.sidecar``); the classifier applies them
+(``classifier.model``), training fits and reports them (``training.calibrate``).
 
 numpy only: the runtime stages import this module, training does too, so both apply the same rule.
 """
@@ -18,16 +26,41 @@ import numpy as np
 FLOOR = 1.0 / 512
 ECE_BINS = 15
 T_RANGE = (0.05, 20.0)
+BIAS_LIMIT = 10.0  # |b| per class: a larger one would pin or forbid a label whatever the network says
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(p) / T), row-wise; ``T == 1`` returns the input unchanged (no copy)."""
-    if temperature == 1.0:
+def apply_calibration(probs: np.ndarray, temperature: float = 1.0, bias: np.ndarray | None = None) -> np.ndarray:
+    """softmax((log(p) + bias) / T), row-wise; ``T == 1`` with no bias returns the input unchanged (no copy)."""
+    if temperature == 1.0 and bias is None:
         return probs
-    logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR)) / temperature
+    logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
+    if bias is not None:
+        logp = logp + np.asarray(bias, np.float64)
+    logp /= temperature
     logp -= logp.max(axis=-1, keepdims=True)
     e = np.exp(logp)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def prior_bias(counts: np.ndarray, tau: float) -> np.ndarray:
+    """``-tau * log(prior)`` for the per-class training ``counts`` (add-one smoothed), shifted to mean 0
+    (a constant added to every class changes nothing)."""
+    c = np.asarray(counts, np.float64) + 1.0
+    b = -tau * np.log(c / c.sum())
+    return b - b.mean()
+
+
+def fit_prior_tau(
+    probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
+) -> float:
+    """The ``tau`` of ``grid`` whose :func:`prior_bias` gives the highest accuracy on ``labels``; on a tie
+    the smallest (the least change). The temperature does not move the argmax, so ``tau`` is fitted first."""
+    if len(labels) == 0:
+        raise ValueError("no samples to fit a class bias on")
+    logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
+    scores = [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
+    return grid[int(np.argmax(scores))]  # argmax: the first of the best
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -45,7 +78,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     g = (np.sqrt(5) - 1) / 2
 
     def f(log_t: float) -> float:
-        return nll(apply_temperature(probs, float(np.exp(log_t))), labels)
+        return nll(apply_calibration(probs, float(np.exp(log_t))), labels)
 
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = f(a), f(b)

@@ -11,8 +11,10 @@ never from constants, so any exported model (CK+ with *contempt*, FER2013 with *
 ``input.mirror`` (default false): the model is run on each crop and on its mirror image, and its
 probabilities are the mean of the two (test-time augmentation: one batch of 2N, about twice the time
 per face); the temperature is fitted in the same mode (``python -m training calibrate --mirror``).
-``calibration.temperature`` (default 1: none) is applied to the model's probabilities at run time
-(:mod:`bus.calibration`); the rest of ``calibration`` records how it was fitted and what it changed.
+``calibration.temperature`` (default 1: none) and ``calibration.class_bias`` (default none: a list of one
+number per label, added to the log-probabilities before the temperature; post-hoc logit adjustment for
+the training split's class prior) are applied to the model's probabilities at run time
+(:mod:`bus.calibration`); the rest of ``calibration`` records how they were fitted and what they changed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from bus.calibration import T_RANGE
+from bus.calibration import BIAS_LIMIT, T_RANGE
 from bus.preprocess import SCALING, Colour
 
 
@@ -42,6 +44,7 @@ class ModelSpec:
     dataset: str = ""
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     temperature: float = 1.0
+    class_bias: tuple[float, ...] = ()  # empty: none
     calibration: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -58,7 +61,11 @@ class ModelSpec:
             },
             "quantization": "int8",
             "metrics": self.metrics,
-            "calibration": {**self.calibration, "temperature": self.temperature},
+            "calibration": {
+                **{k: v for k, v in self.calibration.items() if k != "class_bias"},
+                "temperature": self.temperature,
+                **({"class_bias": list(self.class_bias)} if self.class_bias else {}),
+            },
         }
 
 
@@ -66,6 +73,16 @@ def _flag(value: Any, path: Path, name: str) -> bool:
     if not isinstance(value, bool):
         raise SidecarError(f"{path}: {name} must be true or false, got {value!r}")
     return value
+
+
+def _bias(value: Any, path: Path, labels: int) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) != labels:
+        raise SidecarError(f"{path}: calibration.class_bias must be a list of {labels} numbers, one per label")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= BIAS_LIMIT for v in value):
+        raise SidecarError(f"{path}: calibration.class_bias values must be numbers in [-{BIAS_LIMIT}, {BIAS_LIMIT}]")
+    return tuple(float(v) for v in value)
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -100,6 +117,7 @@ def load_spec(model: str | Path) -> ModelSpec:
             dataset=str(d.get("dataset", "")),
             metrics=dict(d.get("metrics", {})),
             temperature=float(d.get("calibration", {}).get("temperature", 1.0)),
+            class_bias=_bias(d.get("calibration", {}).get("class_bias"), path, len(labels)),
             calibration=dict(d.get("calibration", {})),
         )
     except SidecarError:

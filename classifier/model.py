@@ -2,9 +2,9 @@
 
 Consumes a batch of uint8 face crops (N x S x S x C, ``bus.preprocess.crop_face`` with the sidecar's
 size and colour) and produces N x len(labels) probabilities in the sidecar's label order, calibrated
-with the sidecar's temperature (``bus.calibration``; 1 = as the network outputs them). Where the
-sidecar says ``input.mirror``, each crop's probabilities are the mean over the crop and its mirror
-image, both in the same batch (test-time augmentation), before the temperature.
+with the sidecar's class bias and temperature (``bus.calibration``; none and 1 = as the network outputs
+them). Where the sidecar says ``input.mirror``, each crop's probabilities are the mean over the crop and
+its mirror image, both in the same batch (test-time augmentation), before the calibration.
 
 All faces of a frame run as ONE batch: the interpreter's input is resized to (N, S, S, C) only when
 N changes. Measured on this project's emonet (int8, 1 thread): resize + allocate costs ~5 us, while
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from bus.calibration import apply_temperature
+from bus.calibration import apply_calibration
 from bus.runtime import native_stderr
 from bus.sidecar import ModelSpec, SidecarError, load_spec
 from classifier.preprocess import InputQuantizer, dequantize, normalise
@@ -58,6 +58,7 @@ class EmotionModel:
         self.path = path
         self.mirror: bool = self.spec.mirror if mirror is None else mirror
         self.temperature: float = self.spec.temperature  # 1.0: the network's own probabilities
+        self.class_bias: np.ndarray | None = np.array(self.spec.class_bias) if self.spec.class_bias else None
         self.labels: tuple[str, ...] = self.spec.labels
         self.size: int = self.spec.size
         self.channels: int = _channels(self.spec.colour)
@@ -102,6 +103,8 @@ class EmotionModel:
             "input": np.dtype(self._in["dtype"]).name,
             "fast_path": self.quantize.fast,
             "mirror": self.mirror,
+            "temperature": self.temperature,
+            "class_bias": self.class_bias is not None,
         }
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
@@ -117,7 +120,7 @@ class EmotionModel:
             probs = (both[:n] + both[n:]) / 2
         else:
             probs = self._batched(crops)
-        return apply_temperature(probs, self.temperature)
+        return apply_calibration(probs, self.temperature, self.class_bias)
 
     def _batched(self, crops: np.ndarray) -> np.ndarray:
         n = len(crops)

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -322,6 +323,18 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
     click.echo(text)
 
 
+def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        tau = float(value)
+    except ValueError:
+        tau = -1.0
+    if not 0.0 <= tau <= 1.0:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number in [0, 1]")
+    return tau
+
+
 @cli.command()
 @click.argument("model_path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option(
@@ -337,10 +350,22 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
     help="run the model on each image and its mirror (the mean of the two), fit the temperature so and "
     "write it into the sidecar (input.mirror); default: as the sidecar says",
 )
-def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: bool, mirror: bool | None) -> None:
-    """Fit an int8 FER2013 model's temperature on PublicTest, report ECE on PrivateTest before and after,
-    and write it into the sidecar (the classifier applies it). With --ck: the CK+48 cross-dataset figures."""
+@click.option(
+    "--prior-tau",
+    callback=_prior_tau,
+    help="class bias -TAU * log(training class share), added before the temperature (post-hoc logit "
+    "adjustment: rare classes such as disgust are called more often): a number in [0, 1] (0: none), or "
+    "'auto' to pick it on PublicTest by accuracy; default: as the sidecar says (none)",
+)
+def calibrate(
+    model_path: Path, data: Path | None, ck: Path | None, dry_run: bool, mirror: bool | None, prior_tau: Any
+) -> None:
+    """Fit an int8 FER2013 model's class bias (optional) and temperature on PublicTest, report accuracy and
+    ECE on PrivateTest before and after, and write them into the sidecar (the classifier applies them).
+    With --ck: the CK+48 cross-dataset figures."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    import numpy as np
+
     from bus.sidecar import load_spec
     from training.calibrate import calibrate as fit
     from training.calibrate import cross_dataset
@@ -349,9 +374,22 @@ def calibrate(model_path: Path, data: Path | None, ck: Path | None, dry_run: boo
     try:
         source = "ferplus" if load_spec(model_path).dataset == "ferplus" else "fer"
         splits = load_source(source, data or DEFAULT_DATA["fer"])
-        result: dict = {"calibration": fit(model_path, splits["val"], splits["test"], write=not dry_run, mirror=mirror)}
+        train = splits["train"]
+        counts = np.bincount(train.labels, minlength=len(train.classes))
+        result: dict = {
+            "calibration": fit(
+                model_path,
+                splits["val"],
+                splits["test"],
+                write=not dry_run,
+                mirror=mirror,
+                prior_tau=prior_tau,
+                train_counts=counts,
+            )
+        }
         if ck is not None:
-            result["ck48_cross_dataset"] = cross_dataset(model_path, load_source("ck", ck)["all"], mirror)
+            ck_data = load_source("ck", ck)["all"]
+            result["ck48_cross_dataset"] = cross_dataset(model_path, ck_data, mirror, result["calibration"])
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(result, indent=2))

@@ -1,9 +1,11 @@
 """Calibration and cross-dataset checks of an exported int8 model, run through the runtime's own code.
 
-- :func:`calibrate`: fit the temperature on FER2013 PublicTest (the int8 model's dequantised outputs,
-  exactly what the classifier sees), report the top-class ECE (15 bins) on PrivateTest before and after
-  (with :func:`ece_floor`, what sampling noise alone gives on that many images), and write it into the
-  sidecar's ``calibration`` (the classifier applies it, ``bus.calibration``).
+- :func:`calibrate`: fit the class bias (optional: post-hoc logit adjustment for the training prior,
+  its strength ``tau`` picked by accuracy) and then the temperature on FER2013 PublicTest (the int8
+  model's dequantised outputs, exactly what the classifier sees), report accuracy, per-class recall and
+  the top-class ECE (15 bins) on PrivateTest before and after (with :func:`ece_floor`, what sampling
+  noise alone gives on that many images), and write them into the sidecar's ``calibration`` (the
+  classifier applies them, ``bus.calibration``).
 - :func:`cross_dataset`: a FER2013 model on all CK+48 images of the six classes both datasets share
   (contempt left out), as they are, no CK+ training: accuracy (argmax over all the model's classes, so
   a *neutral* answer is wrong), per-class recall and ECE.
@@ -16,11 +18,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from bus.calibration import apply_temperature, ece, fit_temperature
+from bus.calibration import apply_calibration, ece, fit_prior_tau, fit_temperature, prior_bias
 from bus.preprocess import grey_to_model_pixels
 from bus.sidecar import ModelSpec, load_spec, sidecar_path
 from training.data import Dataset
@@ -67,37 +69,66 @@ def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, f
 
 
 def calibrate(
-    path: Path, val: Dataset, test: Dataset, write: bool = True, mirror: bool | None = None
+    path: Path,
+    val: Dataset,
+    test: Dataset,
+    write: bool = True,
+    mirror: bool | None = None,
+    prior_tau: float | Literal["auto"] | None = None,
+    train_counts: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+).
     ``mirror`` (default: the sidecar's ``input.mirror``) runs the model on each image and its mirror,
-    as the classifier will; with ``write`` it goes into the sidecar with the temperature fitted so."""
+    as the classifier will. ``prior_tau`` (default: the sidecar's ``calibration.prior_tau``, else 0) is
+    the strength of the class bias ``-tau * log(prior)``, the prior from ``train_counts`` (images per
+    class of the training split); ``"auto"`` picks it on ``val`` (:func:`bus.calibration.fit_prior_tau`).
+    With ``write`` all of it goes into the sidecar with the temperature fitted after the bias."""
     spec = load_spec(path)
     if list(spec.labels) != val.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
     mirror = spec.mirror if mirror is None else mirror
+    if prior_tau is None:
+        prior_tau = float(spec.calibration.get("prior_tau", 0.0))
+    if prior_tau != "auto" and not 0.0 <= prior_tau <= 1.0:
+        raise ValueError(f"prior tau {prior_tau} is not in [0, 1]")
+    counts = np.zeros(len(val.classes)) if train_counts is None else np.asarray(train_counts)
+    if prior_tau != 0.0 and not counts.any():
+        raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
-    t = fit_temperature(pv, val.labels)
-    cal = apply_temperature(pt, t)
-    result = {
+    tau = fit_prior_tau(pv, val.labels, counts) if prior_tau == "auto" else float(prior_tau)
+    bias = prior_bias(counts, tau) if tau > 0 else None
+    t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels)
+    cal_v, cal_t = apply_calibration(pv, t, bias), apply_calibration(pt, t, bias)
+    m = metrics(test.labels, cal_t.argmax(1), test.classes)
+    result: dict[str, Any] = {
         "temperature": round(t, 4),
         "mirror": mirror,
-        "accuracy_val": round(float((pv.argmax(1) == val.labels).mean()), 4),
-        "accuracy_test": round(float((pt.argmax(1) == test.labels).mean()), 4),
+        "prior_tau": tau,
+        "accuracy_val": round(float((cal_v.argmax(1) == val.labels).mean()), 4),
+        "accuracy_test": round(float((cal_t.argmax(1) == test.labels).mean()), 4),
+        "accuracy_test_without_bias": round(float((pt.argmax(1) == test.labels).mean()), 4),
+        "macro_f1_test": round(m["macro_f1"], 4),
+        "recall_test": {c: m["per_class"][c]["recall"] for c in test.classes},
         "fitted_on": f"{'FER+' if spec.dataset == 'ferplus' else 'FER2013'} PublicTest (NLL, int8 outputs)",
         "ece_bins": 15,
         "ece_test_before": round(ece(pt, test.labels), 4),
-        "ece_test_after": round(ece(cal, test.labels), 4),
+        "ece_test_after": round(ece(cal_t, test.labels), 4),
         "ece_val_before": round(ece(pv, val.labels), 4),
-        "ece_val_after": round(ece(apply_temperature(pv, t), val.labels), 4),
-        "ece_test_if_perfectly_calibrated": ece_floor(cal),
+        "ece_val_after": round(ece(cal_v, val.labels), 4),
+        "ece_test_if_perfectly_calibrated": ece_floor(cal_t),
         "test_split": "PrivateTest",
-        "uncertain_on_test": uncertain_table(cal, test.labels),
+        "uncertain_on_test": uncertain_table(cal_t, test.labels),
     }
+    if bias is not None:
+        prior = counts / counts.sum()
+        result["class_prior"] = {c: round(float(v), 4) for c, v in zip(test.classes, prior, strict=True)}
+        result["class_bias"] = [round(float(b), 4) for b in bias]
     log.info(
-        "%s%s: accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; ECE on PrivateTest %.4f -> %.4f",
+        "%s%s: class bias tau %.1f; accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; "
+        "ECE on PrivateTest %.4f -> %.4f",
         path,
         " with its mirror" if mirror else "",
+        tau,
         result["accuracy_val"],
         result["accuracy_test"],
         t,
@@ -106,31 +137,44 @@ def calibrate(
     )
     if write:
         d = json.loads(sidecar_path(path).read_text())
-        d["calibration"] = {**d.get("calibration", {}), **result}
+        old = {k: v for k, v in d.get("calibration", {}).items() if k not in ("class_bias", "class_prior")}
+        d["calibration"] = {**old, **result}
         d["input"]["mirror"] = mirror
         sidecar_path(path).write_text(json.dumps(d, indent=2))
         load_spec(path)  # still a sidecar the runtime accepts
     return result
 
 
-def cross_dataset(path: Path, ck: Dataset, mirror: bool | None = None) -> dict[str, Any]:
+def cross_dataset(
+    path: Path, ck: Dataset, mirror: bool | None = None, calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """FER-trained ``path`` on CK+48: the images of the classes the model knows (contempt left out);
-    ``mirror`` as in :func:`calibrate`."""
+    ``mirror`` as in :func:`calibrate`; ``calibration`` (a result of :func:`calibrate`, for a dry run)
+    instead of the sidecar's temperature and class bias."""
     spec = load_spec(path)
     names = list(spec.labels)
     shared = [c for c in ck.classes if c in names]
     keep = np.isin(np.array(ck.classes)[ck.labels], shared)
     data = ck.subset(np.flatnonzero(keep))
     y = np.array([names.index(ck.classes[i]) for i in data.labels], np.int64)
-    p = tflite_predict(path, grey_to_model_pixels(data.images, spec.size, spec.colour), mirror=mirror)
+    if calibration is None:
+        bias = spec.class_bias or None
+        t, tau = spec.temperature, float(spec.calibration.get("prior_tau", 0.0)) if bias else 0.0
+    else:
+        bias = calibration.get("class_bias")
+        t, tau = calibration["temperature"], calibration["prior_tau"]
+    raw = _raw_probs(path, data, spec, mirror)
+    p = apply_calibration(raw, t, None if bias is None else np.asarray(bias))
     m = metrics(y, p.argmax(1), names)
     result = {
         "images": len(y),
         "classes": shared,
         "accuracy": round(m["accuracy"], 4),
+        "accuracy_without_bias": round(float((raw.argmax(1) == y).mean()), 4),
         "recall": {c: m["per_class"][c]["recall"] for c in shared},
         "ece": round(ece(p, y), 4),
-        "temperature": spec.temperature,
+        "temperature": t,
+        "prior_tau": tau,
         "mirror": spec.mirror if mirror is None else mirror,
         "protocol": "all CK+48 images of the classes FER2013 shares, as they are; argmax over all model classes",
     }

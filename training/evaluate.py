@@ -143,13 +143,13 @@ def tflite_predict(
 ) -> np.ndarray:
     """Class probabilities from a .tflite model (with its sidecar) for uint8 model pixels (N x S x S x C),
     through the runtime classifier's own code path (quantisation, batching, dequantisation, the mean
-    with the mirror image where the sidecar or ``mirror`` says so, and the sidecar's temperature unless
-    ``calibrated`` is off)."""
+    with the mirror image where the sidecar or ``mirror`` says so, and the sidecar's class bias and
+    temperature unless ``calibrated`` is off)."""
     from classifier.model import EmotionModel
 
     model = EmotionModel(path, threads=2, mirror=mirror)
     if not calibrated:
-        model.temperature = 1.0
+        model.temperature, model.class_bias = 1.0, None
     chunks = [model.classify(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(model.labels)), np.float32)
 

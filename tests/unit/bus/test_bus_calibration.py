@@ -1,11 +1,11 @@
-"""Temperature scaling and the expected calibration error (bus.calibration)."""
+"""Temperature scaling, the class bias (logit adjustment) and the expected calibration error (bus.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bus.calibration import FLOOR, apply_temperature, ece, fit_temperature, nll
+from bus.calibration import FLOOR, apply_calibration, ece, fit_prior_tau, fit_temperature, nll, prior_bias
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -24,18 +24,18 @@ def _sample(n: int, sharpen: float, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 def test_temperature_one_is_the_identity_and_ranking_never_changes() -> None:
     p, _ = _sample(200, 1.0)
-    assert apply_temperature(p, 1.0) is p
+    assert apply_calibration(p, 1.0) is p
     for t in (0.5, 2.0, 5.0):
-        q = apply_temperature(p, t)
+        q = apply_calibration(p, t)
         np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(q.argmax(axis=1), p.argmax(axis=1))
-    assert (apply_temperature(p, 2.0).max(axis=1) <= p.max(axis=1) + 1e-6).all()  # T > 1 softens
-    assert (apply_temperature(p, 0.5).max(axis=1) >= p.max(axis=1) - 1e-6).all()  # T < 1 sharpens
+    assert (apply_calibration(p, 2.0).max(axis=1) <= p.max(axis=1) + 1e-6).all()  # T > 1 softens
+    assert (apply_calibration(p, 0.5).max(axis=1) >= p.max(axis=1) - 1e-6).all()  # T < 1 sharpens
 
 
 def test_int8_zeros_are_floored_not_impossible() -> None:
     p = np.array([[1.0, 0.0, 0.0]], np.float32)  # what a dequantised int8 softmax can give
-    q = apply_temperature(p, 2.0)
+    q = apply_calibration(p, 2.0)
     assert np.isfinite(q).all() and q[0, 1] > 0 and q[0, 0] > q[0, 1]
     assert q[0, 1] == pytest.approx(np.sqrt(FLOOR) / (1 + 2 * np.sqrt(FLOOR)), rel=1e-4)
 
@@ -45,7 +45,7 @@ def test_fit_recovers_the_temperature_that_undoes_the_distortion(sharpen: float)
     p, y = _sample(20000, sharpen)
     t = fit_temperature(p, y)
     assert t == pytest.approx(sharpen, rel=0.08)
-    assert nll(apply_temperature(p, t), y) <= nll(p, y) + 1e-9
+    assert nll(apply_calibration(p, t), y) <= nll(p, y) + 1e-9
 
 
 def test_ece_small_when_calibrated_large_when_over_confident_and_fixed_by_the_fit() -> None:
@@ -53,7 +53,7 @@ def test_ece_small_when_calibrated_large_when_over_confident_and_fixed_by_the_fi
     over, _ = _sample(20000, 2.5, seed=1)
     assert ece(calibrated, y) < 0.02
     assert ece(over, y) > 0.1
-    assert ece(apply_temperature(over, fit_temperature(over, y)), y) < 0.02
+    assert ece(apply_calibration(over, fit_temperature(over, y)), y) < 0.02
 
 
 def test_ece_by_hand() -> None:
@@ -66,3 +66,41 @@ def test_ece_by_hand() -> None:
 def test_fit_needs_samples() -> None:
     with pytest.raises(ValueError, match="no samples"):
         fit_temperature(np.zeros((0, 7)), np.zeros(0, np.int64))
+
+
+def test_class_bias_is_added_to_the_log_probabilities_before_the_temperature() -> None:
+    p = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], np.float32)
+    b = np.array([0.0, 1.0, -1.0])
+    for t in (1.0, 0.5, 2.0):
+        z = (np.log(p) + b) / t
+        expected = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(apply_calibration(p, t, b), expected, rtol=1e-5)
+    assert apply_calibration(p, 1.0, b).argmax(axis=1).tolist() == [1, 2]  # unlike T, it can change the label
+    np.testing.assert_allclose(apply_calibration(p, 2.0, np.zeros(3)), apply_calibration(p, 2.0), rtol=1e-6)
+
+
+def test_prior_bias_favours_rare_classes_in_proportion_to_tau() -> None:
+    counts = np.array([3995, 436, 4097, 7215, 4830, 3171, 4965])  # FER2013 Training
+    assert np.allclose(prior_bias(counts, 0.0), 0.0)
+    b = prior_bias(counts, 1.0)
+    assert b.mean() == pytest.approx(0.0, abs=1e-12) and b.argmax() == 1 and b.argmin() == 3
+    np.testing.assert_allclose(prior_bias(counts, 0.4), 0.4 * b)
+    # tau = 1 turns a posterior under the training prior into one under a uniform prior: p / prior
+    prior = (counts + 1) / (counts + 1).sum()
+    p = np.full((1, 7), 1 / 7)
+    np.testing.assert_allclose(apply_calibration(p, 1.0, b)[0], (1 / prior) / (1 / prior).sum(), rtol=1e-5)
+    assert np.isfinite(prior_bias(np.array([10, 0, 5]), 1.0)).all()  # a class never seen: smoothed
+
+
+def test_fit_prior_tau_picks_the_most_accurate_and_on_a_tie_the_smallest() -> None:
+    counts = np.array([90, 10])  # class 1 is rare in training ...
+    # ... and every image's network output leans to class 0 by a margin only a bias of > 1.0 overturns
+    p = np.tile(np.array([[0.75, 0.25]]), (10, 1))
+    labels = np.array([1] * 6 + [0] * 4)  # most of these are class 1: a strong enough bias wins
+    full = prior_bias(counts, 1.0)
+    needed = np.log(0.75 / 0.25) / (full[1] - full[0])  # the tau at which the bias matches the margin
+    tau = fit_prior_tau(p, labels, counts)
+    assert tau > needed and tau == pytest.approx(np.ceil(needed * 10) / 10)  # the smallest that flips them
+    assert fit_prior_tau(p, np.zeros(10, np.int64), counts) == 0.0  # nothing to gain: none
+    with pytest.raises(ValueError, match="no samples"):
+        fit_prior_tau(np.zeros((0, 2)), np.zeros(0, np.int64), counts)

@@ -14,6 +14,13 @@ def test_roundtrip(tmp_path: Path) -> None:
     spec = ModelSpec("m", ("a", "b"), 48, "grey", crop_margin=0.1, dataset="x", metrics={"acc": 1})
     (tmp_path / "m.json").write_text(json.dumps(spec.to_json()))
     assert load_spec(tmp_path / "m.tflite") == spec
+    assert "class_bias" not in spec.to_json()["calibration"]  # none: not written
+    biased = ModelSpec("m", ("a", "b"), 48, "grey", temperature=0.8, class_bias=(0.5, -0.5))
+    (tmp_path / "m.json").write_text(json.dumps(biased.to_json()))
+    assert load_spec(tmp_path / "m.tflite") == biased
+
+
+_BIASED = '{"labels": ["a", "b"], "input": {"size": 48, "colour": "grey"}, "calibration": {"class_bias": %s}}'
 
 
 @pytest.mark.parametrize(
@@ -26,6 +33,12 @@ def test_roundtrip(tmp_path: Path) -> None:
         ('{"labels": ["a"], "input": {"size": 48, "colour": "hsv"}}', "colour"),
         ('{"labels": ["a"], "input": {"size": 48, "colour": "grey", "scaling": "x/127.5-1"}}', "scaling"),
         ('{"labels": ["a"], "input": {"size": 4096, "colour": "grey"}}', "size"),
+        (_BIASED % "[0.1]", r"class_bias must be a list of 2 numbers, one per label"),
+        (_BIASED % '{"a": 1}', r"class_bias must be a list of 2 numbers"),
+        (_BIASED % '[0.1, "x"]', r"class_bias values must be numbers in \[-10.0, 10.0\]"),
+        (_BIASED % "[0.1, true]", r"class_bias values must be numbers"),
+        (_BIASED % "[0.1, 1e9]", r"class_bias values must be numbers"),
+        (_BIASED % "[0.1, NaN]", r"class_bias values must be numbers"),
     ],
 )
 def test_bad_sidecars(tmp_path: Path, content: str | None, match: str) -> None:

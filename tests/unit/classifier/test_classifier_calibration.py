@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bus.calibration import apply_temperature
+from bus.calibration import apply_calibration
 from bus.codec import Face, Frame, Message, decode, encode
 from bus.sidecar import SidecarError, load_spec
 from classifier.model import EmotionModel
@@ -86,7 +86,7 @@ def test_runtime_applies_the_sidecar_temperature(shipped_copy: Path) -> None:
     model = EmotionModel(shipped_copy)
     assert model.spec.temperature == 2.5
     got = model.classify(crops)
-    np.testing.assert_allclose(got, apply_temperature(raw, 2.5), atol=1e-6)
+    np.testing.assert_allclose(got, apply_calibration(raw, 2.5), atol=1e-6)
     assert (got.max(1) < raw.max(1)).all() and (got.argmax(1) == raw.argmax(1)).all()
 
 

@@ -131,14 +131,29 @@ def test_mirror_is_the_mean_over_each_crop_and_its_mirror_before_the_temperature
     # The override, as training's calibration uses it: off gives the plain model.
     np.testing.assert_allclose(EmotionModel(path, mirror=False).classify(batch), raw, atol=1e-6)
 
-    from bus.calibration import apply_temperature
+    from bus.calibration import apply_calibration
 
     d = json.loads(path.with_suffix(".json").read_text())
     d["calibration"] = {"temperature": 0.5}
     path.with_suffix(".json").write_text(json.dumps(d))
     np.testing.assert_allclose(
-        EmotionModel(path).classify(batch), apply_temperature((raw + raw_mirrored) / 2, 0.5), atol=1e-5
+        EmotionModel(path).classify(batch), apply_calibration((raw + raw_mirrored) / 2, 0.5), atol=1e-5
     )
+
+
+def test_class_bias_from_the_sidecar_is_applied_before_the_temperature(tiny, tmp_path):
+    from bus.calibration import apply_calibration
+
+    path = _copy(tiny["int8"], tmp_path)
+    batch = crops(4, seed=5)
+    raw = EmotionModel(path).classify(batch)
+    bias = [0.0, 2.0, 0.0, 0.0, 0.0, -2.0, 0.0]
+    d = json.loads(path.with_suffix(".json").read_text())
+    d["calibration"] = {"temperature": 0.7, "class_bias": bias}
+    path.with_suffix(".json").write_text(json.dumps(d))
+    model = EmotionModel(path)
+    np.testing.assert_allclose(model.classify(batch), apply_calibration(raw, 0.7, np.array(bias)), atol=1e-5)
+    assert model.info["class_bias"] and not EmotionModel(tiny["int8"]).info["class_bias"]
 
 
 def test_mirror_must_be_a_boolean(tiny, tmp_path):

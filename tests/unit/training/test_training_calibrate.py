@@ -1,5 +1,6 @@
 """training.calibrate: the ECE sampling noise alone gives (issue 10's bar sits near it); the fit, with and
-without the mirror image, written into the sidecar the runtime reads."""
+without the mirror image, and the class bias, written into the sidecar the runtime reads; the CK+48
+cross-dataset check."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from bus.calibration import ece
+from click.testing import CliRunner
+
+from bus.calibration import apply_calibration, ece, fit_prior_tau, prior_bias
 from bus.sidecar import load_spec
-from training.calibrate import calibrate, ece_floor
+from tests.unit.training.test_training_fer import random_fer_csv
+from training.__main__ import cli
+from training.calibrate import calibrate, cross_dataset, ece_floor
 from training.data import Dataset
+from training.data.ck import CK_LABELS
+from training.evaluate import tflite_predict
 
 
 def _probs(n: int, seed: int = 0) -> np.ndarray:
@@ -72,3 +79,79 @@ def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(
     assert again["mirror"] is True
     assert again["temperature"] == pytest.approx(first["temperature"], rel=1e-3)
     assert again["ece_test_before"] == pytest.approx(first["ece_test_before"], abs=1e-4)
+
+
+COUNTS = np.array([4000, 400, 4000, 7000, 5000, 3000, 5000])  # FER2013-like: the second class rare
+
+
+def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zero(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    model = _copy(tiny["int8"], tmp_path)
+    classes = list(load_spec(model).labels)
+    val, test = _split(300, 1, classes), _split(300, 2, classes)
+    with pytest.raises(ValueError, match="needs the training split's class counts"):
+        calibrate(model, val, test, prior_tau=0.5)
+    with pytest.raises(ValueError, match=r"prior tau 1.5 is not in \[0, 1\]"):
+        calibrate(model, val, test, prior_tau=1.5, train_counts=COUNTS)
+
+    fixed = calibrate(model, val, test, prior_tau=0.5, train_counts=COUNTS)
+    spec = load_spec(model)
+    np.testing.assert_allclose(spec.class_bias, prior_bias(COUNTS, 0.5), atol=1e-4)
+    assert fixed["prior_tau"] == 0.5 and spec.temperature == pytest.approx(fixed["temperature"])
+    assert fixed["class_prior"]["disgust"] == pytest.approx(400 / COUNTS.sum(), abs=1e-4)
+    # what the report says is what the runtime now gives
+    pixels = test.images[..., None]
+    runtime = tflite_predict(model, pixels)
+    raw = tflite_predict(model, pixels, calibrated=False)
+    np.testing.assert_allclose(runtime, apply_calibration(raw, spec.temperature, np.array(spec.class_bias)), atol=1e-5)
+    assert fixed["accuracy_test"] == pytest.approx(float((runtime.argmax(1) == test.labels).mean()), abs=1e-4)
+    assert fixed["accuracy_test_without_bias"] == pytest.approx(float((raw.argmax(1) == test.labels).mean()), abs=1e-4)
+
+    kept = calibrate(model, val, test, train_counts=COUNTS)  # default: the sidecar's tau
+    assert kept["prior_tau"] == 0.5 and kept["temperature"] == pytest.approx(fixed["temperature"], rel=1e-3)
+
+    auto = calibrate(model, val, test, write=False, prior_tau="auto", train_counts=COUNTS)
+    raw_val = tflite_predict(model, val.images[..., None], calibrated=False)
+    assert auto["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS)
+
+    none = calibrate(model, val, test, prior_tau=0.0, train_counts=COUNTS)
+    cal = json.loads(model.with_suffix(".json").read_text())["calibration"]
+    assert none["prior_tau"] == 0.0 and "class_bias" not in cal and "class_prior" not in cal
+    assert load_spec(model).class_bias == ()
+
+
+def test_cross_dataset_on_ck_leaves_contempt_out_and_applies_the_calibration(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    model = _copy(tiny["int8"], tmp_path)
+    ck = _split(140, 3, CK_LABELS)
+    contempt = CK_LABELS.index("contempt")
+    shared = int((ck.labels != contempt).sum())
+
+    plain = cross_dataset(model, ck)
+    assert plain["images"] == shared and "contempt" not in plain["classes"] and plain["prior_tau"] == 0.0
+    assert plain["accuracy"] == plain["accuracy_without_bias"]
+
+    classes = list(load_spec(model).labels)
+    result = calibrate(model, _split(300, 1, classes), _split(300, 2, classes), prior_tau=1.0, train_counts=COUNTS)
+    from_sidecar = cross_dataset(model, ck)
+    given = cross_dataset(model, ck, calibration=result)  # a dry run passes the fit instead
+    assert from_sidecar == given and given["prior_tau"] == 1.0
+    assert given["accuracy_without_bias"] == plain["accuracy"]
+    # with the full correction the rare class is called at least as often as without
+    assert given["recall"]["disgust"] >= plain["recall"]["disgust"]
+
+
+def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(tiny: dict[str, Path], tmp_path: Path) -> None:
+    model = _copy(tiny["int8"], tmp_path)
+    data = random_fer_csv(tmp_path / "fer2013.csv")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", "0.3"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(model)
+    np.testing.assert_allclose(spec.class_bias, prior_bias(np.full(7, 2), 0.3), atol=1e-4)  # 2 per class
+    assert json.loads(result.stdout)["calibration"]["prior_tau"] == 0.3
+    for bad in ("2", "-0.1", "some"):
+        result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", bad])
+        assert result.exit_code == 2 and "is neither 'auto' nor a number in [0, 1]" in result.output

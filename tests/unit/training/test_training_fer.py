@@ -26,6 +26,16 @@ def write(path: Path, lines: list[str], header: str = "emotion,pixels,Usage") ->
     return path
 
 
+def random_fer_csv(path: Path, seed: int = 0) -> Path:
+    """A FER2013 CSV of random images: 14 Training, 7 PublicTest, 7 PrivateTest, every class in each."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i, usage in enumerate(["Training"] * 14 + ["PublicTest"] * 7 + ["PrivateTest"] * 7):
+        pixels = " ".join(str(v) for v in rng.integers(0, 256, 48 * 48))
+        lines.append(f"{i % 7},{pixels},{usage}")
+    return write(path, lines)
+
+
 @pytest.mark.parametrize("layout", ["plain", "gzip", "parts"])
 def test_layouts(tmp_path: Path, layout: str) -> None:
     text = ("\n".join(["emotion,pixels,Usage", *rows()]) + "\n").encode()

@@ -12,7 +12,7 @@ pytest.importorskip("tensorflow")
 
 from click.testing import CliRunner
 
-from tests.unit.training.test_training_fer import write
+from tests.unit.training.test_training_fer import random_fer_csv
 from training.__main__ import cli
 from training.soup import average, greedy
 
@@ -44,15 +44,6 @@ def test_greedy_adds_an_ingredient_only_where_the_score_does_not_drop() -> None:
     assert greedy([0.3], score) == ([0], 0.3)  # one ingredient: nothing to try
 
 
-def _fer_csv(path: Path, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i, usage in enumerate(["Training"] * 14 + ["PublicTest"] * 7 + ["PrivateTest"] * 7):
-        pixels = " ".join(str(v) for v in rng.integers(0, 256, 48 * 48))
-        lines.append(f"{i % 7},{pixels},{usage}")
-    return write(path, lines)
-
-
 @pytest.mark.slow
 def test_soup_cli_writes_a_model_and_its_figures(tmp_path: Path) -> None:
     import keras
@@ -62,7 +53,7 @@ def test_soup_cli_writes_a_model_and_its_figures(tmp_path: Path) -> None:
     from training.train import model_pixels, recalibrate_bn
 
     keras.mixed_precision.set_global_policy("float32")
-    data = _fer_csv(tmp_path / "fer2013.csv")
+    data = random_fer_csv(tmp_path / "fer2013.csv")
     a, b, other = tmp_path / "a.keras", tmp_path / "b.keras", tmp_path / "eight.keras"
     # A finished run's batch-norm statistics are recalibrated on the training images, as the soup's are.
     model_a = emonet(7, width=4)
