@@ -51,15 +51,22 @@ def prior_bias(counts: np.ndarray, tau: float) -> np.ndarray:
     return b - b.mean()
 
 
-def fit_prior_tau(
+def prior_tau_scores(
     probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
-) -> float:
-    """The ``tau`` of ``grid`` whose :func:`prior_bias` gives the highest accuracy on ``labels``; on a tie
-    the smallest (the least change). The temperature does not move the argmax, so ``tau`` is fitted first."""
+) -> list[float]:
+    """Accuracy on ``labels`` with the :func:`prior_bias` of each ``tau`` in ``grid``."""
     if len(labels) == 0:
         raise ValueError("no samples to fit a class bias on")
     logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
-    scores = [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
+    return [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
+
+
+def fit_prior_tau(
+    probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
+) -> float:
+    """The ``tau`` of ``grid`` with the highest accuracy (:func:`prior_tau_scores`); on a tie the smallest
+    (the least change). The temperature does not move the argmax, so ``tau`` is fitted first."""
+    scores = prior_tau_scores(probs, labels, counts, grid)
     return grid[int(np.argmax(scores))]  # argmax: the first of the best
 
 

@@ -22,7 +22,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bus.calibration import apply_calibration, ece, fit_prior_tau, fit_temperature, prior_bias
+from bus.calibration import (
+    TAU_GRID,
+    apply_calibration,
+    ece,
+    fit_prior_tau,
+    fit_temperature,
+    prior_bias,
+    prior_tau_scores,
+)
 from bus.preprocess import grey_to_model_pixels
 from bus.sidecar import ModelSpec, load_spec, sidecar_path
 from training.data import Dataset
@@ -119,6 +127,9 @@ def calibrate(
         "test_split": "PrivateTest",
         "uncertain_on_test": uncertain_table(cal_t, test.labels),
     }
+    if prior_tau == "auto":
+        scores = prior_tau_scores(pv, val.labels, counts)
+        result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in zip(TAU_GRID, scores, strict=True)}
     if bias is not None:
         prior = counts / counts.sum()
         result["class_prior"] = {c: round(float(v), 4) for c, v in zip(test.classes, prior, strict=True)}

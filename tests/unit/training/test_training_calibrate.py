@@ -114,6 +114,8 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
     auto = calibrate(model, val, test, write=False, prior_tau="auto", train_counts=COUNTS)
     raw_val = tflite_predict(model, val.images[..., None], calibrated=False)
     assert auto["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS)
+    grid = auto["prior_tau_accuracy_val"]
+    assert len(grid) == 11 and grid[str(auto["prior_tau"])] == max(grid.values()) == auto["accuracy_val"]
 
     none = calibrate(model, val, test, prior_tau=0.0, train_counts=COUNTS)
     cal = json.loads(model.with_suffix(".json").read_text())["calibration"]
