@@ -70,11 +70,17 @@ teacher t2-cutmix "${common[@]}" --seed 22 --mix cutmix --mix-alpha 1.0
 teacher t3-ferplus "${common[@]}" --seed 33 --ferplus-blend 0.5
 teacher t4-scratch "${base[@]}" --seed 44 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 teacher t5-scratch-cutmix "${base[@]}" --seed 55 --mix cutmix --mix-alpha 1.0 --lr 2e-3 --epochs 40
+# t6, t7: t4's recipe with other seeds (2026-12-01; run side by side, about 2 h 15 min on two cores)
+teacher t6-scratch-s66 "${base[@]}" --seed 66 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
+teacher t7-scratch-s77 "${base[@]}" --seed 77 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
 # session counts through its .npz even when its weights are gone. The model shipped before the student
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
 # --select: the mean over the teachers greedy forward selection picks on PublicTest.
 teachers=(models/teachers/preds/t0-emonet-c2.npz)  # the shipped model up to this ensemble (commit e13e793)
+# t8-soup: the model soup shipped on 2026-12-01 (models/fer2013_emonet.keras of commit cf68a79), kept as its
+# predictions: git show cf68a79:models/fer2013_emonet.keras > runs/teachers/t8-soup/final.keras
+teachers+=(models/teachers/preds/t8-soup.npz)
 for name in "${names[@]}"; do
   if [[ -f runs/teachers/$name/final.keras ]]; then
     teachers+=("runs/teachers/$name/final.keras")
