@@ -148,7 +148,8 @@ def calibrate(
     )
     if write:
         d = json.loads(sidecar_path(path).read_text())
-        old = {k: v for k, v in d.get("calibration", {}).items() if k not in ("class_bias", "class_prior")}
+        fitted_here = ("class_bias", "class_prior", "prior_tau_accuracy_val")  # gone where this fit has none
+        old = {k: v for k, v in d.get("calibration", {}).items() if k not in fitted_here}
         d["calibration"] = {**old, **result}
         d["input"]["mirror"] = mirror
         sidecar_path(path).write_text(json.dumps(d, indent=2))
