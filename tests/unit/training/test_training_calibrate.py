@@ -56,13 +56,18 @@ def _split(n: int, seed: int, classes: list[str]) -> Dataset:
     return Dataset(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8), rng.integers(0, len(classes), n), classes)
 
 
-def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(
-    tiny: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.fixture
+def case(tiny: dict[str, Path], tmp_path: Path) -> tuple[Path, Dataset, Dataset]:
+    """A copy of the tiny int8 model (its sidecar gets rewritten) and random stand-ins for the two test splits."""
     model = _copy(tiny["int8"], tmp_path)
     classes = list(load_spec(model).labels)
-    val, test = _split(300, 1, classes), _split(300, 2, classes)
+    return model, _split(300, 1, classes), _split(300, 2, classes)
 
+
+def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(
+    case: tuple[Path, Dataset, Dataset],
+) -> None:
+    model, val, test = case
     dry = calibrate(model, val, test, write=False, mirror=True)
     assert load_spec(model).mirror is False and load_spec(model).temperature == 1.0  # dry run: untouched
     plain = calibrate(model, val, test, write=False, mirror=False)
@@ -85,11 +90,9 @@ COUNTS = np.array([4000, 400, 4000, 7000, 5000, 3000, 5000])  # FER2013-like: th
 
 
 def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zero(
-    tiny: dict[str, Path], tmp_path: Path
+    case: tuple[Path, Dataset, Dataset],
 ) -> None:
-    model = _copy(tiny["int8"], tmp_path)
-    classes = list(load_spec(model).labels)
-    val, test = _split(300, 1, classes), _split(300, 2, classes)
+    model, val, test = case
     with pytest.raises(ValueError, match="needs the training split's class counts"):
         calibrate(model, val, test, prior_tau=0.5)
     with pytest.raises(ValueError, match=r"prior tau 1.5 is not in \[0, 1\]"):
@@ -124,9 +127,9 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
 
 
 def test_cross_dataset_on_ck_leaves_contempt_out_and_applies_the_calibration(
-    tiny: dict[str, Path], tmp_path: Path
+    case: tuple[Path, Dataset, Dataset],
 ) -> None:
-    model = _copy(tiny["int8"], tmp_path)
+    model, val, test = case
     ck = _split(140, 3, CK_LABELS)
     contempt = CK_LABELS.index("contempt")
     shared = int((ck.labels != contempt).sum())
@@ -135,8 +138,7 @@ def test_cross_dataset_on_ck_leaves_contempt_out_and_applies_the_calibration(
     assert plain["images"] == shared and "contempt" not in plain["classes"] and plain["prior_tau"] == 0.0
     assert plain["accuracy"] == plain["accuracy_without_bias"]
 
-    classes = list(load_spec(model).labels)
-    result = calibrate(model, _split(300, 1, classes), _split(300, 2, classes), prior_tau=1.0, train_counts=COUNTS)
+    result = calibrate(model, val, test, prior_tau=1.0, train_counts=COUNTS)
     from_sidecar = cross_dataset(model, ck)
     given = cross_dataset(model, ck, calibration=result)  # a dry run passes the fit instead
     assert from_sidecar == given and given["prior_tau"] == 1.0
@@ -145,8 +147,10 @@ def test_cross_dataset_on_ck_leaves_contempt_out_and_applies_the_calibration(
     assert given["recall"]["disgust"] >= plain["recall"]["disgust"]
 
 
-def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(tiny: dict[str, Path], tmp_path: Path) -> None:
-    model = _copy(tiny["int8"], tmp_path)
+def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(
+    case: tuple[Path, Dataset, Dataset], tmp_path: Path
+) -> None:
+    model = case[0]
     data = random_fer_csv(tmp_path / "fer2013.csv")
     runner = CliRunner()
     result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", "0.3"])
