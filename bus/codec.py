@@ -42,7 +42,7 @@ Frames (parts)
   ``faces`` list of maps (:class:`Face`): ``box`` [x, y, w, h] pixels, ``score`` float,
             ``kp`` list of [x, y] keypoints; after the classifier also ``label`` str,
             ``probs`` list of float (in ``labels`` order, calibrated: the model's
-            temperature applied) and ``uncertain`` bool (the top probability is below
+            class bias and temperature applied) and ``uncertain`` bool (the top probability is below
             ``uncertain_below``; the label is kept). The same face, with ``probs`` named
             by ``labels``, is what the events record and the ``--image`` commands print
             (:meth:`Face.to_json`).

@@ -49,7 +49,7 @@ class RecognizerError(RuntimeError):
 class FaceResult:
     """One face: ``box`` (x, y, width, height in pixels of the image), the detector's ``score``,
     the emotion ``label`` (the most probable), ``probs`` (label -> probability, the model's label
-    order, calibrated with the model's temperature, summing to 1), ``uncertain`` (the top
+    order, calibrated with the model's class bias and temperature, summing to 1), ``uncertain`` (the top
     probability is below ``[classifier] uncertain_below``; the label is kept) and the six BlazeFace
     ``keypoints`` (eyes, nose, mouth, ears)."""
 
