@@ -26,7 +26,7 @@ import numpy as np
 FLOOR = 1.0 / 512
 ECE_BINS = 15
 T_RANGE = (0.05, 20.0)
-BIAS_LIMIT = 10.0  # |b| per class: a larger one would pin or forbid a label whatever the network says
+BIAS_LIMIT = 10.0  # a sanity bound on |b| per class (log-probabilities span -log(512), about 6.2)
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, ..., 1
 
 

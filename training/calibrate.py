@@ -41,8 +41,9 @@ UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
 def _raw_probs(path: Path, data: Dataset, spec: ModelSpec, mirror: bool | None = None) -> np.ndarray:
-    """The model's probabilities without its sidecar temperature (not undone afterwards: a temperature
-    below 1 pushes small probabilities under ``bus.calibration.FLOOR``, so undoing it is not exact)."""
+    """The model's probabilities without its sidecar class bias and temperature (not undone afterwards: a
+    temperature below 1 pushes small probabilities under ``bus.calibration.FLOOR``, so undoing it is not
+    exact)."""
     pixels = grey_to_model_pixels(data.images, spec.size, spec.colour)
     return tflite_predict(path, pixels, mirror=mirror, calibrated=False)
 
@@ -76,6 +77,14 @@ def ece_floor(probs: np.ndarray, draws: int = 200, seed: int = 0) -> dict[str, f
     return {q: round(float(np.percentile(scores, v)), 4) for q, v in (("p5", 5), ("median", 50), ("p95", 95))}
 
 
+def _sidecar_tau(path: Path, spec: ModelSpec) -> float:
+    """The ``prior_tau`` the sidecar's class bias was fitted with (0 without a bias)."""
+    tau = spec.calibration.get("prior_tau", None if spec.class_bias else 0.0)
+    if not isinstance(tau, int | float) or isinstance(tau, bool):
+        raise ValueError(f"{path}: calibration.prior_tau is {tau!r}: give the class bias's tau (--prior-tau)")
+    return float(tau)
+
+
 def calibrate(
     path: Path,
     val: Dataset,
@@ -96,10 +105,12 @@ def calibrate(
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
     mirror = spec.mirror if mirror is None else mirror
     if prior_tau is None:
-        prior_tau = float(spec.calibration.get("prior_tau", 0.0))
+        prior_tau = _sidecar_tau(path, spec)
     if prior_tau != "auto" and not 0.0 <= prior_tau <= 1.0:
         raise ValueError(f"prior tau {prior_tau} is not in [0, 1]")
     counts = np.zeros(len(val.classes)) if train_counts is None else np.asarray(train_counts)
+    if len(counts) != len(val.classes):
+        raise ValueError(f"{len(counts)} training class counts for {len(val.classes)} classes")
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
@@ -131,11 +142,11 @@ def calibrate(
         scores = prior_tau_scores(pv, val.labels, counts)
         result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in zip(TAU_GRID, scores, strict=True)}
     if bias is not None:
-        prior = counts / counts.sum()
+        prior = (counts + 1.0) / (counts + 1.0).sum()  # add-one smoothed, as the bias uses it
         result["class_prior"] = {c: round(float(v), 4) for c, v in zip(test.classes, prior, strict=True)}
         result["class_bias"] = [round(float(b), 4) for b in bias]
     log.info(
-        "%s%s: class bias tau %.1f; accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; "
+        "%s%s: class bias tau %g; accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; "
         "ECE on PrivateTest %.4f -> %.4f",
         path,
         " with its mirror" if mirror else "",
@@ -171,7 +182,7 @@ def cross_dataset(
     y = np.array([names.index(ck.classes[i]) for i in data.labels], np.int64)
     if calibration is None:
         bias = spec.class_bias or None
-        t, tau = spec.temperature, float(spec.calibration.get("prior_tau", 0.0)) if bias else 0.0
+        t, tau = spec.temperature, spec.calibration.get("prior_tau") if bias else 0.0
     else:
         bias = calibration.get("class_bias")
         t, tau = calibration["temperature"], calibration["prior_tau"]

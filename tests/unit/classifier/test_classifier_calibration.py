@@ -78,16 +78,19 @@ def _set_temperature(path: Path, t: float) -> None:
     side.write_text(json.dumps(d))
 
 
-def test_runtime_applies_the_sidecar_temperature(shipped_copy: Path) -> None:
+def test_runtime_applies_the_sidecar_temperature_and_class_bias(shipped_copy: Path) -> None:
     crops = np.random.default_rng(0).integers(0, 255, (6, 48, 48, 1), dtype=np.uint8)
-    _set_temperature(shipped_copy, 1.0)
-    raw = EmotionModel(shipped_copy).classify(crops)
+    bias = EmotionModel(shipped_copy).class_bias  # the shipped model's, if it has one
+    plain = EmotionModel(shipped_copy)
+    plain.temperature, plain.class_bias = 1.0, None
+    raw = plain.classify(crops)  # the network's own probabilities
     _set_temperature(shipped_copy, 2.5)
     model = EmotionModel(shipped_copy)
     assert model.spec.temperature == 2.5
     got = model.classify(crops)
-    np.testing.assert_allclose(got, apply_calibration(raw, 2.5), atol=1e-6)
-    assert (got.max(1) < raw.max(1)).all() and (got.argmax(1) == raw.argmax(1)).all()
+    np.testing.assert_allclose(got, apply_calibration(raw, 2.5, bias), atol=1e-6)
+    softened = apply_calibration(raw, 1.0, bias)
+    assert (got.max(1) < softened.max(1)).all() and (got.argmax(1) == softened.argmax(1)).all()
 
 
 @pytest.mark.parametrize("t", [0.0, -1.0, 100.0])

@@ -143,20 +143,46 @@ def test_cross_dataset_on_ck_leaves_contempt_out_and_applies_the_calibration(
     given = cross_dataset(model, ck, calibration=result)  # a dry run passes the fit instead
     assert from_sidecar == given and given["prior_tau"] == 1.0
     assert given["accuracy_without_bias"] == plain["accuracy"]
-    # with the full correction the rare class is called at least as often as without
-    assert given["recall"]["disgust"] >= plain["recall"]["disgust"]
+    # the figures are those of the fitted bias and temperature on the CK+ images of the shared classes
+    names = list(load_spec(model).labels)
+    keep = ck.labels != contempt
+    y = np.array([names.index(CK_LABELS[i]) for i in ck.labels[keep]])
+    raw = tflite_predict(model, ck.images[keep][..., None], calibrated=False)
+    p = apply_calibration(raw, result["temperature"], np.array(result["class_bias"]))
+    assert given["accuracy"] == pytest.approx(float((p.argmax(1) == y).mean()), abs=1e-4)
+    assert given["ece"] == pytest.approx(ece(p, y), abs=1e-4) != plain["ece"]
+    assert (p.argmax(1) != raw.argmax(1)).any()  # the bias of tau = 1 moved some labels: the check has teeth
+
+
+def test_the_sidecar_tau_is_the_default_and_must_be_a_number(case: tuple[Path, Dataset, Dataset]) -> None:
+    model, val, test = case
+    with pytest.raises(ValueError, match="7 classes"):
+        calibrate(model, val, test, prior_tau=0.5, train_counts=COUNTS[:3])
+    side = model.with_suffix(".json")
+    d = json.loads(side.read_text())
+    d["calibration"] = {"temperature": 1.0, "class_bias": [0.1] * 7}  # a bias with no tau beside it
+    side.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"calibration\.prior_tau is None: give the class bias's tau"):
+        calibrate(model, val, test, train_counts=COUNTS)
+    d["calibration"]["prior_tau"] = "strong"
+    side.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=r"calibration\.prior_tau is 'strong'"):
+        calibrate(model, val, test, train_counts=COUNTS)
 
 
 def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(
     case: tuple[Path, Dataset, Dataset], tmp_path: Path
 ) -> None:
     model = case[0]
-    data = random_fer_csv(tmp_path / "fer2013.csv")
+    training = [0] * 9 + [1] + [2, 3, 3, 4, 5, 6]  # class 0 common, class 1 rare (PublicTest: one of each)
+    data = random_fer_csv(tmp_path / "fer2013.csv", training=training)
     runner = CliRunner()
     result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", "0.3"])
     assert result.exit_code == 0, result.output
     spec = load_spec(model)
-    np.testing.assert_allclose(spec.class_bias, prior_bias(np.full(7, 2), 0.3), atol=1e-4)  # 2 per class
+    counts = np.array([9, 1, 1, 2, 1, 1, 1])
+    np.testing.assert_allclose(spec.class_bias, prior_bias(counts, 0.3), atol=1e-4)  # Training's, not the others'
+    assert spec.class_bias[0] < 0 < spec.class_bias[1]
     assert json.loads(result.stdout)["calibration"]["prior_tau"] == 0.3
     for bad in ("2", "-0.1", "some"):
         result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", bad])

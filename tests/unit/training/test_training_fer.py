@@ -26,13 +26,16 @@ def write(path: Path, lines: list[str], header: str = "emotion,pixels,Usage") ->
     return path
 
 
-def random_fer_csv(path: Path, seed: int = 0) -> Path:
-    """A FER2013 CSV of random images: 14 Training, 7 PublicTest, 7 PrivateTest, every class in each."""
+def random_fer_csv(path: Path, seed: int = 0, training: list[int] | None = None) -> Path:
+    """A FER2013 CSV of random images: ``training`` labels (default: each class twice), then 7
+    PublicTest and 7 PrivateTest images, one of each class."""
     rng = np.random.default_rng(seed)
+    rows = [(c, "Training") for c in (training or [i % 7 for i in range(14)])]
+    rows += [(i, usage) for usage in ("PublicTest", "PrivateTest") for i in range(7)]
     lines = []
-    for i, usage in enumerate(["Training"] * 14 + ["PublicTest"] * 7 + ["PrivateTest"] * 7):
+    for label, usage in rows:
         pixels = " ".join(str(v) for v in rng.integers(0, 256, 48 * 48))
-        lines.append(f"{i % 7},{pixels},{usage}")
+        lines.append(f"{label},{pixels},{usage}")
     return write(path, lines)
 
 
