@@ -43,31 +43,30 @@ def apply_calibration(probs: np.ndarray, temperature: float = 1.0, bias: np.ndar
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def prior_bias(counts: np.ndarray, tau: float) -> np.ndarray:
-    """``-tau * log(prior)`` for the per-class training ``counts`` (add-one smoothed), shifted to mean 0
-    (a constant added to every class changes nothing)."""
+def smoothed_prior(counts: np.ndarray) -> np.ndarray:
+    """Class shares of the per-class training ``counts``, add-one smoothed (a class never seen is not 0)."""
     c = np.asarray(counts, np.float64) + 1.0
-    b = -tau * np.log(c / c.sum())
+    return c / c.sum()
+
+
+def prior_bias(counts: np.ndarray, tau: float) -> np.ndarray:
+    """``-tau * log(prior)`` for the per-class training ``counts`` (:func:`smoothed_prior`), shifted to
+    mean 0 (a constant added to every class changes nothing)."""
+    b = -tau * np.log(smoothed_prior(counts))
     return b - b.mean()
-
-
-def prior_tau_scores(
-    probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
-) -> list[float]:
-    """Accuracy on ``labels`` with the :func:`prior_bias` of each ``tau`` in ``grid``."""
-    if len(labels) == 0:
-        raise ValueError("no samples to fit a class bias on")
-    logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
-    return [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
 
 
 def fit_prior_tau(
     probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
-) -> float:
-    """The ``tau`` of ``grid`` with the highest accuracy (:func:`prior_tau_scores`); on a tie the smallest
-    (the least change). The temperature does not move the argmax, so ``tau`` is fitted first."""
-    scores = prior_tau_scores(probs, labels, counts, grid)
-    return grid[int(np.argmax(scores))]  # argmax: the first of the best
+) -> tuple[float, dict[float, float]]:
+    """The ``tau`` of ``grid`` whose :func:`prior_bias` gives the highest accuracy on ``labels``, on a tie
+    the smallest (the least change), and the accuracy of every ``tau`` of the grid. The temperature does
+    not move the argmax, so ``tau`` is fitted first."""
+    if len(labels) == 0:
+        raise ValueError("no samples to fit a class bias on")
+    logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
+    scores = [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
+    return grid[int(np.argmax(scores))], dict(zip(grid, scores, strict=True))  # argmax: the first of the best
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

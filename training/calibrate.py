@@ -22,15 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bus.calibration import (
-    TAU_GRID,
-    apply_calibration,
-    ece,
-    fit_prior_tau,
-    fit_temperature,
-    prior_bias,
-    prior_tau_scores,
-)
+from bus.calibration import apply_calibration, ece, fit_prior_tau, fit_temperature, prior_bias, smoothed_prior
 from bus.preprocess import grey_to_model_pixels
 from bus.sidecar import ModelSpec, load_spec, sidecar_path
 from training.data import Dataset
@@ -114,7 +106,7 @@ def calibrate(
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
-    tau = fit_prior_tau(pv, val.labels, counts) if prior_tau == "auto" else float(prior_tau)
+    tau, scores = fit_prior_tau(pv, val.labels, counts) if prior_tau == "auto" else (float(prior_tau), {})
     bias = prior_bias(counts, tau) if tau > 0 else None
     t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels)
     cal_v, cal_t = apply_calibration(pv, t, bias), apply_calibration(pt, t, bias)
@@ -138,11 +130,10 @@ def calibrate(
         "test_split": "PrivateTest",
         "uncertain_on_test": uncertain_table(cal_t, test.labels),
     }
-    if prior_tau == "auto":
-        scores = prior_tau_scores(pv, val.labels, counts)
-        result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in zip(TAU_GRID, scores, strict=True)}
+    if scores:
+        result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in scores.items()}
     if bias is not None:
-        prior = (counts + 1.0) / (counts + 1.0).sum()  # add-one smoothed, as the bias uses it
+        prior = smoothed_prior(counts)  # the prior the bias is made of
         result["class_prior"] = {c: round(float(v), 4) for c, v in zip(test.classes, prior, strict=True)}
         result["class_bias"] = [round(float(b), 4) for b in bias]
     log.info(

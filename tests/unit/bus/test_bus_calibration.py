@@ -99,8 +99,9 @@ def test_fit_prior_tau_picks_the_most_accurate_and_on_a_tie_the_smallest() -> No
     labels = np.array([1] * 6 + [0] * 4)  # most of these are class 1: a strong enough bias wins
     full = prior_bias(counts, 1.0)
     needed = np.log(0.75 / 0.25) / (full[1] - full[0])  # the tau at which the bias matches the margin
-    tau = fit_prior_tau(p, labels, counts)
+    tau, scores = fit_prior_tau(p, labels, counts)
     assert tau > needed and tau == pytest.approx(np.ceil(needed * 10) / 10)  # the smallest that flips them
-    assert fit_prior_tau(p, np.zeros(10, np.int64), counts) == 0.0  # nothing to gain: none
+    assert scores[tau] == max(scores.values()) and len(scores) == 11
+    assert fit_prior_tau(p, np.zeros(10, np.int64), counts)[0] == 0.0  # nothing to gain: none
     with pytest.raises(ValueError, match="no samples"):
         fit_prior_tau(np.zeros((0, 2)), np.zeros(0, np.int64), counts)

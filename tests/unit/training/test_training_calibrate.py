@@ -116,7 +116,7 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
 
     auto = calibrate(model, val, test, prior_tau="auto", train_counts=COUNTS)
     raw_val = tflite_predict(model, val.images[..., None], calibrated=False)
-    assert auto["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS)
+    assert auto["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS)[0]
     grid = auto["prior_tau_accuracy_val"]
     assert len(grid) == 11 and grid[str(auto["prior_tau"])] == max(grid.values()) == auto["accuracy_val"]
 
