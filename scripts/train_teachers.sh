@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ckpt=models/teachers/ckpt
 files=(final.keras last.keras best.keras progress.json history.csv)
+py=${PYTHON:-.venv/bin/python}
 if [[ ${1:-} == --checkpoint ]]; then
   for run in runs/teachers/*/; do
     name=$(basename "$run")
@@ -30,13 +31,16 @@ if [[ ${1:-} == --checkpoint ]]; then
     last_val=$(tail -n 1 "$run/history.csv" | awk -F, '{print $(NF-1)}')
     if [[ -f $ckpt/$name/best.keras ]] && grep -q "\"best_val_accuracy\": $last_val}" "$run/progress.json"; then
       rm "$ckpt/$name/best.keras"
+    elif [[ -f $ckpt/$name/best.keras ]]; then
+      # the best epoch's weights only: its optimizer state (2/3 of the file) is never resumed from
+      "$py" -c 'import sys, keras; keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])' \
+        "$run/best.keras" "$ckpt/$name/best.keras"
     fi
     echo "checkpoint $name: $(cat "$run/progress.json")" >&2
   done
   exit 0
 fi
 data="${1:-../shared/data/fer2013}"
-py=.venv/bin/python
 base=(--source fer --data "$data" --model emonet --no-export)
 # t1-t3 continue the shipped model (6 epochs each): they turned out too alike to gain as an ensemble
 # (ensemble of the three: PrivateTest 68.74 %, below t1 alone), so t4 on is trained from scratch.
