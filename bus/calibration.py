@@ -20,6 +20,8 @@ numpy only: the runtime stages import this module, training does too, so both ap
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 # An int8 probability is a multiple of 1/256: zero means "below half a step", not impossible.
@@ -57,16 +59,27 @@ def prior_bias(counts: np.ndarray, tau: float) -> np.ndarray:
 
 
 def fit_prior_tau(
-    probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, grid: tuple[float, ...] = TAU_GRID
+    probs: np.ndarray,
+    labels: np.ndarray,
+    counts: np.ndarray,
+    grid: tuple[float, ...] = TAU_GRID,
+    rule: Literal["best", "no-cost"] = "best",
 ) -> tuple[float, dict[float, float]]:
-    """The ``tau`` of ``grid`` whose :func:`prior_bias` gives the highest accuracy on ``labels``, on a tie
-    the smallest (the least change), and the accuracy of every ``tau`` of the grid. The temperature does
-    not move the argmax, so ``tau`` is fitted first."""
+    """A ``tau`` of ``grid`` for :func:`prior_bias`, picked by accuracy on ``labels``, and the accuracy of
+    every ``tau`` of the grid. ``rule="best"``: the highest accuracy, on a tie the smallest ``tau`` (the
+    least change). ``rule="no-cost"``: the largest ``tau`` whose accuracy is no lower than with no bias
+    (the grid's first ``tau``, 0): the bias as close to a balanced classifier (``tau = 1``, Menon et al.,
+    2021) as the split allows without losing accuracy on it; for faces from elsewhere, whose prior is not
+    the training split's. The temperature does not move the argmax, so ``tau`` is fitted first."""
     if len(labels) == 0:
         raise ValueError("no samples to fit a class bias on")
+    if rule == "no-cost" and grid[0] != 0.0:
+        raise ValueError("the no-cost rule needs tau = 0 (no bias) first in the grid")
     logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
     scores = [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
-    return grid[int(np.argmax(scores))], dict(zip(grid, scores, strict=True))  # argmax: the first of the best
+    free = [i for i, s in enumerate(scores) if s >= scores[0]]  # no less accurate than no bias
+    pick = free[-1] if rule == "no-cost" else int(np.argmax(scores))  # argmax: the first of the best
+    return grid[pick], dict(zip(grid, scores, strict=True))
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:

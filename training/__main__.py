@@ -324,14 +324,14 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
 
 
 def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
-    if value is None or value == "auto":
+    if value is None or value in ("auto", "no-cost"):
         return value
     try:
         tau = float(value)
     except ValueError:
         tau = -1.0
     if not 0.0 <= tau <= 1.0:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number in [0, 1]")
+        raise click.BadParameter(f"{value!r} is neither 'auto', 'no-cost' nor a number in [0, 1]")
     return tau
 
 
@@ -355,7 +355,9 @@ def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) ->
     callback=_prior_tau,
     help="class bias -TAU * log(training class share), added before the temperature (post-hoc logit "
     "adjustment: rare classes such as disgust are called more often): a number in [0, 1] (0: none), or "
-    "'auto' to pick it on PublicTest by accuracy; default: as the sidecar says (none)",
+    "'auto' to pick the most accurate on PublicTest, or 'no-cost' the largest that costs no PublicTest "
+    "accuracy against none (the most balanced classifier that is free in-domain); default: as the sidecar "
+    "says (none)",
 )
 def calibrate(
     model_path: Path, data: Path | None, ck: Path | None, dry_run: bool, mirror: bool | None, prior_tau: Any

@@ -29,6 +29,8 @@ from training.data import Dataset
 from training.evaluate import metrics, tflite_predict
 
 log = logging.getLogger("training.calibrate")
+# how a fitted tau was picked on PublicTest (``fit_prior_tau``), as the sidecar records it
+RULES = {"best": "the most accurate, on a tie the smallest", "no-cost": "the largest no less accurate than none"}
 UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
 
@@ -83,14 +85,15 @@ def calibrate(
     test: Dataset,
     write: bool = True,
     mirror: bool | None = None,
-    prior_tau: float | Literal["auto"] | None = None,
+    prior_tau: float | Literal["auto", "no-cost"] | None = None,
     train_counts: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+).
     ``mirror`` (default: the sidecar's ``input.mirror``) runs the model on each image and its mirror,
     as the classifier will. ``prior_tau`` (default: the sidecar's ``calibration.prior_tau``, else 0) is
     the strength of the class bias ``-tau * log(prior)``, the prior from ``train_counts`` (images per
-    class of the training split); ``"auto"`` picks it on ``val`` (:func:`bus.calibration.fit_prior_tau`).
+    class of the training split); ``"auto"`` picks the most accurate on ``val``, ``"no-cost"`` the largest
+    that costs no accuracy on ``val`` against no bias (:func:`bus.calibration.fit_prior_tau`).
     With ``write`` all of it goes into the sidecar with the temperature fitted after the bias."""
     spec = load_spec(path)
     if list(spec.labels) != val.classes:
@@ -98,7 +101,7 @@ def calibrate(
     mirror = spec.mirror if mirror is None else mirror
     if prior_tau is None:
         prior_tau = _sidecar_tau(path, spec)
-    if prior_tau != "auto" and not 0.0 <= prior_tau <= 1.0:
+    if isinstance(prior_tau, float | int) and not 0.0 <= prior_tau <= 1.0:
         raise ValueError(f"prior tau {prior_tau} is not in [0, 1]")
     counts = np.zeros(len(val.classes)) if train_counts is None else np.asarray(train_counts)
     if len(counts) != len(val.classes):
@@ -106,7 +109,11 @@ def calibrate(
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
-    tau, scores = fit_prior_tau(pv, val.labels, counts) if prior_tau == "auto" else (float(prior_tau), {})
+    if prior_tau in ("auto", "no-cost"):
+        rule: Literal["best", "no-cost"] = "no-cost" if prior_tau == "no-cost" else "best"
+        tau, scores = fit_prior_tau(pv, val.labels, counts, rule=rule)
+    else:
+        tau, scores = float(prior_tau), {}
     bias = prior_bias(counts, tau) if tau > 0 else None
     t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels)
     cal_v, cal_t = apply_calibration(pv, t, bias), apply_calibration(pt, t, bias)
@@ -131,6 +138,7 @@ def calibrate(
         "uncertain_on_test": uncertain_table(cal_t, test.labels),
     }
     if scores:
+        result["prior_tau_rule"] = RULES[rule]
         result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in scores.items()}
     if bias is not None:
         prior = smoothed_prior(counts)  # the prior the bias is made of
@@ -150,7 +158,12 @@ def calibrate(
     )
     if write:
         d = json.loads(sidecar_path(path).read_text())
-        fitted_here = ("class_bias", "class_prior", "prior_tau_accuracy_val")  # gone where this fit has none
+        fitted_here = (
+            "class_bias",
+            "class_prior",
+            "prior_tau_rule",
+            "prior_tau_accuracy_val",
+        )  # gone where this fit has none
         old = {k: v for k, v in d.get("calibration", {}).items() if k not in fitted_here}
         d["calibration"] = {**old, **result}
         d["input"]["mirror"] = mirror

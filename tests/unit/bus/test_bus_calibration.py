@@ -105,3 +105,23 @@ def test_fit_prior_tau_picks_the_most_accurate_and_on_a_tie_the_smallest() -> No
     assert fit_prior_tau(p, np.zeros(10, np.int64), counts)[0] == 0.0  # nothing to gain: none
     with pytest.raises(ValueError, match="no samples"):
         fit_prior_tau(np.zeros((0, 2)), np.zeros(0, np.int64), counts)
+
+
+def test_fit_prior_tau_no_cost_picks_the_largest_tau_as_accurate_as_none() -> None:
+    counts = np.array([90, 10])
+    margin = np.log(0.75 / 0.25) / (prior_bias(counts, 1.0)[1] - prior_bias(counts, 1.0)[0])  # tau that flips
+    p = np.tile(np.array([[0.75, 0.25]]), (10, 1))
+    # half of the images are class 1: flipping them all to 1 costs nothing (5 right either way) ...
+    even = np.array([1] * 5 + [0] * 5)
+    tau, scores = fit_prior_tau(p, even, counts, rule="no-cost")
+    assert tau == 1.0 and scores[1.0] == scores[0.0] == 0.5
+    assert fit_prior_tau(p, even, counts)[0] == 0.0  # "best": on a tie the smallest
+    # ... where the flip costs accuracy, the largest tau below the flip (no label changed yet)
+    mostly_0 = np.array([1] * 3 + [0] * 7)
+    tau, scores = fit_prior_tau(p, mostly_0, counts, rule="no-cost")
+    assert tau < margin < tau + 0.1 + 1e-9 and scores[tau] == 0.7 and scores[1.0] == 0.3
+    # ... and where it gains, the largest tau that gains (here every tau past the flip)
+    mostly_1 = np.array([1] * 7 + [0] * 3)
+    assert fit_prior_tau(p, mostly_1, counts, rule="no-cost")[0] == 1.0
+    with pytest.raises(ValueError, match="tau = 0"):
+        fit_prior_tau(p, even, counts, grid=(0.5, 1.0), rule="no-cost")

@@ -19,7 +19,7 @@ from bus.calibration import apply_calibration, ece, fit_prior_tau, prior_bias
 from bus.sidecar import load_spec
 from tests.unit.training.test_training_fer import random_fer_csv
 from training.__main__ import cli
-from training.calibrate import calibrate, cross_dataset, ece_floor
+from training.calibrate import RULES, calibrate, cross_dataset, ece_floor
 from training.data import Dataset
 from training.data.ck import CK_LABELS
 from training.evaluate import tflite_predict
@@ -119,10 +119,19 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
     assert auto["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS)[0]
     grid = auto["prior_tau_accuracy_val"]
     assert len(grid) == 11 and grid[str(auto["prior_tau"])] == max(grid.values()) == auto["accuracy_val"]
+    assert json.loads(model.with_suffix(".json").read_text())["calibration"]["prior_tau_rule"].startswith("the most")
+
+    free = calibrate(model, val, test, prior_tau="no-cost", train_counts=COUNTS)
+    assert free["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS, rule="no-cost")[0]
+    grid = free["prior_tau_accuracy_val"]
+    assert grid[str(free["prior_tau"])] >= grid["0.0"]
+    assert all(a < grid["0.0"] for g, a in grid.items() if float(g) > free["prior_tau"])
+    assert json.loads(model.with_suffix(".json").read_text())["calibration"]["prior_tau_rule"] == RULES["no-cost"]
 
     none = calibrate(model, val, test, prior_tau=0.0, train_counts=COUNTS)
     cal = json.loads(model.with_suffix(".json").read_text())["calibration"]
-    assert none["prior_tau"] == 0.0 and not {"class_bias", "class_prior", "prior_tau_accuracy_val"} & set(cal)
+    assert none["prior_tau"] == 0.0
+    assert not {"class_bias", "class_prior", "prior_tau_rule", "prior_tau_accuracy_val"} & set(cal)
     assert load_spec(model).class_bias == ()
 
 
@@ -186,4 +195,4 @@ def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(
     assert json.loads(result.stdout)["calibration"]["prior_tau"] == 0.3
     for bad in ("2", "-0.1", "some"):
         result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", bad])
-        assert result.exit_code == 2 and "is neither 'auto' nor a number in [0, 1]" in result.output
+        assert result.exit_code == 2 and "is neither 'auto', 'no-cost' nor a number in [0, 1]" in result.output
