@@ -73,12 +73,14 @@ def fit_prior_tau(
     the training split's. The temperature does not move the argmax, so ``tau`` is fitted first."""
     if len(labels) == 0:
         raise ValueError("no samples to fit a class bias on")
-    if rule == "no-cost" and grid[0] != 0.0:
-        raise ValueError("the no-cost rule needs tau = 0 (no bias) first in the grid")
+    if rule not in ("best", "no-cost"):
+        raise ValueError(f"unknown rule {rule!r}: 'best' or 'no-cost'")
+    if not grid or grid[0] != 0.0:
+        raise ValueError("the grid needs tau = 0 (no bias) first")
     logp = np.log(np.maximum(np.asarray(probs, np.float64), FLOOR))
     scores = [float(((logp + prior_bias(counts, t)).argmax(axis=1) == labels).mean()) for t in grid]
     free = [i for i, s in enumerate(scores) if s >= scores[0]]  # no less accurate than no bias
-    pick = free[-1] if rule == "no-cost" else int(np.argmax(scores))  # argmax: the first of the best
+    pick = max(free, key=lambda i: grid[i]) if rule == "no-cost" else int(np.argmax(scores))  # argmax: first best
     return grid[pick], dict(zip(grid, scores, strict=True))
 
 

@@ -101,7 +101,9 @@ def calibrate(
     mirror = spec.mirror if mirror is None else mirror
     if prior_tau is None:
         prior_tau = _sidecar_tau(path, spec)
-    if isinstance(prior_tau, float | int) and not 0.0 <= prior_tau <= 1.0:
+    if isinstance(prior_tau, str) and prior_tau not in ("auto", "no-cost"):
+        raise ValueError(f"prior tau {prior_tau!r} is neither 'auto', 'no-cost' nor a number")
+    if not isinstance(prior_tau, str) and not 0.0 <= prior_tau <= 1.0:
         raise ValueError(f"prior tau {prior_tau} is not in [0, 1]")
     counts = np.zeros(len(val.classes)) if train_counts is None else np.asarray(train_counts)
     if len(counts) != len(val.classes):
@@ -109,8 +111,8 @@ def calibrate(
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
+    rule: Literal["best", "no-cost"] = "no-cost" if prior_tau == "no-cost" else "best"
     if prior_tau in ("auto", "no-cost"):
-        rule: Literal["best", "no-cost"] = "no-cost" if prior_tau == "no-cost" else "best"
         tau, scores = fit_prior_tau(pv, val.labels, counts, rule=rule)
     else:
         tau, scores = float(prior_tau), {}

@@ -125,3 +125,18 @@ def test_fit_prior_tau_no_cost_picks_the_largest_tau_as_accurate_as_none() -> No
     assert fit_prior_tau(p, mostly_1, counts, rule="no-cost")[0] == 1.0
     with pytest.raises(ValueError, match="tau = 0"):
         fit_prior_tau(p, even, counts, grid=(0.5, 1.0), rule="no-cost")
+    with pytest.raises(ValueError, match="unknown rule"):
+        fit_prior_tau(p, even, counts, rule="no_cost")  # type: ignore[arg-type]
+
+
+def test_fit_prior_tau_no_cost_looks_past_a_dip() -> None:
+    """A curve that dips below tau 0 and comes back: the largest free tau, not the last before the dip."""
+    counts = np.array([90, 10])
+    gap = prior_bias(counts, 1.0)[1] - prior_bias(counts, 1.0)[0]
+    # image i leans to class 0 by a margin that a bias of tau > i/10 + 0.05 overturns
+    margins = np.exp((np.arange(10) / 10 + 0.05) * gap)
+    p = np.stack([margins / (1 + margins), 1 / (1 + margins)], axis=1)
+    labels = np.array([0, 1, 1, 0, 1, 1, 1, 1, 1, 1])  # tau 0.1 flips a 0 (the dip), later ones gain back
+    tau, scores = fit_prior_tau(p, labels, counts, rule="no-cost")
+    assert scores[0.1] < scores[0.0] == 0.2 and scores[1.0] == 0.8
+    assert tau == 1.0

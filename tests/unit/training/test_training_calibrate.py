@@ -121,6 +121,8 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
     assert len(grid) == 11 and grid[str(auto["prior_tau"])] == max(grid.values()) == auto["accuracy_val"]
     assert json.loads(model.with_suffix(".json").read_text())["calibration"]["prior_tau_rule"].startswith("the most")
 
+    with pytest.raises(ValueError, match="neither 'auto', 'no-cost' nor a number"):
+        calibrate(model, val, test, prior_tau="best", train_counts=COUNTS)  # type: ignore[arg-type]
     free = calibrate(model, val, test, prior_tau="no-cost", train_counts=COUNTS)
     assert free["prior_tau"] == fit_prior_tau(raw_val, val.labels, COUNTS, rule="no-cost")[0]
     grid = free["prior_tau_accuracy_val"]
