@@ -77,6 +77,14 @@ teacher t5-scratch-cutmix "${base[@]}" --seed 55 --mix cutmix --mix-alpha 1.0 --
 # t6, t7: t4's recipe with other seeds (2026-12-01; run side by side, about 2 h 15 min on two cores)
 teacher t6-scratch-s66 "${base[@]}" --seed 66 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 teacher t7-scratch-s77 "${base[@]}" --seed 77 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
+# t9: a third cycle of the first soup (models/fer2013_emonet.keras of commit 327ff45; with it, the second soup)
+# t10: t4's recipe on a 90-epoch schedule, more than one session: resumed from models/teachers/ckpt/
+if [[ ! -f models/teachers/preds/t9-cycle3-s88.npz && ! -f runs/teachers/soup1.keras ]]; then
+  mkdir -p runs/teachers && git show 327ff45:models/fer2013_emonet.keras > runs/teachers/soup1.keras
+fi
+teacher t9-cycle3-s88 "${base[@]}" --init runs/teachers/soup1.keras --keep-head --lr 1e-3 --epochs 35 --seed 88 \
+  --mix mixup --mix-alpha 0.2
+teacher t10-long-s99 "${base[@]}" --seed 99 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
 # session counts through its .npz even when its weights are gone. The model shipped before the student
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
