@@ -99,6 +99,7 @@ def calibrate(
     if list(spec.labels) != val.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
     mirror = spec.mirror if mirror is None else mirror
+    from_sidecar = prior_tau is None  # then how that tau was picked stays on record
     if prior_tau is None:
         prior_tau = _sidecar_tau(path, spec)
     if isinstance(prior_tau, str) and prior_tau not in ("auto", "no-cost"):
@@ -160,12 +161,9 @@ def calibrate(
     )
     if write:
         d = json.loads(sidecar_path(path).read_text())
-        fitted_here = (
-            "class_bias",
-            "class_prior",
-            "prior_tau_rule",
-            "prior_tau_accuracy_val",
-        )  # gone where this fit has none
+        fitted_here: tuple[str, ...] = ("class_bias", "class_prior")  # gone where this fit has none
+        if not from_sidecar:
+            fitted_here += ("prior_tau_rule", "prior_tau_accuracy_val")
         old = {k: v for k, v in d.get("calibration", {}).items() if k not in fitted_here}
         d["calibration"] = {**old, **result}
         d["input"]["mirror"] = mirror

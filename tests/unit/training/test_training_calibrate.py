@@ -129,6 +129,10 @@ def test_class_bias_fitted_on_val_written_kept_on_refit_and_removed_with_tau_zer
     assert grid[str(free["prior_tau"])] >= grid["0.0"]
     assert all(a < grid["0.0"] for g, a in grid.items() if float(g) > free["prior_tau"])
     assert json.loads(model.with_suffix(".json").read_text())["calibration"]["prior_tau_rule"] == RULES["no-cost"]
+    refit = calibrate(model, val, test, train_counts=COUNTS)  # the sidecar's tau: how it was picked stays
+    cal = json.loads(model.with_suffix(".json").read_text())["calibration"]
+    assert refit["prior_tau"] == free["prior_tau"] and cal["prior_tau_rule"] == RULES["no-cost"]
+    assert cal["prior_tau_accuracy_val"] == free["prior_tau_accuracy_val"]
 
     none = calibrate(model, val, test, prior_tau=0.0, train_counts=COUNTS)
     cal = json.loads(model.with_suffix(".json").read_text())["calibration"]
