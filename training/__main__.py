@@ -324,7 +324,9 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
 
 
 def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
-    if value is None or value in ("auto", "no-cost"):
+    from training.calibrate import FIT_RULES
+
+    if value is None or value in FIT_RULES:
         return value
     try:
         tau = float(value)

@@ -29,7 +29,9 @@ from training.data import Dataset
 from training.evaluate import metrics, tflite_predict
 
 log = logging.getLogger("training.calibrate")
-# how a fitted tau was picked on PublicTest (``fit_prior_tau``), as the sidecar records it
+# --prior-tau's fitted values -> the rule of ``fit_prior_tau`` they use
+FIT_RULES: dict[str, Literal["best", "no-cost"]] = {"auto": "best", "no-cost": "no-cost"}
+# how a fitted tau was picked on PublicTest, as the sidecar records it
 RULES = {"best": "the most accurate, on a tie the smallest", "no-cost": "the largest no less accurate than none"}
 UNCERTAIN_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 
@@ -102,7 +104,8 @@ def calibrate(
     from_sidecar = prior_tau is None  # then how that tau was picked stays on record
     if prior_tau is None:
         prior_tau = _sidecar_tau(path, spec)
-    if isinstance(prior_tau, str) and prior_tau not in ("auto", "no-cost"):
+    rule = FIT_RULES.get(prior_tau) if isinstance(prior_tau, str) else None  # None: a given tau
+    if isinstance(prior_tau, str) and rule is None:
         raise ValueError(f"prior tau {prior_tau!r} is neither 'auto', 'no-cost' nor a number")
     if not isinstance(prior_tau, str) and not 0.0 <= prior_tau <= 1.0:
         raise ValueError(f"prior tau {prior_tau} is not in [0, 1]")
@@ -112,8 +115,7 @@ def calibrate(
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     pv, pt = _raw_probs(path, val, spec, mirror), _raw_probs(path, test, spec, mirror)
-    rule: Literal["best", "no-cost"] = "no-cost" if prior_tau == "no-cost" else "best"
-    if prior_tau in ("auto", "no-cost"):
+    if rule is not None:
         tau, scores = fit_prior_tau(pv, val.labels, counts, rule=rule)
     else:
         tau, scores = float(prior_tau), {}
@@ -140,7 +142,7 @@ def calibrate(
         "test_split": "PrivateTest",
         "uncertain_on_test": uncertain_table(cal_t, test.labels),
     }
-    if scores:
+    if rule is not None:
         result["prior_tau_rule"] = RULES[rule]
         result["prior_tau_accuracy_val"] = {str(g): round(a, 4) for g, a in scores.items()}
     if bias is not None:
