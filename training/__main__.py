@@ -112,6 +112,13 @@ def _setup(mixed: str) -> None:
     show_default=True,
     help="weight of the teachers' term; 1 - alpha weights the hard labels",
 )
+@click.option(
+    "--snapshots-from",
+    type=click.IntRange(min=0),
+    default=0,
+    help="also keep the weights after every epoch from this one on (<out>/snaps/ep<N>.keras), the "
+    "ingredients of `soup`; 0: none",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -140,6 +147,7 @@ def cli(
     distill: Path | None,
     distill_temperature: float,
     distill_alpha: float,
+    snapshots_from: int,
 ) -> None:
     """Train a model on --source, evaluate it on the test protocol, export int8 TFLite."""
     if ctx.invoked_subcommand is not None:
@@ -200,6 +208,7 @@ def cli(
         mix_alpha=mix_alpha,
         distill_temperature=distill_temperature,
         distill_alpha=distill_alpha if distill is not None else 0.0,
+        snapshots_from=snapshots_from,
     )
     try:
         summary = run_ck(run, cfg) if source == "ck" else run_fer(run, cfg, ferplus=source == "ferplus")

@@ -42,6 +42,7 @@ class TrainConfig:
     mix_alpha: float = 0.3  # Beta(alpha, alpha) for the blend weight
     distill_temperature: float = 4.0  # softmax temperature of the distillation term
     distill_alpha: float = 0.0  # weight of the teachers' term (0: plain training on the labels)
+    snapshots_from: int = 0  # keep the weights after each epoch from this one on (snaps/ep<N>.keras); 0: none
 
 
 def model_pixels(data: Dataset, size: int, colour: Colour) -> np.ndarray:
@@ -183,11 +184,13 @@ def compile_model(model: keras.Model, steps: int, cfg: TrainConfig, lr: float | 
 
 class Progress(keras.callbacks.Callback):
     """After every epoch: ``last.keras`` (weights and optimizer state) and ``progress.json`` (epochs done,
-    best validation accuracy), so that a run stopped at any point continues where it was (:func:`fit`)."""
+    best validation accuracy), so that a run stopped at any point continues where it was (:func:`fit`).
+    From epoch ``snapshots_from`` on (1-based; 0: never) also a copy of the epoch's weights,
+    ``snaps/ep<N>.keras``: the ingredients of a model soup (``python -m training soup``)."""
 
-    def __init__(self, out: Path, best: float) -> None:
+    def __init__(self, out: Path, best: float, snapshots_from: int = 0) -> None:
         super().__init__()
-        self.out, self.best = out, best
+        self.out, self.best, self.snapshots_from = out, best, snapshots_from
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         val = (logs or {}).get("val_accuracy")
@@ -196,6 +199,12 @@ class Progress(keras.callbacks.Callback):
         tmp = self.out / "last.tmp.keras"
         self.model.save(tmp)
         tmp.replace(self.out / "last.keras")
+        if self.snapshots_from and epoch + 1 >= self.snapshots_from:
+            # loaded uncompiled: saved without the optimizer's state (a third of the size)
+            (self.out / "snaps").mkdir(exist_ok=True)
+            keras.models.load_model(self.out / "last.keras", compile=False).save(
+                self.out / "snaps" / f"ep{epoch + 1}.keras"
+            )
         write_progress(self.out, epoch + 1, self.best)
 
 
@@ -298,7 +307,7 @@ def fit(
                 save_best_only=True,
                 initial_value_threshold=best,
             )
-    callbacks.append(Progress(out, best))
+    callbacks.append(Progress(out, best, cfg.snapshots_from))
     history = model.fit(
         train_ds,
         validation_data=val_ds,

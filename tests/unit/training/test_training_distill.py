@@ -212,3 +212,23 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
     saved = keras.models.load_model(out / "last.keras")
     assert int(saved.optimizer.iterations.numpy()) == 3 * 2  # 32 images / batch 16, three epochs
+
+
+def test_snapshots_keep_each_epochs_weights_from_the_given_epoch(tmp_path: Path) -> None:
+    from training.models import build
+    from training.train import TrainConfig, fit
+
+    rng = np.random.default_rng(1)
+    train = Dataset(rng.integers(0, 255, (32, 48, 48), dtype=np.uint8), np.arange(32) % 7, list(FER_CLASSES))
+    out = tmp_path / "run"
+    keras.utils.set_random_seed(0)
+    cfg = TrainConfig(epochs=3, batch=16, verbose=0, warmup_epochs=1, snapshots_from=2)
+    fit(build("emonet", 7), train, train.subset(np.arange(8)), out, cfg, 48, "grey")
+    assert sorted(p.name for p in (out / "snaps").iterdir()) == ["ep2.keras", "ep3.keras"]
+    last, snap = keras.models.load_model(out / "last.keras"), keras.models.load_model(out / "snaps" / "ep3.keras")
+    # weights only (a soup ingredient, not a resume point): without the optimizer's two moments per weight
+    assert (out / "snaps" / "ep3.keras").stat().st_size < 0.5 * (out / "last.keras").stat().st_size
+    for a, b in zip(last.get_weights(), snap.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the epoch's weights, before BN recalibration (final.keras)
+    ep2 = keras.models.load_model(out / "snaps" / "ep2.keras").get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(ep2, snap.get_weights(), strict=True))
