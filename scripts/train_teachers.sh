@@ -78,7 +78,7 @@ teacher t5-scratch-cutmix "${base[@]}" --seed 55 --mix cutmix --mix-alpha 1.0 --
 teacher t6-scratch-s66 "${base[@]}" --seed 66 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 teacher t7-scratch-s77 "${base[@]}" --seed 77 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 # t9: a third cycle of the first soup (models/fer2013_emonet.keras of commit 327ff45; with it, the second soup)
-# t10: t4's recipe on a 90-epoch schedule, more than one session: resumed from models/teachers/ckpt/
+# t10: t4's recipe on a 90-epoch schedule, over two sessions (resumed from models/teachers/ckpt/, 2026-12-01)
 if [[ ! -f models/teachers/preds/t9-cycle3-s88.npz && ! -f runs/teachers/soup1.keras ]]; then
   mkdir -p runs/teachers && git show 327ff45:models/fer2013_emonet.keras > runs/teachers/soup1.keras
 fi
@@ -93,6 +93,9 @@ teachers=(models/teachers/preds/t0-emonet-c2.npz)  # the shipped model up to thi
 # t8-soup: the model soup shipped on 2026-12-01 (models/fer2013_emonet.keras of commit cf68a79), kept as its
 # predictions: git show cf68a79:models/fer2013_emonet.keras > runs/teachers/t8-soup/final.keras
 teachers+=(models/teachers/preds/t8-soup.npz)
+# t11-soup2: the second soup, shipped from 2026-12-01 evening (models/fer2013_emonet.keras of commit c3af968), the
+# same way: git show c3af968:models/fer2013_emonet.keras > runs/teachers/t11-soup2/final.keras
+teachers+=(models/teachers/preds/t11-soup2.npz)
 for name in "${names[@]}"; do
   if [[ -f runs/teachers/$name/final.keras ]]; then
     teachers+=("runs/teachers/$name/final.keras")
