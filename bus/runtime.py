@@ -78,6 +78,17 @@ def ancestors(pid: int | None = None) -> list[int]:
     return out
 
 
+def _exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (ours to signal or not)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def watch_manager(
     stop: threading.Event,
     env: Mapping[str, str],
@@ -87,7 +98,8 @@ def watch_manager(
     """Set ``stop`` when the manager named by ``EMOSTREAM_MANAGER_PID`` exits; ``exit(1)`` if the
     process is still running ``grace_s`` later. Only a manager that is one of our ancestors counts
     (a variable inherited by a shell started from a stage is ignored). Linux pidfd: woken the moment
-    it exits, no polling, no pid-reuse race once it is open."""
+    it exits, no polling, no pid-reuse race once it is open. A manager pid no process has any more is
+    a manager that died while this stage was starting: ``stop`` is set at once."""
     raw = env.get(MANAGER_ENV, "")
     if not raw:
         return None
@@ -96,15 +108,24 @@ def watch_manager(
     except ValueError:
         log.warning("%s=%r is not a pid: not watching the process manager", MANAGER_ENV, raw)
         return None
+    fd: int | None = None
     if pid not in ancestors():
-        log.warning("%s=%d is not an ancestor of this process: not watching it", MANAGER_ENV, pid)
-        return None
-    try:
-        fd: int | None = os.pidfd_open(pid)
-    except (OSError, AttributeError):  # no pidfd (Linux < 5.3): poll our ancestry instead
-        fd = None
+        if _exists(pid):
+            log.warning("%s=%d is not an ancestor of this process: not watching it", MANAGER_ENV, pid)
+            return None
+        # no such process: the manager died before this stage got here (it was still starting, and was
+        # reparented), so it is gone already
+        dead = True
+    else:
+        dead = False
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # no pidfd (Linux < 5.3): poll our ancestry instead
+            fd = None
 
     def gone() -> bool:
+        if dead:
+            return True
         if fd is not None:
             select.select([fd], [], [])  # readable once the process has exited
             return True

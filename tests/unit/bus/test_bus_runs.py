@@ -161,15 +161,35 @@ def test_an_ipc_path_that_is_not_a_socket_is_never_replaced(tmp_path: Path) -> N
     assert precious.read_text() == "not a socket"
 
 
-@pytest.mark.parametrize(("value", "why"), [("12x", "is not a pid"), (str(2**22 + 7), "is not an ancestor")])
-def test_a_manager_pid_that_is_not_ours_is_not_watched(value: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("value", ["12x", "child"])
+def test_a_manager_pid_that_is_not_ours_is_not_watched(value: str, caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
     import threading
 
     from bus.runtime import watch_manager
 
-    assert watch_manager(threading.Event(), {MANAGER_ENV: value}, exit=pytest.fail) is None
-    assert why in caplog.text
+    with subprocess.Popen(["sleep", "30"]) as other:  # a live process that is not our ancestor
+        try:
+            raw = str(other.pid) if value == "child" else value
+            assert watch_manager(threading.Event(), {MANAGER_ENV: raw}, exit=pytest.fail) is None
+        finally:
+            other.kill()
+    assert ("is not a pid" if value == "12x" else "is not an ancestor") in caplog.text
     assert watch_manager(threading.Event(), {}, exit=pytest.fail) is None  # not started by a manager
+
+
+def test_a_manager_that_died_before_the_stage_watched_it_stops_the_stage() -> None:
+    """The manager was SIGKILLed while the stage was still starting: no process has its pid any more
+    (the stage was reparented), so the stage stops at once instead of running on unwatched."""
+    import threading
+
+    from bus.runtime import watch_manager
+
+    stop, exits = threading.Event(), []
+    thread = watch_manager(stop, {MANAGER_ENV: str(2**22 + 7)}, grace_s=0.2, exit=exits.append)  # above pid_max
+    assert thread is not None and stop.wait(2.0)
+    thread.join(2.0)
+    assert exits == [1]  # and exits if it still runs after the grace period
 
 
 def test_the_death_of_the_manager_stops_the_stage() -> None:
