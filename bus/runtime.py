@@ -79,14 +79,21 @@ def ancestors(pid: int | None = None) -> list[int]:
 
 
 def _exists(pid: int) -> bool:
-    """Whether a process ``pid`` exists (ours to signal or not)."""
+    """Whether a process ``pid`` exists and has not exited (a zombie, exited but not yet reaped by its
+    parent, does not count)."""
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except FileNotFoundError:
         return False
-    except PermissionError:  # someone else's
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, OverflowError):
+            return False
+        except PermissionError:  # someone else's
+            return True
         return True
-    return True
 
 
 def watch_manager(

@@ -178,17 +178,27 @@ def test_a_manager_pid_that_is_not_ours_is_not_watched(value: str, caplog: pytes
     assert watch_manager(threading.Event(), {}, exit=pytest.fail) is None  # not started by a manager
 
 
-def test_a_manager_that_died_before_the_stage_watched_it_stops_the_stage() -> None:
-    """The manager was SIGKILLed while the stage was still starting: no process has its pid any more
-    (the stage was reparented), so the stage stops at once instead of running on unwatched."""
+@pytest.mark.parametrize("how", ["reaped", "zombie"])
+def test_a_manager_that_died_before_the_stage_watched_it_stops_the_stage(how: str) -> None:
+    """The manager was SIGKILLed while the stage was still starting (the stage was reparented): no
+    process has its pid any more, or only a zombie not yet reaped; the stage stops at once instead of
+    running on unwatched."""
+    import subprocess
     import threading
+    import time
 
     from bus.runtime import watch_manager
 
+    dead = subprocess.Popen(["true"])
+    time.sleep(0.5)  # exited; not reaped until wait(): a zombie
+    pid = dead.pid if how == "zombie" else 2**22 + 7  # above the kernel's largest pid
     stop, exits = threading.Event(), []
-    thread = watch_manager(stop, {MANAGER_ENV: str(2**22 + 7)}, grace_s=0.2, exit=exits.append)  # above pid_max
-    assert thread is not None and stop.wait(2.0)
-    thread.join(2.0)
+    try:
+        thread = watch_manager(stop, {MANAGER_ENV: str(pid)}, grace_s=0.2, exit=exits.append)
+        assert thread is not None and stop.wait(2.0)
+        thread.join(2.0)
+    finally:
+        dead.wait()
     assert exits == [1]  # and exits if it still runs after the grace period
 
 
