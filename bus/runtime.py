@@ -68,32 +68,36 @@ def ancestors(pid: int | None = None) -> list[int]:
     """The parent, grandparent, ... of ``pid`` (default: this process), up to pid 1, from /proc."""
     out: list[int] = []
     pid = os.getpid() if pid is None else pid
-    while pid > 1 and len(out) < 256:
-        try:
-            stat_line = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat_line.rpartition(")")[2].split()[1])  # field 4, after the parenthesised name
+    while pid > 1 and len(out) < 256 and (fields := proc_stat(pid)) is not None:
+        pid = int(fields[1])  # field 4: the parent
         out.append(pid)
     return out
 
 
-def _exists(pid: int) -> bool:
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the parenthesised command name (field 3, the state,
+    first); None where there is no such process or no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
     """Whether a process ``pid`` exists and has not exited (a zombie, exited but not yet reaped by its
     parent, does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[:1] != [b"Z"]
-    except FileNotFoundError:
+    fields = proc_stat(pid)
+    if fields is not None:
+        return fields[0] != "Z"
+    if Path("/proc/self/stat").is_file():
+        return False  # /proc works: no such process
+    try:  # no /proc: ask the kernel
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
         return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, OverflowError):
-            return False
-        except PermissionError:  # someone else's
-            return True
+    except PermissionError:  # someone else's
         return True
+    return True
 
 
 def watch_manager(
@@ -117,7 +121,7 @@ def watch_manager(
         return None
     fd: int | None = None
     if pid not in ancestors():
-        if _exists(pid):
+        if alive(pid):
             log.warning("%s=%d is not an ancestor of this process: not watching it", MANAGER_ENV, pid)
             return None
         # no such process: the manager died before this stage got here (it was still starting, and was

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bus.runtime import alive
 from emostream.launch import child_env
 
 pytestmark = pytest.mark.timeout(180)
@@ -176,12 +177,7 @@ def test_smoothing_cuts_label_changes_fivefold_on_the_asl_clip(asl):
     assert frames["label"].mode()[0] == frames["smoothed_label"].mode()[0]
 
 
-def running(pid: int) -> bool:
-    """``pid`` exists and is not a zombie (an exited child its parent has not reaped yet)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+running = alive  # exists and is not a zombie (an exited child its parent has not reaped yet)
 
 
 def listening_of(pids: list[int]) -> set[int]:
