@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Train the FER2013 teachers of the distilled model, then write their averaged soft labels.
-# Every run resumes where it stopped (runs/teachers/<name>/last.keras + progress.json), so the script can
-# be started again after an interruption and picks up the unfinished teacher. A finished teacher
+# Train the FER2013 teachers of the distilled model, write their averaged soft labels, then train the student
+# on them. Every run resumes where it stopped (runs/<teachers|students>/<name>/last.keras + progress.json), so
+# the script can be started again after an interruption and picks up the unfinished run. A finished run
 # (final.keras) is reused. Teachers are selected on PublicTest only; PrivateTest is only reported.
-# runs/ is not committed: `--checkpoint` copies each unfinished teacher's resume point (last.keras with the
-# optimizer state, best.keras, progress.json, history.csv) to models/teachers/ckpt/<name>/, which is
-# committed, and a later run on a fresh clone starts from there. A finished teacher is kept as its
+# runs/ is not committed: `--checkpoint` copies each unfinished run's resume point (last.keras with the
+# optimizer state, best.keras, progress.json, history.csv, snaps/) to models/<teachers|students>/ckpt/<name>/,
+# which is committed, and a later run on a fresh clone starts from there. A finished teacher is kept as its
 # predictions (models/teachers/preds/<name>.npz, written by the ensemble step), not its weights.
 #   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
 #   scripts/train_teachers.sh --checkpoint  (save the resume points for a commit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ckpt=models/teachers/ckpt
 files=(final.keras last.keras best.keras progress.json history.csv)
 py=${PYTHON:-.venv/bin/python}
 if [[ ${1:-} == --checkpoint ]]; then
-  for run in runs/teachers/*/; do
-    name=$(basename "$run")
+  for run in runs/teachers/*/ runs/students/*/; do
     [[ -f $run/progress.json ]] || continue
+    name=$(basename "$run")
+    ckpt=models/$(basename "$(dirname "$run")")/ckpt
     rm -rf "${ckpt:?}/$name"
     if [[ -f $run/final.keras && -f models/teachers/preds/$name.npz ]]; then
       echo "checkpoint $name: finished, its predictions (models/teachers/preds/$name.npz) stand for it" >&2
@@ -27,6 +27,7 @@ if [[ ${1:-} == --checkpoint ]]; then
     keep=("${files[@]}")
     [[ -f $run/final.keras ]] && keep=(final.keras progress.json history.csv)  # finished: the weights suffice
     for f in "${keep[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
+    [[ -d $run/snaps && ! -f $run/final.keras ]] && cp -r "$run/snaps" "$ckpt/$name/"  # a soup's ingredients so far
     # best = last (the newest epoch was the best so far): commit the file once, restored as both
     last_val=$(tail -n 1 "$run/history.csv" | awk -F, '{print $(NF-1)}')
     if [[ -f $ckpt/$name/best.keras ]] && grep -q "\"best_val_accuracy\": $last_val}" "$run/progress.json"; then
@@ -47,27 +48,34 @@ base=(--source fer --data "$data" --model emonet --no-export)
 # (They were made from models/fer2013_emonet.keras of commit 5b1d273; the file is the model soup since.)
 common=("${base[@]}" --init models/fer2013_emonet.keras --keep-head --lr 5e-4 --epochs "${TEACHER_EPOCHS:-6}")
 names=()  # every teacher, in order: the ensemble below takes them all
-teacher() {
-  local name=$1
-  shift
-  names+=("$name")
-  if [[ ! -f runs/teachers/$name/progress.json && -f $ckpt/$name/progress.json ]]; then
-    mkdir -p "runs/teachers/$name"
-    for f in "${files[@]}"; do [[ -f $ckpt/$name/$f ]] && cp "$ckpt/$name/$f" "runs/teachers/$name/"; done
-    if [[ -f $ckpt/$name/last.keras && ! -f $ckpt/$name/best.keras ]]; then
-      cp "$ckpt/$name/last.keras" "runs/teachers/$name/best.keras"
+# resumable GROUP NAME ARGS...: train runs/GROUP/NAME with `python -m training ARGS`, resuming from runs/ or
+# from the committed checkpoint models/GROUP/ckpt/NAME/; nothing to do where it has finished.
+resumable() {
+  local group=$1 name=$2
+  shift 2
+  local run=runs/$group/$name ckpt=models/$group/ckpt/$name
+  if [[ ! -f $run/progress.json && -f $ckpt/progress.json ]]; then
+    mkdir -p "$run"
+    for f in "${files[@]}"; do [[ -f $ckpt/$f ]] && cp "$ckpt/$f" "$run/"; done
+    [[ -d $ckpt/snaps ]] && cp -r "$ckpt/snaps" "$run/"
+    if [[ -f $ckpt/last.keras && ! -f $ckpt/best.keras ]]; then
+      cp "$ckpt/last.keras" "$run/best.keras"
     fi
-    echo "teacher $name: resuming from the committed checkpoint ($(cat "$ckpt/$name/progress.json"))" >&2
+    echo "$name: resuming from the committed checkpoint ($(cat "$ckpt/progress.json"))" >&2
   fi
-  if [[ -f runs/teachers/$name/final.keras ]]; then
-    echo "teacher $name: done ($(cat runs/teachers/"$name"/progress.json))" >&2
+  if [[ -f $run/final.keras ]]; then
+    echo "$name: done ($(cat "$run/progress.json"))" >&2
     return
   fi
-  if [[ -f models/teachers/preds/$name.npz && ! -d runs/teachers/$name ]]; then
-    echo "teacher $name: done (its predictions are kept in models/teachers/preds/$name.npz)" >&2
+  if [[ -f models/$group/preds/$name.npz && ! -d $run ]]; then
+    echo "$name: done (its predictions are kept in models/$group/preds/$name.npz)" >&2
     return
   fi
-  "$py" -m training --out "runs/teachers/$name" "$@"
+  "$py" -m training --out "$run" "$@"
+}
+teacher() {
+  names+=("$1")
+  resumable teachers "$@"
 }
 teacher t1-mixup "${common[@]}" --seed 11 --mix mixup --mix-alpha 0.3
 teacher t2-cutmix "${common[@]}" --seed 22 --mix cutmix --mix-alpha 1.0
@@ -105,3 +113,8 @@ for name in "${names[@]}"; do
 done
 "$py" -m training ensemble "${teachers[@]}" --data "$data" --predictions models/teachers/preds --select \
   --out models/teachers/fer2013_soft.npz
+# The student: the shipped model's architecture from scratch on those soft labels (t9 + t10 since
+# 2026-12-01), t10's schedule (90 epochs, over two sessions), each epoch's weights from epoch 82 on kept
+# for a soup. Then `soup`, `export` and `calibrate` as in models/README.md.
+resumable students s1-scratch-kd "${base[@]}" --seed 131 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90 \
+  --distill models/teachers/fer2013_soft.npz --snapshots-from 82
