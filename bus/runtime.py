@@ -85,10 +85,10 @@ def proc_stat(pid: int) -> list[str] | None:
 
 def alive(pid: int) -> bool:
     """Whether a process ``pid`` exists and has not exited (a zombie, exited but not yet reaped by its
-    parent, does not count)."""
+    parent, does not count, nor one the kernel is removing: state X)."""
     fields = proc_stat(pid)
     if fields is not None:
-        return fields[0] != "Z"
+        return fields[0] not in ("Z", "X")
     if Path("/proc/self/stat").is_file():
         return False  # /proc works: no such process
     try:  # no /proc: ask the kernel

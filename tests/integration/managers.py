@@ -28,24 +28,12 @@ from xmlrpc.client import ServerProxy
 import pytest
 from supervisor.xmlrpc import SupervisorTransport
 
-from bus.runtime import ancestors
+from bus.runtime import alive, ancestors
 from emostream.launch import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("display", "classifier", "detector", "capture")
 LIVE = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")  # supervisord states of a process that is not over
-
-
-def _state(pid: int) -> str | None:
-    """The process state letter from /proc, None when it is gone (a zombie counts as gone: 'Z')."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    return _state(pid) not in (None, "Z", "X")
 
 
 def stage_pids(cfg: Path) -> dict[str, list[int]]:

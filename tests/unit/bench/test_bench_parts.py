@@ -18,6 +18,7 @@ from bench.procs import CLK_TCK, parse_stat_cpu, parse_vm_hwm_mb, parse_vm_rss_m
 from bench.profile import OTHER, category, summarise
 from bench.report import tables
 from bus.config import parse
+from bus.runtime import alive
 from emostream.launch import toml_text
 
 
@@ -127,7 +128,7 @@ def test_rss_of_this_process_and_of_dead_ones() -> None:
     child = subprocess.Popen(["true"])
     try:
         deadline = time.monotonic() + 3
-        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        while alive(child.pid):  # until it has exited (a zombie: its parent, this test, has not reaped it)
             assert time.monotonic() < deadline, "the child did not exit"
             time.sleep(0.005)
         assert rss_mb(child.pid) is None  # exited, not reaped: /proc/<pid>/status has no VmRSS
