@@ -5,8 +5,8 @@
 # (final.keras) is reused. Teachers are selected on PublicTest only; PrivateTest is only reported.
 # runs/ is not committed: `--checkpoint` copies each unfinished run's resume point (last.keras with the
 # optimizer state, best.keras, progress.json, history.csv, snaps/) to models/<teachers|students>/ckpt/<name>/,
-# which is committed, and a later run on a fresh clone starts from there. A finished teacher is kept as its
-# predictions (models/teachers/preds/<name>.npz, written by the ensemble step), not its weights.
+# which is committed, and a later run on a fresh clone starts from there. A finished run is kept as its
+# predictions (models/<teachers|students>/preds/<name>.npz, written by `ensemble --predictions`), not its weights.
 #   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
 #   scripts/train_teachers.sh --checkpoint  (save the resume points for a commit)
 set -euo pipefail
@@ -17,10 +17,11 @@ if [[ ${1:-} == --checkpoint ]]; then
   for run in runs/teachers/*/ runs/students/*/; do
     [[ -f $run/progress.json ]] || continue
     name=$(basename "$run")
-    ckpt=models/$(basename "$(dirname "$run")")/ckpt
+    group=$(basename "$(dirname "$run")")
+    ckpt=models/$group/ckpt
     rm -rf "${ckpt:?}/$name"
-    if [[ -f $run/final.keras && -f models/teachers/preds/$name.npz ]]; then
-      echo "checkpoint $name: finished, its predictions (models/teachers/preds/$name.npz) stand for it" >&2
+    if [[ -f $run/final.keras && -f models/$group/preds/$name.npz ]]; then
+      echo "checkpoint $name: finished, its predictions (models/$group/preds/$name.npz) stand for it" >&2
       continue
     fi
     mkdir -p "$ckpt/$name"
