@@ -164,6 +164,33 @@ def grey_to_model_pixels(grey: np.ndarray, size: int, colour: Colour) -> np.ndar
     )
 
 
+def zoom(crops: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 N x S x S x C model pixels -> the same crops seen from a little further (``factor`` > 1: the
+    crop edge-replicated by ``round(S * (factor - 1) / 2)`` pixels a side, then shrunk back to S) or closer
+    (< 1: the centre ``round(S * factor)`` pixels, enlarged to S). 1: the crops themselves. The classifier's
+    second view of each face (sidecar ``input.mirror_zoom``); it works on the crop, not the frame, so a
+    FER2013 image and a live face get the same view."""
+    if factor == 1.0 or len(crops) == 0:
+        return crops
+    n, s = crops.shape[0], crops.shape[1]
+    if factor > 1.0:
+        p = round(s * (factor - 1.0) / 2.0)
+        if p == 0:
+            return crops
+        padded = np.pad(crops, ((0, 0), (p, p), (p, p), (0, 0)), mode="edge")
+        views, interp = padded, cv2.INTER_AREA
+    else:
+        c = max(1, round(s * factor))
+        o = (s - c) // 2
+        if c == s:
+            return crops
+        views, interp = crops[:, o : o + c, o : o + c], cv2.INTER_LINEAR
+    out = np.empty_like(crops)
+    for i in range(n):
+        out[i] = cv2.resize(views[i], (s, s), interpolation=interp).reshape(out.shape[1:])
+    return out
+
+
 def scale(pixels: np.ndarray) -> np.ndarray:
     """uint8 model pixels -> float32 model input in [0, 1] (the ``SCALING`` rule)."""
     return pixels.astype(np.float32) / 255.0

@@ -11,6 +11,9 @@ never from constants, so any exported model (CK+ with *contempt*, FER2013 with *
 ``input.mirror`` (default false): the model is run on each crop and on its mirror image, and its
 probabilities are the mean of the two (test-time augmentation: one batch of 2N, about twice the time
 per face); the temperature is fitted in the same mode (``python -m training calibrate --mirror``).
+``input.mirror_zoom`` (default 1; only with ``mirror``): the mirror view is also zoomed by this factor
+(``bus.preprocess.zoom``: above 1 out, below 1 in, within ``MIRROR_ZOOM_RANGE``), so the two views of a face
+differ by more than the flip; picked on the validation split (``calibrate --mirror-zoom auto``).
 ``calibration.temperature`` (default 1: none) and ``calibration.class_bias`` (default none: a list of one
 number per label, added to the log-probabilities before the temperature; post-hoc logit adjustment for
 the training split's class prior) are applied to the model's probabilities at run time
@@ -27,6 +30,8 @@ from typing import Any, get_args
 from bus.calibration import BIAS_LIMIT, T_RANGE
 from bus.preprocess import SCALING, Colour
 
+MIRROR_ZOOM_RANGE = (0.5, 2.0)
+
 
 class SidecarError(ValueError):
     """A missing or invalid model sidecar."""
@@ -41,6 +46,7 @@ class ModelSpec:
     scaling: str = SCALING
     crop_margin: float = 0.2
     mirror: bool = False
+    mirror_zoom: float = 1.0
     dataset: str = ""
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     temperature: float = 1.0
@@ -58,6 +64,7 @@ class ModelSpec:
                 "scaling": self.scaling,
                 "crop_margin": self.crop_margin,
                 "mirror": self.mirror,
+                **({"mirror_zoom": self.mirror_zoom} if self.mirror_zoom != 1.0 else {}),
             },
             "quantization": "int8",
             "metrics": self.metrics,
@@ -83,6 +90,13 @@ def _bias(value: Any, path: Path, labels: int) -> tuple[float, ...]:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= BIAS_LIMIT for v in value):
         raise SidecarError(f"{path}: calibration.class_bias values must be numbers in [-{BIAS_LIMIT}, {BIAS_LIMIT}]")
     return tuple(float(v) for v in value)
+
+
+def _mirror_zoom(value: Any, path: Path) -> float:
+    lo, hi = MIRROR_ZOOM_RANGE
+    if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+        raise SidecarError(f"{path}: input.mirror_zoom must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -114,6 +128,7 @@ def load_spec(model: str | Path) -> ModelSpec:
             scaling=str(inp.get("scaling", SCALING)),
             crop_margin=float(inp.get("crop_margin", 0.2)),
             mirror=_flag(inp.get("mirror", False), path, "input.mirror"),
+            mirror_zoom=_mirror_zoom(inp.get("mirror_zoom", 1.0), path),
             dataset=str(d.get("dataset", "")),
             metrics=dict(d.get("metrics", {})),
             temperature=float(d.get("calibration", {}).get("temperature", 1.0)),

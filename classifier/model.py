@@ -4,7 +4,8 @@ Consumes a batch of uint8 face crops (N x S x S x C, ``bus.preprocess.crop_face`
 size and colour) and produces N x len(labels) probabilities in the sidecar's label order, calibrated
 with the sidecar's class bias and temperature (``bus.calibration``; none and 1 = as the network outputs
 them). Where the sidecar says ``input.mirror``, each crop's probabilities are the mean over the crop and
-its mirror image, both in the same batch (test-time augmentation), before the calibration.
+its mirror image, both in the same batch (test-time augmentation), before the calibration; with
+``input.mirror_zoom`` the mirror image is also zoomed by that factor (``bus.preprocess.zoom``).
 
 All faces of a frame run as ONE batch: the interpreter's input is resized to (N, S, S, C) only when
 N changes. Measured on this project's emonet (int8, 1 thread): resize + allocate costs ~5 us, while
@@ -22,6 +23,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from bus.calibration import apply_calibration
+from bus.preprocess import zoom
 from bus.runtime import native_stderr
 from bus.sidecar import ModelSpec, SidecarError, load_spec
 from classifier.preprocess import InputQuantizer, dequantize, normalise
@@ -38,10 +40,17 @@ def _channels(colour: str) -> int:
 
 
 class EmotionModel:
-    """Load ``model_path`` and its sidecar, check they agree, classify batches of crops. ``mirror``
-    overrides the sidecar's ``input.mirror`` (training's calibration and evaluation compare the two)."""
+    """Load ``model_path`` and its sidecar, check they agree, classify batches of crops. ``mirror`` and
+    ``mirror_zoom`` override the sidecar's ``input.mirror`` and ``input.mirror_zoom`` (training's
+    calibration and evaluation compare them)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1, mirror: bool | None = None):
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 1,
+        mirror: bool | None = None,
+        mirror_zoom: float | None = None,
+    ):
         path = Path(model_path)
         if not path.is_file():  # first: a missing model is not a missing sidecar
             raise ModelError(f"model file not found: {path}")
@@ -57,6 +66,7 @@ class EmotionModel:
             raise ModelError(f"{path}: not a loadable TFLite model: {e}") from None
         self.path = path
         self.mirror: bool = self.spec.mirror if mirror is None else mirror
+        self.mirror_zoom: float = self.spec.mirror_zoom if mirror_zoom is None else mirror_zoom
         self.temperature: float = self.spec.temperature  # 1.0: the network's own probabilities
         self.class_bias: np.ndarray | None = np.array(self.spec.class_bias) if self.spec.class_bias else None
         self.labels: tuple[str, ...] = self.spec.labels
@@ -103,6 +113,7 @@ class EmotionModel:
             "input": np.dtype(self._in["dtype"]).name,
             "fast_path": self.quantize.fast,
             "mirror": self.mirror,
+            "mirror_zoom": self.mirror_zoom,
             "temperature": self.temperature,
             "class_bias": self.class_bias is not None,
         }
@@ -116,7 +127,7 @@ class EmotionModel:
         if n == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         if self.mirror:
-            both = self._batched(np.concatenate([crops, crops[:, :, ::-1]]))
+            both = self._batched(np.concatenate([crops, zoom(crops, self.mirror_zoom)[:, :, ::-1]]))
             probs = (both[:n] + both[n:]) / 2
         else:
             probs = self._batched(crops)

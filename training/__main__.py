@@ -346,6 +346,21 @@ def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return tau
 
 
+def _mirror_zoom(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    from bus.sidecar import MIRROR_ZOOM_RANGE
+
+    if value is None or value == "auto":
+        return value
+    lo, hi = MIRROR_ZOOM_RANGE
+    try:
+        zoom = float(value)
+    except ValueError:
+        zoom = -1.0
+    if not lo <= zoom <= hi:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number in [{lo}, {hi}]")
+    return zoom
+
+
 @cli.command()
 @click.argument("model_path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option(
@@ -370,8 +385,21 @@ def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "accuracy against none (the most balanced classifier that is free in-domain); default: as the sidecar "
     "says (none)",
 )
+@click.option(
+    "--mirror-zoom",
+    callback=_mirror_zoom,
+    help="zoom the mirror view by this factor (above 1 out, below 1 in; input.mirror_zoom), or 'auto' to pick "
+    "the most accurate on PublicTest from 0.85-1.2; picked before the class bias and temperature; "
+    "default: as the sidecar says (1: the plain mirror)",
+)
 def calibrate(
-    model_path: Path, data: Path | None, ck: Path | None, dry_run: bool, mirror: bool | None, prior_tau: Any
+    model_path: Path,
+    data: Path | None,
+    ck: Path | None,
+    dry_run: bool,
+    mirror: bool | None,
+    prior_tau: Any,
+    mirror_zoom: Any,
 ) -> None:
     """Fit an int8 FER2013 model's class bias (optional) and temperature on PublicTest, report accuracy and
     ECE on PrivateTest before and after, and write them into the sidecar (the classifier applies them).
@@ -398,6 +426,7 @@ def calibrate(
                 mirror=mirror,
                 prior_tau=prior_tau,
                 train_counts=counts,
+                mirror_zoom=mirror_zoom,
             )
         }
         if ck is not None:

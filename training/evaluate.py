@@ -139,15 +139,20 @@ def evaluate_model(model: Any, data: Dataset, info: Any, out: Path, tag: str) ->
 
 
 def tflite_predict(
-    path: Path, pixels: np.ndarray, batch: int = 256, mirror: bool | None = None, calibrated: bool = True
+    path: Path,
+    pixels: np.ndarray,
+    batch: int = 256,
+    mirror: bool | None = None,
+    calibrated: bool = True,
+    mirror_zoom: float | None = None,
 ) -> np.ndarray:
     """Class probabilities from a .tflite model (with its sidecar) for uint8 model pixels (N x S x S x C),
     through the runtime classifier's own code path (quantisation, batching, dequantisation, the mean
-    with the mirror image where the sidecar or ``mirror`` says so, and the sidecar's class bias and
-    temperature unless ``calibrated`` is off)."""
+    with the mirror image where the sidecar or ``mirror`` says so, zoomed as the sidecar or ``mirror_zoom``
+    says, and the sidecar's class bias and temperature unless ``calibrated`` is off)."""
     from classifier.model import EmotionModel
 
-    model = EmotionModel(path, threads=2, mirror=mirror)
+    model = EmotionModel(path, threads=2, mirror=mirror, mirror_zoom=mirror_zoom)
     if not calibrated:
         model.temperature, model.class_bias = 1.0, None
     chunks = [model.classify(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bus.preprocess import crop_face, square_box, to_model_pixels, to_uint8_bgr
+from bus.preprocess import crop_face, square_box, to_model_pixels, to_uint8_bgr, zoom
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,34 @@ def test_a_crop_far_outside_the_frame_is_the_edge_crop_without_the_padding(box: 
 def test_a_crop_far_larger_than_the_frame_is_refused() -> None:
     with pytest.raises(ValueError, match="far larger"):
         crop_face(np.zeros((100, 100, 3), np.uint8), (0, 0, 5e3, 5e3), 48, "grey")
+
+
+def _square(ch: int = 1) -> np.ndarray:
+    """Two 48x48 crops, black with a 20x20 white square in the middle."""
+    x = np.zeros((2, 48, 48, ch), np.uint8)
+    x[:, 14:34, 14:34] = 255
+    return x
+
+
+@pytest.mark.parametrize("ch", [1, 3])
+def test_zoom_out_shrinks_and_zoom_in_enlarges_the_face_about_the_centre(ch: int) -> None:
+    x = _square(ch)
+    assert zoom(x, 1.0) is x and zoom(x[:0], 1.2).shape == (0, 48, 48, ch)
+    side = {f: float((zoom(x, f)[0, :, :, 0] > 127).sum()) ** 0.5 for f in (0.8, 0.9, 1.1, 1.25)}
+    for f, s in side.items():
+        out = zoom(x, f)
+        assert out.shape == x.shape and out.dtype == np.uint8
+        assert s == pytest.approx(20 / f, abs=1.5)  # the square's side scales by 1 / factor
+        centre = np.argwhere(out[0, :, :, 0] > 127).mean(axis=0)
+        np.testing.assert_allclose(centre, [23.5, 23.5], atol=0.6)  # about the crop's centre
+        np.testing.assert_array_equal(out[0], out[1])  # each crop alone
+    # zooming out replicates the crop's edge: a face at the border keeps its border pixels
+    edge = np.zeros((1, 48, 48, 1), np.uint8)
+    edge[:, :, :4] = 200
+    assert (zoom(edge, 1.2)[0, :, 0, 0] == 200).all()
+
+
+def test_a_zoom_too_small_to_move_a_pixel_is_the_crop_itself() -> None:
+    x = _square()
+    np.testing.assert_array_equal(zoom(x, 1.01), x)
+    np.testing.assert_array_equal(zoom(x, 0.99), x)

@@ -18,8 +18,13 @@ def test_roundtrip(tmp_path: Path) -> None:
     biased = ModelSpec("m", ("a", "b"), 48, "grey", temperature=0.8, class_bias=(0.5, -0.5))
     (tmp_path / "m.json").write_text(json.dumps(biased.to_json()))
     assert load_spec(tmp_path / "m.tflite") == biased
+    assert "mirror_zoom" not in biased.to_json()["input"]  # 1: the plain mirror, not written
+    zoomed = ModelSpec("m", ("a", "b"), 48, "grey", mirror=True, mirror_zoom=1.05)
+    (tmp_path / "m.json").write_text(json.dumps(zoomed.to_json()))
+    assert load_spec(tmp_path / "m.tflite") == zoomed
 
 
+_ZOOMED = '{"labels": ["a"], "input": {"size": 48, "colour": "grey", "mirror": true, "mirror_zoom": %s}}'
 _BIASED = '{"labels": ["a", "b"], "input": {"size": 48, "colour": "grey"}, "calibration": {"class_bias": %s}}'
 
 
@@ -39,6 +44,10 @@ _BIASED = '{"labels": ["a", "b"], "input": {"size": 48, "colour": "grey"}, "cali
         (_BIASED % "[0.1, true]", r"class_bias values must be numbers"),
         (_BIASED % "[0.1, 1e9]", r"class_bias values must be numbers"),
         (_BIASED % "[0.1, NaN]", r"class_bias values must be numbers"),
+        (_ZOOMED % '"1.1"', r"input.mirror_zoom must be a number in \[0.5, 2.0\], got '1.1'"),
+        (_ZOOMED % "3", r"input.mirror_zoom must be a number in \[0.5, 2.0\], got 3"),
+        (_ZOOMED % "NaN", r"input.mirror_zoom must be a number"),
+        (_ZOOMED % "true", r"input.mirror_zoom must be a number"),
     ],
 )
 def test_bad_sidecars(tmp_path: Path, content: str | None, match: str) -> None:

@@ -141,6 +141,23 @@ def test_mirror_is_the_mean_over_each_crop_and_its_mirror_before_the_temperature
     )
 
 
+def test_mirror_zoom_zooms_the_mirror_view_only(tiny, tmp_path):
+    from bus.preprocess import zoom
+
+    path = _copy(tiny["int8"], tmp_path)
+    batch = crops(3, seed=2)
+    plain = EmotionModel(path)
+    raw, raw_zoomed_mirror = plain.classify(batch), plain.classify(zoom(batch, 1.1)[:, :, ::-1])
+    _edit_sidecar(path, mirror=True, mirror_zoom=1.1)
+    model = EmotionModel(path)
+    assert model.mirror_zoom == 1.1 and model.info["mirror_zoom"] == 1.1
+    np.testing.assert_allclose(model.classify(batch), (raw + raw_zoomed_mirror) / 2, atol=1e-6)
+    # the override, as calibration's grid uses it; without the mirror the zoom does nothing
+    plain_mirror = (raw + plain.classify(batch[:, :, ::-1])) / 2
+    np.testing.assert_allclose(EmotionModel(path, mirror_zoom=1.0).classify(batch), plain_mirror, atol=1e-6)
+    np.testing.assert_allclose(EmotionModel(path, mirror=False).classify(batch), raw, atol=1e-6)
+
+
 def test_class_bias_from_the_sidecar_is_applied_before_the_temperature(tiny, tmp_path):
     from bus.calibration import apply_calibration
 

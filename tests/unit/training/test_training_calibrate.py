@@ -19,7 +19,7 @@ from bus.calibration import apply_calibration, ece, fit_prior_tau, prior_bias
 from bus.sidecar import load_spec
 from tests.unit.training.test_training_fer import random_fer_csv
 from training.__main__ import cli
-from training.calibrate import RULES, calibrate, cross_dataset, ece_floor
+from training.calibrate import RULES, ZOOM_GRID, ZOOM_RULE, calibrate, cross_dataset, ece_floor, pick_zoom
 from training.data import Dataset
 from training.data.ck import CK_LABELS
 from training.evaluate import tflite_predict
@@ -202,3 +202,57 @@ def test_calibrate_cli_takes_the_training_counts_and_refuses_a_bad_tau(
     for bad in ("2", "-0.1", "some"):
         result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--prior-tau", bad])
         assert result.exit_code == 2 and "is neither 'auto', 'no-cost' nor a number in [0, 1]" in result.output
+
+
+def test_pick_zoom_takes_the_most_accurate_and_on_a_tie_the_closest_to_one() -> None:
+    assert pick_zoom({0.9: 0.70, 1.0: 0.69, 1.05: 0.71}) == 1.05
+    assert pick_zoom({0.9: 0.71, 1.0: 0.70, 1.05: 0.71, 1.2: 0.71}) == 1.05  # |log 1.05| < |log 0.9|
+    assert pick_zoom({0.95: 0.70, 1.0: 0.70}) == 1.0
+    with pytest.raises(ValueError, match="no zoom"):
+        pick_zoom({})
+
+
+def test_mirror_zoom_auto_is_picked_on_val_written_and_used_by_the_runtime(
+    case: tuple[Path, Dataset, Dataset],
+) -> None:
+    model, val, test = case
+    with pytest.raises(ValueError, match="needs the mirror view"):
+        calibrate(model, val, test, mirror=False, mirror_zoom=1.1)
+    result = calibrate(model, val, test, mirror=True, mirror_zoom="auto")
+    grid = result["mirror_zoom_accuracy_val"]
+    assert list(grid) == [str(z) for z in ZOOM_GRID] and result["mirror_zoom_rule"] == ZOOM_RULE
+    zoom = result["mirror_zoom"]
+    assert grid[str(zoom)] == max(grid.values()) == result["accuracy_val"]  # no bias: the argmax is the raw one
+    spec = load_spec(model)
+    assert spec.mirror and spec.mirror_zoom == zoom
+    # what the runtime now does on val is what the fit scored
+    x = val.images[..., None]
+    assert float((tflite_predict(model, x).argmax(1) == val.labels).mean()) == pytest.approx(
+        result["accuracy_val"], abs=1e-4
+    )
+    # a refit from the sidecar keeps the zoom and its record; a given zoom replaces both
+    again = calibrate(model, val, test)
+    assert (
+        again["mirror_zoom"] == zoom
+        and "mirror_zoom_accuracy_val" in json.loads(model.with_suffix(".json").read_text())["calibration"]
+    )
+    calibrate(model, val, test, mirror_zoom=1.0)
+    d = json.loads(model.with_suffix(".json").read_text())
+    assert "mirror_zoom" not in d["input"] and "mirror_zoom_accuracy_val" not in d["calibration"]
+    assert load_spec(model).mirror_zoom == 1.0
+    # off with the mirror: the zoom goes too
+    calibrate(model, val, test, mirror=True, mirror_zoom=0.9)
+    calibrate(model, val, test, mirror=False)
+    assert "mirror_zoom" not in json.loads(model.with_suffix(".json").read_text())["input"]
+
+
+def test_calibrate_cli_refuses_a_bad_mirror_zoom(case: tuple[Path, Dataset, Dataset], tmp_path: Path) -> None:
+    model = case[0]
+    data = random_fer_csv(tmp_path / "fer2013.csv")
+    runner = CliRunner()
+    for bad in ("3", "0", "near"):
+        result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--mirror", "--mirror-zoom", bad])
+        assert result.exit_code == 2 and "is neither 'auto' nor a number in [0.5, 2.0]" in result.output
+    result = runner.invoke(cli, ["calibrate", str(model), "--data", str(data), "--mirror", "--mirror-zoom", "1.1"])
+    assert result.exit_code == 0, result.output
+    assert load_spec(model).mirror_zoom == 1.1
