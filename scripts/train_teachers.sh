@@ -94,6 +94,10 @@ fi
 teacher t9-cycle3-s88 "${base[@]}" --init runs/teachers/soup1.keras --keep-head --lr 1e-3 --epochs 35 --seed 88 \
   --mix mixup --mix-alpha 0.2
 teacher t10-long-s99 "${base[@]}" --seed 99 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90
+# t12: a 26-epoch cycle of t10 (2026-12-02, 55 min here). t10's weights are not committed (its predictions
+# stand for it), so on a fresh clone t12 counts through its kept predictions; to train it again, train t10 first.
+teacher t12-c10-s101 "${base[@]}" --init runs/teachers/t10-long-s99/final.keras --keep-head --lr 1e-3 --epochs 26 \
+  --seed 101 --mix mixup --mix-alpha 0.2 --snapshots-from 20
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
 # session counts through its .npz even when its weights are gone. The model shipped before the student
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
@@ -114,8 +118,8 @@ for name in "${names[@]}"; do
 done
 "$py" -m training ensemble "${teachers[@]}" --data "$data" --predictions models/teachers/preds --select \
   --out models/teachers/fer2013_soft.npz
-# The student: the shipped model's architecture from scratch on those soft labels (t9 + t10 since
-# 2026-12-01), t10's schedule (90 epochs, over two sessions), each epoch's weights from epoch 82 on kept
+# The student: the shipped model's architecture from scratch on those soft labels (s1 on those of t9 + t10,
+# fer2013_soft.npz of commit 7663476), t10's schedule (90 epochs, over two sessions), each epoch's weights from epoch 82 on kept
 # for a soup. Then `soup`, `export` and `calibrate` as in models/README.md.
 resumable students s1-scratch-kd "${base[@]}" --seed 131 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90 \
   --distill models/teachers/fer2013_soft.npz --snapshots-from 82
