@@ -98,6 +98,12 @@ teacher t10-long-s99 "${base[@]}" --seed 99 --mix mixup --mix-alpha 0.2 --lr 2e-
 # stand for it), so on a fresh clone t12 counts through its kept predictions; to train it again, train t10 first.
 teacher t12-c10-s101 "${base[@]}" --init runs/teachers/t10-long-s99/final.keras --keep-head --lr 1e-3 --epochs 26 \
   --seed 101 --mix mixup --mix-alpha 0.2 --snapshots-from 20
+# t14: a 26-epoch cycle of the second soup (models/fer2013_emonet.keras of commit c3af968), for a third soup
+if [[ ! -f models/teachers/preds/t14-cycle4-s141.npz && ! -f runs/teachers/soup2.keras ]]; then
+  mkdir -p runs/teachers && git show c3af968:models/fer2013_emonet.keras > runs/teachers/soup2.keras
+fi
+teacher t14-cycle4-s141 "${base[@]}" --init runs/teachers/soup2.keras --keep-head --lr 1e-3 --epochs 26 --seed 141 \
+  --mix mixup --mix-alpha 0.2 --snapshots-from 20
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
 # session counts through its .npz even when its weights are gone. The model shipped before the student
 # (models/fer2013_emonet.keras at commit e13e793) is teacher t0.
