@@ -332,33 +332,30 @@ def soup(models: tuple[Path, ...], source: str, data: Path | None, out: Path) ->
     click.echo(text)
 
 
+def _word_or_number(value: str | None, words: tuple[str, ...], lo: float, hi: float) -> float | str | None:
+    """An option's value: None, one of ``words``, or a number in [lo, hi]; anything else is a usage error."""
+    if value is None or value in words:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not lo <= number <= hi:
+        names = ", ".join(f"'{w}'" for w in words)
+        raise click.BadParameter(f"{value!r} is neither {names} nor a number in [{lo}, {hi}]")
+    return number
+
+
 def _prior_tau(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
     from training.calibrate import FIT_RULES
 
-    if value is None or value in FIT_RULES:
-        return value
-    try:
-        tau = float(value)
-    except ValueError:
-        tau = -1.0
-    if not 0.0 <= tau <= 1.0:
-        raise click.BadParameter(f"{value!r} is neither 'auto', 'no-cost' nor a number in [0, 1]")
-    return tau
+    return _word_or_number(value, tuple(FIT_RULES), 0, 1)
 
 
 def _mirror_zoom(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
     from bus.sidecar import MIRROR_ZOOM_RANGE
 
-    if value is None or value == "auto":
-        return value
-    lo, hi = MIRROR_ZOOM_RANGE
-    try:
-        zoom = float(value)
-    except ValueError:
-        zoom = -1.0
-    if not lo <= zoom <= hi:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number in [{lo}, {hi}]")
-    return zoom
+    return _word_or_number(value, ("auto",), *MIRROR_ZOOM_RANGE)
 
 
 @cli.command()

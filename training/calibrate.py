@@ -57,17 +57,18 @@ def pick_zoom(scores: dict[float, float]) -> float:
     return min(scores, key=lambda z: (-scores[z], abs(np.log(z))))
 
 
-def fit_mirror_zoom(path: Path, val: Dataset, grid: tuple[float, ...] = ZOOM_GRID) -> tuple[float, dict[float, float]]:
+def fit_mirror_zoom(
+    path: Path, val: Dataset, spec: ModelSpec, grid: tuple[float, ...] = ZOOM_GRID
+) -> tuple[float, dict[float, float], np.ndarray]:
     """The ``input.mirror_zoom`` of ``grid`` under which the model, run on each face and its zoomed mirror
-    (no class bias, no temperature), is most accurate on ``val`` (:func:`pick_zoom`), and every zoom's
-    accuracy. The two views of a face, the crop and its mirror a little closer or further, differ by more
-    than the flip alone, so their mean can be right more often at the same cost (one batch of two)."""
-    spec = load_spec(path)
-    scores = {
-        float(z): float((_raw_probs(path, val, spec, mirror=True, mirror_zoom=z).argmax(1) == val.labels).mean())
-        for z in grid
-    }
-    return pick_zoom(scores), scores
+    (no class bias, no temperature), is most accurate on ``val`` (:func:`pick_zoom`), every zoom's
+    accuracy, and the probabilities on ``val`` at the zoom picked (for the fits that follow). The two views
+    of a face, the crop and its mirror a little closer or further, differ by more than the flip alone, so
+    their mean can be right more often at the same cost (one batch of two)."""
+    probs = {float(z): _raw_probs(path, val, spec, mirror=True, mirror_zoom=z) for z in grid}
+    scores = {z: float((p.argmax(1) == val.labels).mean()) for z, p in probs.items()}
+    zoom = pick_zoom(scores)
+    return zoom, scores, probs[zoom]
 
 
 def uncertain_table(probs: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
@@ -144,15 +145,18 @@ def calibrate(
     if prior_tau != 0.0 and not counts.any():
         raise ValueError("a class bias needs the training split's class counts")
     zoom_scores: dict[float, float] = {}
+    pv: np.ndarray | None = None  # val's probabilities, from the zoom's fit where there is one
     if not mirror:
         if mirror_zoom not in (None, 1.0):
             raise ValueError("a zoomed mirror view (mirror_zoom) needs the mirror view (--mirror)")
         zoom = 1.0
     elif mirror_zoom == "auto":
-        zoom, zoom_scores = fit_mirror_zoom(path, val)
+        zoom, zoom_scores, pv = fit_mirror_zoom(path, val, spec)
     else:
         zoom = spec.mirror_zoom if mirror_zoom is None else float(mirror_zoom)
-    pv, pt = _raw_probs(path, val, spec, mirror, zoom), _raw_probs(path, test, spec, mirror, zoom)
+    if pv is None:
+        pv = _raw_probs(path, val, spec, mirror, zoom)
+    pt = _raw_probs(path, test, spec, mirror, zoom)
     if rule is not None:
         tau, scores = fit_prior_tau(pv, val.labels, counts, rule=rule)
     else:
