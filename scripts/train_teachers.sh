@@ -78,6 +78,13 @@ teacher() {
   names+=("$1")
   resumable teachers "$@"
 }
+# shipped_model REV FILE TEACHER: models/fer2013_emonet.keras as of commit REV -> FILE, the --init of TEACHER
+# (only while TEACHER still needs training: its kept predictions stand for it once done)
+shipped_model() {
+  if [[ ! -f models/teachers/preds/$3.npz && ! -f $2 ]]; then
+    mkdir -p "$(dirname "$2")" && git show "$1:models/fer2013_emonet.keras" > "$2"
+  fi
+}
 teacher t1-mixup "${common[@]}" --seed 11 --mix mixup --mix-alpha 0.3
 teacher t2-cutmix "${common[@]}" --seed 22 --mix cutmix --mix-alpha 1.0
 teacher t3-ferplus "${common[@]}" --seed 33 --ferplus-blend 0.5
@@ -88,9 +95,7 @@ teacher t6-scratch-s66 "${base[@]}" --seed 66 --mix mixup --mix-alpha 0.2 --lr 2
 teacher t7-scratch-s77 "${base[@]}" --seed 77 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 40
 # t9: a third cycle of the first soup (models/fer2013_emonet.keras of commit 327ff45; with it, the second soup)
 # t10: t4's recipe on a 90-epoch schedule, over two sessions (resumed from models/teachers/ckpt/, 2026-12-01)
-if [[ ! -f models/teachers/preds/t9-cycle3-s88.npz && ! -f runs/teachers/soup1.keras ]]; then
-  mkdir -p runs/teachers && git show 327ff45:models/fer2013_emonet.keras > runs/teachers/soup1.keras
-fi
+shipped_model 327ff45 runs/teachers/soup1.keras t9-cycle3-s88
 teacher t9-cycle3-s88 "${base[@]}" --init runs/teachers/soup1.keras --keep-head --lr 1e-3 --epochs 35 --seed 88 \
   --mix mixup --mix-alpha 0.2
 teacher t10-long-s99 "${base[@]}" --seed 99 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90
@@ -99,9 +104,7 @@ teacher t10-long-s99 "${base[@]}" --seed 99 --mix mixup --mix-alpha 0.2 --lr 2e-
 teacher t12-c10-s101 "${base[@]}" --init runs/teachers/t10-long-s99/final.keras --keep-head --lr 1e-3 --epochs 26 \
   --seed 101 --mix mixup --mix-alpha 0.2 --snapshots-from 20
 # t14: a 26-epoch cycle of the second soup (models/fer2013_emonet.keras of commit c3af968), for a third soup
-if [[ ! -f models/teachers/preds/t14-cycle4-s141.npz && ! -f runs/teachers/soup2.keras ]]; then
-  mkdir -p runs/teachers && git show c3af968:models/fer2013_emonet.keras > runs/teachers/soup2.keras
-fi
+shipped_model c3af968 runs/teachers/soup2.keras t14-cycle4-s141
 teacher t14-cycle4-s141 "${base[@]}" --init runs/teachers/soup2.keras --keep-head --lr 1e-3 --epochs 26 --seed 141 \
   --mix mixup --mix-alpha 0.2 --snapshots-from 20
 # Each teacher's predictions are kept in models/teachers/preds/ (float16, committed): a teacher of an earlier
