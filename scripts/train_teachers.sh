@@ -133,9 +133,7 @@ done
 resumable students s1-scratch-kd "${base[@]}" --seed 131 --mix mixup --mix-alpha 0.2 --lr 2e-3 --epochs 90 \
   --distill models/teachers/fer2013_soft.npz --snapshots-from 82
 # s2: a 26-epoch cycle of s1 on the soft labels of seven teachers (fer2013_soft.npz of commit 2430bc9), each
-# epoch's weights from epoch 20 on kept, to soup with s1 (as t9 was with the first soup). Its --init only gives
-# the network once it resumes from a committed checkpoint (the weights come from there: s1's need not be here).
-s2_init=runs/students/s1-scratch-kd/final.keras
-[[ -f $s2_init ]] || s2_init=runs/students/s2-cycle-s1/last.keras
-resumable students s2-cycle-s1 "${base[@]}" --init "$s2_init" --keep-head --lr 1e-3 --epochs 26 --seed 171 \
-  --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+# epoch's weights from epoch 20 on kept, to soup with s1 (as t9 was with the first soup). Finished; its weights
+# are committed (models/students/ckpt/s2-cycle-s1/final.keras), so s1's are needed only to train it again.
+resumable students s2-cycle-s1 "${base[@]}" --init runs/students/s1-scratch-kd/final.keras --keep-head --lr 1e-3 \
+  --epochs 26 --seed 171 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
