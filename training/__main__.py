@@ -65,8 +65,8 @@ def _setup(mixed: str) -> None:
 @click.option(
     "--init",
     "init",
-    type=click.Path(path_type=Path, exists=True),
-    help="Keras model to fine-tune from (CK+: a FER2013 model)",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Keras model to fine-tune from (CK+: a FER2013 model); not read when --out holds an interrupted run",
 )
 @click.option(
     "--keep-head",
@@ -177,6 +177,12 @@ def cli(
 
     data = data or DEFAULT_DATA[source]
     out = out or Path("runs") / f"{source}-{model_name}"
+    from training.train import interrupted
+
+    if init is not None and not init.is_file() and (retrain or not interrupted(out)):
+        raise click.BadParameter(
+            f"{init}: no such file (and no interrupted run in {out} to resume)", param_hint="--init"
+        )
     if ship:
         _check_checkout()
         models_dir = SHIPPED_MODELS

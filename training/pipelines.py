@@ -11,7 +11,7 @@ import numpy as np
 
 from training.data import Dataset
 from training.models import MODELS, build, replace_head
-from training.train import TrainConfig, fit, read_progress
+from training.train import TrainConfig, fit, interrupted
 
 log = logging.getLogger("training")
 
@@ -74,14 +74,20 @@ def _load_or_train(
 
     info = MODELS[model_name]
     existing = _weights(out)
-    interrupted = read_progress(out)[0] > 0 and not (out / "final.keras").is_file()
+    resuming = interrupted(out)
     if retrain:
         for stale in ("last.keras", "progress.json"):
             (out / stale).unlink(missing_ok=True)
-    elif existing is not None and not interrupted:
+    elif existing is not None and not resuming:
         log.info("reusing weights %s (pass --retrain to train again)", existing)
         return keras.models.load_model(existing), False
-    if init is not None:
+    if resuming and not retrain:
+        # the network and its weights come from the resume point (fit loads its optimizer state): --init,
+        # read when the run began, need not exist any more (a run resumed on a fresh clone from a committed
+        # checkpoint, started from weights that were never committed)
+        model = keras.models.load_model(out / "last.keras", compile=False)
+        log.info("resuming %s: the network from its last.keras (--init is not read)", out)
+    elif init is not None:
         base = keras.models.load_model(init)
         if keep_head:
             n_out = base.output_shape[-1]

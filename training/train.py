@@ -236,6 +236,11 @@ def read_progress(out: Path) -> tuple[int, float]:
     return int(p["epochs_done"]), float(p["best_val_accuracy"])
 
 
+def interrupted(out: Path) -> bool:
+    """Whether ``out`` holds a run stopped before its last epoch: :func:`fit` continues it."""
+    return read_progress(out)[0] > 0 and not (out / "final.keras").is_file()
+
+
 class EpochLog(keras.callbacks.Callback):
     """One log line per epoch (for background runs whose stdout is a file)."""
 

@@ -235,6 +235,43 @@ def test_keep_head_class_count_mismatch(tmp_path: Path, init_models: dict[int, P
     assert result.exit_code == 1 and "Error: --keep-head:" in result.output and "8 outputs" in result.output
 
 
+def test_an_interrupted_run_resumes_without_its_init(tmp_path: Path, init_models: dict[int, Path]) -> None:
+    """A run started from weights that are gone (a fresh clone with the run's committed checkpoint only)
+    resumes from its last.keras; --init is read only to start a run."""
+    import shutil
+
+    from training.data import Dataset
+    from training.data.ck import CK_LABELS
+    from training.pipelines import _load_or_train
+    from training.train import TrainConfig, read_progress
+
+    init = tmp_path / "init.keras"
+    shutil.copy(init_models[7], init)
+    rng = np.random.default_rng(0)
+    train = Dataset(rng.integers(0, 255, (14, 48, 48), dtype=np.uint8), np.arange(14) % 7, CK_LABELS)
+    out = tmp_path / "run"
+    _load_or_train("emonet", train, None, out, TrainConfig(epochs=1, batch=14, verbose=0), False, init, True)
+    (out / "final.keras").unlink()  # stopped after epoch 1 of 2
+    init.unlink()
+    data = make_ck(tmp_path / "ck")
+    # from the CLI: a missing --init is a usage error unless --out holds the interrupted run
+    result = invoke("--source", "ck", "--data", str(data), "--out", str(tmp_path / "new"), "--init", str(init))
+    assert result.exit_code == 2 and "no such file" in result.output and "--init" in result.output
+    model, trained = _load_or_train(
+        "emonet", train, None, out, TrainConfig(epochs=2, batch=14, verbose=0), False, init, True
+    )
+    assert trained and read_progress(out)[0] == 2 and (out / "final.keras").is_file()
+    assert model.count_params() == keras_params(init_models[7])  # the init's network (width 4), not a new one
+    with pytest.raises(ValueError, match="File not found"):  # --retrain starts over: it needs the init
+        _load_or_train("emonet", train, None, out, TrainConfig(epochs=1, batch=14, verbose=0), True, init, True)
+
+
+def keras_params(path: Path) -> int:
+    import keras
+
+    return int(keras.models.load_model(path, compile=False).count_params())
+
+
 def _tree_digest(root: Path) -> dict[str, str]:
     import hashlib
 
