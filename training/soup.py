@@ -11,6 +11,9 @@ often better than each of them, at no cost at run time (Wortsman et al., 2022, "
   recalibrated on the training images (:func:`training.train.recalibrate_bn`) before it is scored.
   Selection uses PublicTest only, one forward pass per image as the runtime runs; PrivateTest is
   reported, never used.
+- The *uniform soup* (all ingredients) is scored too; the one saved is whichever of the two scores higher
+  on PublicTest (on a tie the greedy one). Greedy adds one ingredient at a time, so it can stop short of a
+  mix that only helps as a whole (measured: s2 + s1 greedy 69.63 %, with s2's epoch 24 uniform 69.74 %).
 """
 
 from __future__ import annotations
@@ -103,23 +106,34 @@ def greedy_soup(paths: list[Path], source: str, data: Path, out: Path) -> dict[s
         return accuracy("val")
 
     chosen, _ = greedy([r["PublicTest"] for r in rows], score)
-    mix(chosen)
+    every = list(range(len(paths)))
+    candidates = {"greedy": chosen}
+    if len(paths) > 1 and sorted(chosen) != every:
+        candidates["uniform"] = every
+    scored = {}
+    for kind, members in candidates.items():
+        mix(members)
+        scored[kind] = {"PublicTest": round(accuracy("val"), 4), "PrivateTest": round(accuracy("test"), 4)}
+    kept = max(candidates, key=lambda k: (scored[k]["PublicTest"], k == "greedy"))
+    mix(candidates[kept])
     report: dict[str, Any] = {
         "ingredients": rows,
-        "selected": [str(paths[i]) for i in chosen],
-        "selection": "greedy soup on PublicTest accuracy (one forward pass), batch-norm recalibrated",
-        "uniform_soup": None,
-        "soup_PublicTest": round(accuracy("val"), 4),
-        "soup_PrivateTest": round(accuracy("test"), 4),
+        "greedy": [str(paths[i]) for i in chosen],
+        "greedy_soup": scored["greedy"],
+        "uniform_soup": scored.get("uniform", scored["greedy"] if len(paths) > 1 else None),
+        "kept": kept,
+        "selected": [str(paths[i]) for i in candidates[kept]],
+        "selection": "greedy or uniform soup, the higher on PublicTest accuracy (one forward pass), "
+        "batch-norm recalibrated",
+        "soup_PublicTest": scored[kept]["PublicTest"],
+        "soup_PrivateTest": scored[kept]["PrivateTest"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    if len(paths) > 1:
-        mix(list(range(len(paths))))
-        report["uniform_soup"] = {"PublicTest": round(accuracy("val"), 4), "PrivateTest": round(accuracy("test"), 4)}
     log.info(
-        "greedy soup of %d of %d: PublicTest %.4f  PrivateTest %.4f -> %s",
-        len(chosen),
+        "%s soup of %d of %d: PublicTest %.4f  PrivateTest %.4f -> %s",
+        kept,
+        len(candidates[kept]),
         len(paths),
         report["soup_PublicTest"],
         report["soup_PrivateTest"],

@@ -69,7 +69,12 @@ def test_soup_cli_writes_a_model_and_its_figures(tmp_path: Path) -> None:
     report = json.loads(out.with_suffix(".json").read_text())
     assert [r["model"] for r in report["ingredients"]] == [str(a), str(b)]
     assert set(report["selected"]) <= {str(a), str(b)} and report["selected"]
-    assert report["uniform_soup"] is not None
+    # the greedy and the uniform soup (a and b) are both scored; the higher on PublicTest is saved
+    greedy_val, uniform_val = report["greedy_soup"]["PublicTest"], report["uniform_soup"]["PublicTest"]
+    assert report["soup_PublicTest"] == max(greedy_val, uniform_val)
+    assert report["kept"] == ("greedy" if greedy_val >= uniform_val else "uniform")
+    want_kept = report["greedy"] if report["kept"] == "greedy" else [str(a), str(b)]
+    assert report["selected"] == want_kept
     soup = keras.models.load_model(out)
     assert soup.name == "emonet" and soup.output_shape[-1] == 7
 
