@@ -137,3 +137,13 @@ resumable students s1-scratch-kd "${base[@]}" --seed 131 --mix mixup --mix-alpha
 # are committed (models/students/ckpt/s2-cycle-s1/final.keras), so s1's are needed only to train it again.
 resumable students s2-cycle-s1 "${base[@]}" --init runs/students/s1-scratch-kd/final.keras --keep-head --lr 1e-3 \
   --epochs 26 --seed 171 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+# s3: a 26-epoch cycle of the soup of s2 and s1 (`soup` of the two: both kept), the same soft labels, each
+# epoch's weights from epoch 20 on kept for the next soup. s1's weights are not committed: the soup is made
+# only while s3 has neither finished nor a committed checkpoint to resume from (which needs no --init).
+if [[ ! -f runs/students/s3-cycle-soup12/final.keras && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
+  && ! -f runs/students/s3-cycle-soup12/progress.json && ! -f runs/students/soup-s12.keras ]]; then
+  "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
+    --data "$data" --out runs/students/soup-s12.keras
+fi
+resumable students s3-cycle-soup12 "${base[@]}" --init runs/students/soup-s12.keras --keep-head --lr 1e-3 \
+  --epochs 26 --seed 181 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
