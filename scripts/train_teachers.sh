@@ -140,10 +140,22 @@ resumable students s2-cycle-s1 "${base[@]}" --init runs/students/s1-scratch-kd/f
 # s3: a 26-epoch cycle of the soup of s2 and s1 (`soup` of the two: both kept), the same soft labels, each
 # epoch's weights from epoch 20 on kept for the next soup. s1's weights are not committed: the soup is made
 # only while s3 has neither finished nor a committed checkpoint to resume from (which needs no --init).
-if [[ ! -f runs/students/s3-cycle-soup12/final.keras && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
-  && ! -f runs/students/s3-cycle-soup12/progress.json && ! -f runs/students/soup-s12.keras ]]; then
-  "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
-    --data "$data" --out runs/students/soup-s12.keras
+# s3's own weights are not committed either: the soup it went into (its best epoch, 20, and its epoch 26;
+# models/students/ckpt/soup-s3.keras, 7.2 MB) stands for it.
+if [[ ! -f models/students/ckpt/soup-s3.keras ]]; then
+  if [[ ! -f runs/students/s3-cycle-soup12/final.keras && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
+    && ! -f runs/students/s3-cycle-soup12/progress.json && ! -f runs/students/soup-s12.keras ]]; then
+    "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
+      --data "$data" --out runs/students/soup-s12.keras
+  fi
+  resumable students s3-cycle-soup12 "${base[@]}" --init runs/students/soup-s12.keras --keep-head --lr 1e-3 \
+    --epochs 26 --seed 181 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+  "$py" -m training soup runs/students/s3-cycle-soup12/final.keras runs/students/soup-s12.keras \
+    runs/students/s3-cycle-soup12/snaps/ep26.keras runs/students/s3-cycle-soup12/snaps/ep24.keras \
+    runs/students/s3-cycle-soup12/snaps/ep22.keras --source fer --data "$data" --out runs/students/soup-s3.keras
+elif [[ ! -f runs/students/soup-s3.keras ]]; then
+  cp models/students/ckpt/soup-s3.keras runs/students/soup-s3.keras
 fi
-resumable students s3-cycle-soup12 "${base[@]}" --init runs/students/soup-s12.keras --keep-head --lr 1e-3 \
-  --epochs 26 --seed 181 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+# s4: the same cycle of the soup of s3 (seed 191), over two sessions (resumed from models/students/ckpt/)
+resumable students s4-cycle-soup3 "${base[@]}" --init runs/students/soup-s3.keras --keep-head --lr 1e-3 \
+  --epochs 26 --seed 191 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
