@@ -10,8 +10,8 @@ two-view accuracy on PublicTest and PrivateTest, and saves the mean (export it w
 export``). The zoom here is TensorFlow's area resize, the runtime's is OpenCV's (``bus.preprocess.zoom``): the
 int8 figures come from ``python -m training calibrate``.
 
-  .venv/bin/python scripts/two_view_finetune.py train INIT OUT EPOCHS LR SEED [DATA] [--limit N]
-  .venv/bin/python scripts/two_view_finetune.py soup OUT.keras MODEL.keras... [--data DATA]
+  python -m training.two_view train INIT OUT EPOCHS LR SEED [DATA] [--limit N]
+  python -m training.two_view soup OUT.keras MODEL.keras... [--data DATA]
 """
 
 from __future__ import annotations
