@@ -6,17 +6,25 @@
 # runs/ is not committed: `--checkpoint` copies each unfinished run's resume point (last.keras with the
 # optimizer state, best.keras, progress.json, history.csv, snaps/) to models/<teachers|students>/ckpt/<name>/,
 # which is committed, and a later run on a fresh clone starts from there. A finished run is kept as its
-# predictions (models/<teachers|students>/preds/<name>.npz, written by `ensemble --predictions`), not its weights.
+# predictions (models/<teachers|students>/preds/<name>.npz, written by `ensemble --predictions`) where they are
+# written, else as its final weights without the optimizer's state.
 #   scripts/train_teachers.sh [DATA]        (DATA: the FER2013 folder, default ../shared/data/fer2013)
-#   scripts/train_teachers.sh --checkpoint  (save the resume points for a commit)
+#   scripts/train_teachers.sh --checkpoint [NAME...]  (save the resume points for a commit: every run's, or
+#                                                     only those named)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 files=(final.keras last.keras best.keras progress.json history.csv)
 py=${PYTHON:-.venv/bin/python}
+# weights_only SRC DST: a .keras without its optimizer's state (a third of the size)
+weights_only() {
+  "$py" -c 'import sys, keras; keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])' "$1" "$2"
+}
 if [[ ${1:-} == --checkpoint ]]; then
+  shift
   for run in runs/teachers/*/ runs/students/*/; do
     [[ -f $run/progress.json ]] || continue
     name=$(basename "$run")
+    [[ $# -eq 0 || " $* " == *" $name "* ]] || continue
     group=$(basename "$(dirname "$run")")
     ckpt=models/$group/ckpt
     rm -rf "${ckpt:?}/$name"
@@ -25,18 +33,21 @@ if [[ ${1:-} == --checkpoint ]]; then
       continue
     fi
     mkdir -p "$ckpt/$name"
-    keep=("${files[@]}")
-    [[ -f $run/final.keras ]] && keep=(final.keras progress.json history.csv)  # finished: the weights suffice
-    for f in "${keep[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
-    [[ -d $run/snaps && ! -f $run/final.keras ]] && cp -r "$run/snaps" "$ckpt/$name/"  # a soup's ingredients so far
+    if [[ -f $run/final.keras ]]; then  # finished: its weights suffice
+      for f in progress.json history.csv; do cp "$run/$f" "$ckpt/$name/"; done
+      weights_only "$run/final.keras" "$ckpt/$name/final.keras"
+      echo "checkpoint $name: finished, its weights" >&2
+      continue
+    fi
+    for f in "${files[@]}"; do [[ -f $run/$f ]] && cp "$run/$f" "$ckpt/$name/"; done
+    [[ -d $run/snaps ]] && cp -r "$run/snaps" "$ckpt/$name/"  # a soup's ingredients so far
     # best = last (the newest epoch was the best so far): commit the file once, restored as both
     last_val=$(tail -n 1 "$run/history.csv" | awk -F, '{print $(NF-1)}')
     if [[ -f $ckpt/$name/best.keras ]] && grep -q "\"best_val_accuracy\": $last_val}" "$run/progress.json"; then
       rm "$ckpt/$name/best.keras"
     elif [[ -f $ckpt/$name/best.keras ]]; then
       # the best epoch's weights only: its optimizer state (2/3 of the file) is never resumed from
-      "$py" -c 'import sys, keras; keras.models.load_model(sys.argv[1], compile=False).save(sys.argv[2])' \
-        "$run/best.keras" "$ckpt/$name/best.keras"
+      weights_only "$run/best.keras" "$ckpt/$name/best.keras"
     fi
     echo "checkpoint $name: $(cat "$run/progress.json")" >&2
   done
