@@ -154,8 +154,8 @@ resumable students s2-cycle-s1 "${base[@]}" --init runs/students/s1-scratch-kd/f
 # s3's own weights are not committed either: the soup it went into (its best epoch, 20, and its epoch 26;
 # models/students/ckpt/soup-s3.keras, 7.2 MB) stands for it.
 if [[ ! -f models/students/ckpt/soup-s3.keras ]]; then
-  if [[ ! -f runs/students/s3-cycle-soup12/final.keras && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
-    && ! -f runs/students/s3-cycle-soup12/progress.json && ! -f runs/students/soup-s12.keras ]]; then
+  if [[ ! -f runs/students/s3-cycle-soup12/progress.json && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
+    && ! -f runs/students/soup-s12.keras ]]; then  # (a finished run has its progress.json too)
     "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
       --data "$data" --out runs/students/soup-s12.keras
   fi

@@ -74,14 +74,14 @@ def _load_or_train(
 
     info = MODELS[model_name]
     existing = _weights(out)
-    resuming = interrupted(out)
+    resuming = not retrain and interrupted(out)
     if retrain:
         for stale in ("last.keras", "progress.json"):
             (out / stale).unlink(missing_ok=True)
     elif existing is not None and not resuming:
         log.info("reusing weights %s (pass --retrain to train again)", existing)
         return keras.models.load_model(existing), False
-    if resuming and not retrain:
+    if resuming:
         # the network and its weights come from the resume point (fit loads its optimizer state): --init,
         # read when the run began, need not exist any more (a run resumed on a fresh clone from a committed
         # checkpoint, started from weights that were never committed)

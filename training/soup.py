@@ -110,12 +110,13 @@ def greedy_soup(paths: list[Path], source: str, data: Path, out: Path) -> dict[s
     candidates = {"greedy": chosen}
     if len(paths) > 1 and sorted(chosen) != every:
         candidates["uniform"] = every
-    scored = {}
+    scored, mixed = {}, {}
     for kind, members in candidates.items():
         mix(members)
+        mixed[kind] = model.get_weights()  # BN recalibrated: kept, not recalibrated again
         scored[kind] = {"PublicTest": round(accuracy("val"), 4), "PrivateTest": round(accuracy("test"), 4)}
     kept = max(candidates, key=lambda k: (scored[k]["PublicTest"], k == "greedy"))
-    mix(candidates[kept])
+    model.set_weights(mixed[kept])
     report: dict[str, Any] = {
         "ingredients": rows,
         "greedy": [str(paths[i]) for i in chosen],
