@@ -167,6 +167,18 @@ if [[ ! -f models/students/ckpt/soup-s3.keras ]]; then
 elif [[ ! -f runs/students/soup-s3.keras ]]; then
   cp models/students/ckpt/soup-s3.keras runs/students/soup-s3.keras
 fi
-# s4: the same cycle of the soup of s3 (seed 191), over two sessions (resumed from models/students/ckpt/)
-resumable students s4-cycle-soup3 "${base[@]}" --init runs/students/soup-s3.keras --keep-head --lr 1e-3 \
-  --epochs 26 --seed 191 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+# s4: the same cycle of the soup of s3 (seed 191), over two sessions (resumed from models/students/ckpt/), and
+# its soup with soup-s3 and its epochs 22-26 (greedy: its best epoch with epoch 22; committed as
+# models/students/ckpt/soup-s4.keras, which stands for s4 as soup-s3 does for s3).
+if [[ ! -f models/students/ckpt/soup-s4.keras ]]; then
+  resumable students s4-cycle-soup3 "${base[@]}" --init runs/students/soup-s3.keras --keep-head --lr 1e-3 \
+    --epochs 26 --seed 191 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+  "$py" -m training soup runs/students/s4-cycle-soup3/final.keras runs/students/soup-s3.keras \
+    runs/students/s4-cycle-soup3/snaps/ep26.keras runs/students/s4-cycle-soup3/snaps/ep24.keras \
+    runs/students/s4-cycle-soup3/snaps/ep22.keras --source fer --data "$data" --out runs/students/soup-s4.keras
+elif [[ ! -f runs/students/soup-s4.keras ]]; then
+  cp models/students/ckpt/soup-s4.keras runs/students/soup-s4.keras
+fi
+# s5: the same cycle of the soup of s4 (seed 211)
+resumable students s5-cycle-soup4 "${base[@]}" --init runs/students/soup-s4.keras --keep-head --lr 1e-3 \
+  --epochs 26 --seed 211 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
