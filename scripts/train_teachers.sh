@@ -89,6 +89,25 @@ teacher() {
   names+=("$1")
   resumable teachers "$@"
 }
+# cycle NAME INIT SEED SOUP: a 26-epoch KD cycle of the student INIT (runs/students/NAME, seed SEED, lr 1e-3, the
+# committed soft labels, each epoch's weights from epoch 20 on kept), then the greedy soup of its best epoch, INIT
+# and its epochs 26, 24 and 22 (`soup`: chosen on PublicTest), runs/students/SOUP.keras, the next cycle's INIT.
+# Where models/students/ckpt/SOUP.keras is committed it stands for the cycle and its soup (its run's weights
+# are not committed; its predictions are, in models/students/preds/).
+cycle() {
+  local name=$1 init=$2 seed=$3 soup=runs/students/$4.keras kept=models/students/ckpt/$4.keras
+  local run=runs/students/$1
+  if [[ -f $kept ]]; then
+    mkdir -p runs/students
+    [[ -f $soup ]] || cp "$kept" "$soup"
+    echo "$name: done (its soup is kept in $kept)" >&2
+    return
+  fi
+  resumable students "$name" "${base[@]}" --init "$init" --keep-head --lr 1e-3 --epochs 26 --seed "$seed" \
+    --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+  [[ -f $soup ]] || "$py" -m training soup "$run/final.keras" "$init" "$run/snaps/ep26.keras" \
+    "$run/snaps/ep24.keras" "$run/snaps/ep22.keras" --source fer --data "$data" --out "$soup"
+}
 # shipped_model REV FILE TEACHER: models/fer2013_emonet.keras as of commit REV -> FILE, the --init of TEACHER
 # (only while TEACHER still needs training: its kept predictions stand for it once done)
 shipped_model() {
@@ -148,37 +167,15 @@ resumable students s1-scratch-kd "${base[@]}" --seed 131 --mix mixup --mix-alpha
 # are committed (models/students/ckpt/s2-cycle-s1/final.keras), so s1's are needed only to train it again.
 resumable students s2-cycle-s1 "${base[@]}" --init runs/students/s1-scratch-kd/final.keras --keep-head --lr 1e-3 \
   --epochs 26 --seed 171 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
-# s3: a 26-epoch cycle of the soup of s2 and s1 (`soup` of the two: both kept), the same soft labels, each
-# epoch's weights from epoch 20 on kept for the next soup. s1's weights are not committed: the soup is made
-# only while s3 has neither finished nor a committed checkpoint to resume from (which needs no --init).
-# s3's own weights are not committed either: the soup it went into (its best epoch, 20, and its epoch 26;
-# models/students/ckpt/soup-s3.keras, 7.2 MB) stands for it.
-if [[ ! -f models/students/ckpt/soup-s3.keras ]]; then
-  if [[ ! -f runs/students/s3-cycle-soup12/progress.json && ! -f models/students/ckpt/s3-cycle-soup12/progress.json \
-    && ! -f runs/students/soup-s12.keras ]]; then  # (a finished run has its progress.json too)
-    "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
-      --data "$data" --out runs/students/soup-s12.keras
-  fi
-  resumable students s3-cycle-soup12 "${base[@]}" --init runs/students/soup-s12.keras --keep-head --lr 1e-3 \
-    --epochs 26 --seed 181 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
-  "$py" -m training soup runs/students/s3-cycle-soup12/final.keras runs/students/soup-s12.keras \
-    runs/students/s3-cycle-soup12/snaps/ep26.keras runs/students/s3-cycle-soup12/snaps/ep24.keras \
-    runs/students/s3-cycle-soup12/snaps/ep22.keras --source fer --data "$data" --out runs/students/soup-s3.keras
-elif [[ ! -f runs/students/soup-s3.keras ]]; then
-  cp models/students/ckpt/soup-s3.keras runs/students/soup-s3.keras
+# s3-s5: cycles of the student lineage (`cycle` above). s3 starts from the soup of s2 and s1 (`soup` of the two:
+# both kept); s1's weights are not committed, so that soup is made only while s3 has neither finished nor a
+# committed checkpoint (a resume needs no --init) nor its own soup committed.
+s3=runs/students/s3-cycle-soup12
+if [[ ! -f models/students/ckpt/soup-s3.keras && ! -f $s3/progress.json \
+  && ! -f models/students/ckpt/s3-cycle-soup12/progress.json && ! -f runs/students/soup-s12.keras ]]; then
+  "$py" -m training soup runs/students/s2-cycle-s1/final.keras runs/students/s1-scratch-kd/final.keras --source fer \
+    --data "$data" --out runs/students/soup-s12.keras
 fi
-# s4: the same cycle of the soup of s3 (seed 191), over two sessions (resumed from models/students/ckpt/), and
-# its soup with soup-s3 and its epochs 22-26 (greedy: its best epoch with epoch 22; committed as
-# models/students/ckpt/soup-s4.keras, which stands for s4 as soup-s3 does for s3).
-if [[ ! -f models/students/ckpt/soup-s4.keras ]]; then
-  resumable students s4-cycle-soup3 "${base[@]}" --init runs/students/soup-s3.keras --keep-head --lr 1e-3 \
-    --epochs 26 --seed 191 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
-  "$py" -m training soup runs/students/s4-cycle-soup3/final.keras runs/students/soup-s3.keras \
-    runs/students/s4-cycle-soup3/snaps/ep26.keras runs/students/s4-cycle-soup3/snaps/ep24.keras \
-    runs/students/s4-cycle-soup3/snaps/ep22.keras --source fer --data "$data" --out runs/students/soup-s4.keras
-elif [[ ! -f runs/students/soup-s4.keras ]]; then
-  cp models/students/ckpt/soup-s4.keras runs/students/soup-s4.keras
-fi
-# s5: the same cycle of the soup of s4 (seed 211)
-resumable students s5-cycle-soup4 "${base[@]}" --init runs/students/soup-s4.keras --keep-head --lr 1e-3 \
-  --epochs 26 --seed 211 --mix mixup --mix-alpha 0.2 --distill models/teachers/fer2013_soft.npz --snapshots-from 20
+cycle s3-cycle-soup12 runs/students/soup-s12.keras 181 soup-s3  # the soup: its best epoch (20) with epoch 26
+cycle s4-cycle-soup3 runs/students/soup-s3.keras 191 soup-s4  # over two sessions; the soup: best epoch with 22
+cycle s5-cycle-soup4 runs/students/soup-s4.keras 211 soup-s5
