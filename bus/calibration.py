@@ -115,13 +115,19 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+def confidence_bins(conf: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The bin (0 to ``bins - 1``) of each confidence among ``bins`` equal-width bins of [0, 1], each bin
+    closed on the right: (lo, hi], the first [0, hi]."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top class: sum over ``bins`` equal-width confidence bins of
     (bin share) x |accuracy - mean confidence| (Naeini et al., 2015; Guo et al., 2017)."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    which = confidence_bins(conf, bins)
     total = 0.0
     for b in range(bins):
         m = which == b

@@ -22,7 +22,6 @@ and by predicted class.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bus.calibration import ECE_BINS, FLOOR, apply_calibration, ece, fit_temperature, nll
+from bus.calibration import ECE_BINS, FLOOR, apply_calibration, confidence_bins, ece, fit_temperature, nll
 
 Form = Callable[[np.ndarray, float, float], np.ndarray]  # log-probabilities, a, b -> probabilities
 
@@ -93,16 +92,17 @@ def apply_per_class(probs: np.ndarray, temps: np.ndarray) -> np.ndarray:
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, least: int = 20) -> list[dict[str, Any]]:
-    """Per confidence bin of at least ``least`` faces: its range, faces, mean confidence, accuracy."""
+    """Per confidence bin of ``ece`` (``bus.calibration.confidence_bins``) holding at least ``least`` faces:
+    its range, faces, mean confidence, accuracy."""
     conf, right = probs.max(axis=1), probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = confidence_bins(conf, bins)
     rows = []
-    for lo, hi in itertools.pairwise(edges):
-        m = (conf > lo) & (conf <= hi)
+    for b in range(bins):
+        m = which == b
         if m.sum() >= least:
             rows.append(
                 {
-                    "bin": f"{lo:.2f}-{hi:.2f}",
+                    "bin": f"{b / bins:.2f}-{(b + 1) / bins:.2f}",
                     "faces": int(m.sum()),
                     "confidence": round(float(conf[m].mean()), 3),
                     "accuracy": round(float(right[m].mean()), 3),
@@ -178,19 +178,19 @@ def study(
 
 def views(path: Path, images: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
     """The int8 model's probabilities (no class bias, no temperature) on grey ``images`` and on their
-    mirrors zoomed by ``zoom``, through the classifier's code."""
+    mirrors zoomed by ``zoom``, each view alone through the classifier's code (``tflite_predict``)."""
     from bus.preprocess import grey_to_model_pixels
     from bus.preprocess import zoom as zoomed
-    from classifier.model import EmotionModel
+    from bus.sidecar import load_spec
+    from training.evaluate import tflite_predict
 
-    model = EmotionModel(path, threads=2, mirror=False)
-    model.temperature, model.class_bias = 1.0, None
-    x = grey_to_model_pixels(images, model.spec.size, model.spec.colour)
-
-    def run(v: np.ndarray) -> np.ndarray:
-        return np.concatenate([model.classify(v[i : i + 256]) for i in range(0, len(v), 256)])
-
-    return run(x), run(np.ascontiguousarray(zoomed(x, zoom)[:, :, ::-1]))
+    spec = load_spec(path)
+    x = grey_to_model_pixels(images, spec.size, spec.colour)
+    mirrored = np.ascontiguousarray(zoomed(x, zoom)[:, :, ::-1])
+    return (
+        tflite_predict(path, x, mirror=False, calibrated=False),
+        tflite_predict(path, mirrored, mirror=False, calibrated=False),
+    )
 
 
 def main() -> None:
