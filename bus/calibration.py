@@ -9,8 +9,14 @@ dequantisation) and produces probabilities of the same shape: ``softmax((log(p) 
   faces from elsewhere; ``tau`` (0: none, 1: the full correction for a uniform prior) is picked on a
   held-out split (:func:`fit_prior_tau`). Unlike ``T`` it can change the label: that is its purpose.
 - ``T``, temperature scaling (Guo et al., 2017), divides the (adjusted) log-probabilities before the
-  softmax: the ranking never changes, only how sure the model says it is. ``T`` is fitted after ``b``
-  by minimising the negative log-likelihood on the held-out split (FER2013 PublicTest).
+  softmax: the ranking never changes, only how sure the model says it is. ``T`` is fitted after ``b`` on
+  the held-out split (FER2013 PublicTest) by one of two objectives (:func:`fit_temperature`): the
+  negative log-likelihood of the labels (``"nll"``, Guo et al.), which scores the whole distribution, or
+  the log loss of the top class's probability as the chance that the top class is right (``"top"``,
+  :func:`top_label_nll`): the one number the product shows and its uncertain state is judged by, made
+  calibrated on its own (top-label calibration, Gupta & Ramdas, 2022). Where a model's other classes
+  are calibrated differently from its top class the two disagree, and only the second is about what a
+  user reads.
 
 Both are kept in the model's sidecar (``bus.sidecar``); the classifier applies them
 (``classifier.model``), training fits and reports them (``training.calibrate``).
@@ -90,20 +96,40 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(p).mean())
 
 
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The ``T`` in ``T_RANGE`` that minimises the NLL of ``labels`` (golden-section search on log T;
-    the NLL is convex in 1/T for fixed log-probabilities, so the search finds the optimum)."""
+def top_label_nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean log loss of the top class's probability read as the chance that the top class is right (a
+    proper scoring rule for that confidence alone: its minimum over a family is the member whose shown
+    confidence is calibrated, bin-free, unlike the ECE)."""
+    conf = np.clip(np.asarray(probs, np.float64).max(axis=1), 1e-12, 1.0 - 1e-12)
+    right = probs.argmax(axis=1) == labels
+    return float(-np.where(right, np.log(conf), np.log1p(-conf)).mean())
+
+
+Objective = Literal["top", "nll"]
+OBJECTIVES: dict[str, str] = {"top": "top-label log loss", "nll": "NLL"}  # as the sidecar records the fit
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, objective: Objective = "nll") -> float:
+    """The ``T`` in ``T_RANGE`` that minimises ``objective`` on ``labels``: ``"nll"`` (:func:`nll`) or
+    ``"top"`` (:func:`top_label_nll`). A grid of 61 steps on log T, then golden-section search between
+    the best step's neighbours (the NLL is convex in 1/T; the top-label loss need not be, so the grid
+    brackets its best basin first)."""
     if len(labels) == 0:
         raise ValueError("no samples to fit a temperature on")
-    lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
-    g = (np.sqrt(5) - 1) / 2
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown temperature objective {objective!r}: one of {', '.join(OBJECTIVES)}")
+    loss = nll if objective == "nll" else top_label_nll
 
     def f(log_t: float) -> float:
-        return nll(apply_calibration(probs, float(np.exp(log_t))), labels)
+        return loss(apply_calibration(probs, float(np.exp(log_t))), labels)
 
+    steps = np.linspace(np.log(T_RANGE[0]), np.log(T_RANGE[1]), 61)
+    best = int(np.argmin([f(float(x)) for x in steps]))
+    lo, hi = float(steps[max(best - 1, 0)]), float(steps[min(best + 1, len(steps) - 1)])
+    g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = f(a), f(b)
-    for _ in range(60):
+    for _ in range(40):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)

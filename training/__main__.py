@@ -395,6 +395,16 @@ def _mirror_zoom(ctx: click.Context, param: click.Parameter, value: str | None) 
     "the most accurate on PublicTest from 0.85-1.2; picked before the class bias and temperature; "
     "default: as the sidecar says (1: the plain mirror)",
 )
+@click.option(
+    "--fit",
+    "objective",
+    type=click.Choice(["top", "nll"]),
+    default="top",
+    show_default=True,
+    help="what the temperature minimises on PublicTest: the log loss of the top class's probability as the "
+    "chance it is right (top: the confidence the product shows and flags as uncertain), or the NLL of the "
+    "labels (nll: the whole distribution); the other's temperature and ECE are reported beside it",
+)
 def calibrate(
     model_path: Path,
     data: Path | None,
@@ -403,6 +413,7 @@ def calibrate(
     mirror: bool | None,
     prior_tau: Any,
     mirror_zoom: Any,
+    objective: str,
 ) -> None:
     """Fit an int8 FER2013 model's class bias (optional) and temperature on PublicTest, report accuracy and
     ECE on PrivateTest before and after, and write them into the sidecar (the classifier applies them).
@@ -430,6 +441,7 @@ def calibrate(
                 prior_tau=prior_tau,
                 train_counts=counts,
                 mirror_zoom=mirror_zoom,
+                objective="nll" if objective == "nll" else "top",
             )
         }
         if ck is not None:

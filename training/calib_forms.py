@@ -11,12 +11,14 @@ scored by ECE on PublicTest and PrivateTest, from the model's two views (the fac
 - ``t_entropy``, ``t_top``, ``t_margin``: ``T = a + b * s`` with ``s`` the entropy, the top probability or
   the top-two log-probability margin of the face (``a``, ``b`` on a grid);
 - ``per_class``: one ``T`` per predicted class (the label never changes), also refitted on random halves
-  of PublicTest and scored on the other half, against one ``T`` fitted on the same half.
+  of PublicTest and scored on the other half, against one ``T`` fitted on the same half;
+- ``top_label``: one ``T`` as the runtime's, fitted by the top-label log loss instead (``calibrate --fit
+  top``, the default since 2026-12-02), also refitted on each random half and scored on PrivateTest.
 
 It also prints the reliability table (confidence bins: faces, mean confidence, accuracy) after one ``T``,
 and by predicted class.
 
-  python -m training.calib_forms MODEL.tflite --zoom Z [--data DATA]
+  python -m training.calib_forms MODEL.tflite --zoom Z [--data DATA] [--halves N]
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ def study(
     t = fit_temperature(pv, yv)
     cv, ct = apply_calibration(pv, t), apply_calibration(pt, t)
     score("temperature", cv, ct, T=round(t, 3))
+    t_top = fit_temperature(pv, yv, "top")
+    score("top_label", apply_calibration(pv, t_top), apply_calibration(pt, t_top), T=round(t_top, 3))
     out["reliability_val"], out["reliability_test"] = reliability(cv, yv), reliability(ct, yt)
     out["by_class_test"] = by_class(ct, yt, names)
     per_view = [(apply_calibration(a, t) + apply_calibration(b, t)) / 2 for a, b in (val, test)]
@@ -164,12 +168,14 @@ def study(
         idx = rng.permutation(len(yv))
         fit, held = idx[: len(idx) // 2], idx[len(idx) // 2 :]
         t1, tk = fit_temperature(pv[fit], yv[fit]), fit_per_class(pv[fit], yv[fit], len(names))
+        t_top = fit_temperature(pv[fit], yv[fit], "top")
         splits.append(
             {
                 "one_T_other_half": round(ece(apply_calibration(pv[held], t1), yv[held]), 4),
                 "one_T_test": round(ece(apply_calibration(pt, t1), yt), 4),
                 "per_class_other_half": round(ece(apply_per_class(pv[held], tk), yv[held]), 4),
                 "per_class_test": round(ece(apply_per_class(pt, tk), yt), 4),
+                "top_label_test": round(ece(apply_calibration(pt, t_top), yt), 4),
             }
         )
     out["per_class_halves"] = splits
@@ -198,6 +204,7 @@ def main() -> None:
     ap.add_argument("model", type=Path, help="an int8 FER2013 .tflite with its sidecar")
     ap.add_argument("--zoom", type=float, required=True, help="the mirror view's zoom (input.mirror_zoom)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/fer2013"), help="the FER2013 folder")
+    ap.add_argument("--halves", type=int, default=3, help="random halves of PublicTest to refit on")
     args = ap.parse_args()
     from training.pipelines import load_source
 
@@ -209,6 +216,7 @@ def main() -> None:
         val.labels,
         test.labels,
         val.classes,
+        halves=args.halves,
     )
     print(json.dumps(result, indent=1))
 

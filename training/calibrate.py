@@ -3,7 +3,8 @@
 - :func:`fit_mirror_zoom`: the zoom of the mirror view (``input.mirror_zoom``), picked by accuracy on
   PublicTest from ``ZOOM_GRID``; before the class bias and the temperature, which are fitted for it.
 - :func:`calibrate`: fit the class bias (optional: post-hoc logit adjustment for the training prior,
-  its strength ``tau`` picked by accuracy) and then the temperature on FER2013 PublicTest (the int8
+  its strength ``tau`` picked by accuracy) and then the temperature (by default for the top class's
+  confidence, the number the product shows) on FER2013 PublicTest (the int8
   model's dequantised outputs, exactly what the classifier sees), report accuracy, per-class recall and
   the top-class ECE (15 bins) on PrivateTest before and after (with :func:`ece_floor`, what sampling
   noise alone gives on that many images), and write them into the sidecar's ``calibration`` (the
@@ -24,7 +25,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bus.calibration import apply_calibration, ece, fit_prior_tau, fit_temperature, prior_bias, smoothed_prior
+from bus.calibration import (
+    OBJECTIVES,
+    Objective,
+    apply_calibration,
+    ece,
+    fit_prior_tau,
+    fit_temperature,
+    prior_bias,
+    smoothed_prior,
+)
 from bus.preprocess import grey_to_model_pixels
 from bus.sidecar import ModelSpec, load_spec, sidecar_path
 from training.data import Dataset
@@ -117,6 +127,7 @@ def calibrate(
     prior_tau: float | Literal["auto", "no-cost"] | None = None,
     train_counts: np.ndarray | None = None,
     mirror_zoom: float | Literal["auto"] | None = None,
+    objective: Objective = "top",
 ) -> dict[str, Any]:
     """Fit on ``val``, report on ``test``; the labels of the sidecar's dataset (FER2013 or FER+).
     ``mirror`` (default: the sidecar's ``input.mirror``) runs the model on each image and its mirror,
@@ -126,7 +137,10 @@ def calibrate(
     that costs no accuracy on ``val`` against no bias (:func:`bus.calibration.fit_prior_tau`).
     ``mirror_zoom`` (default: the sidecar's ``input.mirror_zoom``; only with ``mirror``) zooms the mirror
     view; ``"auto"`` picks it on ``val`` first (:func:`fit_mirror_zoom`), the bias and temperature follow.
-    With ``write`` all of it goes into the sidecar with the temperature fitted after the bias."""
+    With ``write`` all of it goes into the sidecar with the temperature fitted after the bias. ``objective``:
+    what the temperature minimises on ``val`` (:func:`bus.calibration.fit_temperature`; default the
+    top-label log loss, the confidence the product shows); the other objective's temperature and ECE
+    are reported beside it (``temperature_other``)."""
     spec = load_spec(path)
     if list(spec.labels) != val.classes:
         raise ValueError(f"{path}: labels {list(spec.labels)} differ from the dataset's {val.classes}")
@@ -162,7 +176,9 @@ def calibrate(
     else:
         tau, scores = float(prior_tau), {}
     bias = prior_bias(counts, tau) if tau > 0 else None
-    t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels)
+    t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels, objective)
+    other: Objective = "nll" if objective == "top" else "top"
+    t_other = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels, other)
     cal_v, cal_t = apply_calibration(pv, t, bias), apply_calibration(pt, t, bias)
     m = metrics(test.labels, cal_t.argmax(1), test.classes)
     result: dict[str, Any] = {
@@ -175,12 +191,19 @@ def calibrate(
         "accuracy_test_without_bias": round(float((pt.argmax(1) == test.labels).mean()), 4),
         "macro_f1_test": round(m["macro_f1"], 4),
         "recall_test": {c: m["per_class"][c]["recall"] for c in test.classes},
-        "fitted_on": f"{'FER+' if spec.dataset == 'ferplus' else 'FER2013'} PublicTest (NLL, int8 outputs)",
+        "fitted_on": f"{'FER+' if spec.dataset == 'ferplus' else 'FER2013'} PublicTest "
+        f"({OBJECTIVES[objective]}, int8 outputs)",
         "ece_bins": 15,
         "ece_test_before": round(ece(pt, test.labels), 4),
         "ece_test_after": round(ece(cal_t, test.labels), 4),
         "ece_val_before": round(ece(pv, val.labels), 4),
         "ece_val_after": round(ece(cal_v, val.labels), 4),
+        "temperature_other": {
+            "fitted_by": OBJECTIVES[other],
+            "temperature": round(t_other, 4),
+            "ece_test_after": round(ece(apply_calibration(pt, t_other, bias), test.labels), 4),
+            "ece_val_after": round(ece(apply_calibration(pv, t_other, bias), val.labels), 4),
+        },
         "ece_test_if_perfectly_calibrated": ece_floor(cal_t),
         "test_split": "PrivateTest",
         "uncertain_on_test": uncertain_table(cal_t, test.labels),
@@ -196,16 +219,20 @@ def calibrate(
         result["class_prior"] = {c: round(float(v), 4) for c, v in zip(test.classes, prior, strict=True)}
         result["class_bias"] = [round(float(b), 4) for b in bias]
     log.info(
-        "%s%s: class bias tau %g; accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f; "
-        "ECE on PrivateTest %.4f -> %.4f",
+        "%s%s: class bias tau %g; accuracy PublicTest %.4f, PrivateTest %.4f; T = %.3f (%s); "
+        "ECE on PrivateTest %.4f -> %.4f (T by %s: %.3f, ECE %.4f)",
         path,
         f" with its mirror (zoom {zoom:g})" if mirror else "",
         tau,
         result["accuracy_val"],
         result["accuracy_test"],
         t,
+        OBJECTIVES[objective],
         result["ece_test_before"],
         result["ece_test_after"],
+        OBJECTIVES[other],
+        t_other,
+        result["temperature_other"]["ece_test_after"],
     )
     if write:
         d = json.loads(sidecar_path(path).read_text())

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bus.calibration import FLOOR, apply_calibration, ece, fit_prior_tau, fit_temperature, nll, prior_bias
+from bus.calibration import (
+    FLOOR,
+    apply_calibration,
+    ece,
+    fit_prior_tau,
+    fit_temperature,
+    nll,
+    prior_bias,
+    top_label_nll,
+)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -46,6 +55,24 @@ def test_fit_recovers_the_temperature_that_undoes_the_distortion(sharpen: float)
     t = fit_temperature(p, y)
     assert t == pytest.approx(sharpen, rel=0.08)
     assert nll(apply_calibration(p, t), y) <= nll(p, y) + 1e-9
+    top = fit_temperature(p, y, "top")  # the top class alone carries less of the signal: a looser match
+    assert top == pytest.approx(sharpen, rel=0.15)
+    assert top_label_nll(apply_calibration(p, top), y) <= top_label_nll(p, y) + 1e-9
+
+
+def test_top_label_fit_keeps_the_shown_confidence_right_where_the_nll_fit_does_not() -> None:
+    """The top class is right exactly as often as it says; when it is wrong the answer is the class the
+    model gave least. The NLL, which scores that class too, softens every face to raise it; the top-label
+    fit leaves the shown confidence as it is."""
+    rng = np.random.default_rng(5)
+    c = rng.uniform(0.55, 0.95, 20000)
+    p = np.stack([c, 0.98 * (1 - c), 0.02 * (1 - c)], axis=1).astype(np.float32)
+    y = np.where(rng.random(len(c)) < c, 0, 2)
+    assert ece(p, y) < 0.02
+    t_nll, t_top = fit_temperature(p, y, "nll"), fit_temperature(p, y, "top")
+    assert t_nll > 1.2 and t_top == pytest.approx(1.0, abs=0.05)
+    assert ece(apply_calibration(p, t_top), y) < 0.02 < 0.05 < ece(apply_calibration(p, t_nll), y)
+    assert top_label_nll(p, y) == pytest.approx(-np.mean(np.where(y == 0, np.log(c), np.log(1 - c))), rel=1e-5)
 
 
 def test_ece_small_when_calibrated_large_when_over_confident_and_fixed_by_the_fit() -> None:
@@ -66,6 +93,8 @@ def test_ece_by_hand() -> None:
 def test_fit_needs_samples() -> None:
     with pytest.raises(ValueError, match="no samples"):
         fit_temperature(np.zeros((0, 7)), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="unknown temperature objective 'ece'"):
+        fit_temperature(np.full((2, 2), 0.5), np.zeros(2, np.int64), "ece")  # type: ignore[arg-type]
 
 
 def test_class_bias_is_added_to_the_log_probabilities_before_the_temperature() -> None:

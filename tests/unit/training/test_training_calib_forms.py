@@ -55,7 +55,9 @@ def test_study_fits_on_val_and_sees_a_global_under_confidence_fixed_by_one_tempe
     out = study(val, test, yv, yt, NAMES, halves=2, steps=(0.05, 0.1))
     assert abs(out["temperature"]["T"] - under) < 0.06
     assert out["temperature"]["ece_test"] < 0.03
-    for form in ("per_view", "geometric", "t_entropy", "t_top", "t_margin", "per_class"):
+    for form in ("per_view", "geometric", "t_entropy", "t_top", "t_margin", "per_class", "top_label"):
         assert out[form]["ece_test"] < 0.04, form
+    assert abs(out["top_label"]["T"] - under) < 0.1  # the same distortion, seen through the top class alone
     assert len(out["per_class_halves"]) == 2
+    assert all(h["top_label_test"] < 0.04 for h in out["per_class_halves"])
     assert set(out["by_class_test"]) <= set(NAMES)

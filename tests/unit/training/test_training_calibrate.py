@@ -70,8 +70,15 @@ def test_calibrate_fits_in_the_mode_it_writes_and_refitting_changes_nothing(
     model, val, test = case
     dry = calibrate(model, val, test, write=False, mirror=True)
     assert load_spec(model).mirror is False and load_spec(model).temperature == 1.0  # dry run: untouched
-    plain = calibrate(model, val, test, write=False, mirror=False)
-    assert dry["mirror"] and not plain["mirror"] and dry["temperature"] != plain["temperature"]
+    # by default the temperature is fitted for the top class's confidence; the NLL's is reported beside it
+    by_nll = calibrate(model, val, test, write=False, mirror=True, objective="nll")
+    # (random labels: the top-label fit flattens the tiny model to the bound, 20, in either mode; the NLL's not)
+    plain = calibrate(model, val, test, write=False, mirror=False, objective="nll")
+    assert dry["mirror"] and not plain["mirror"] and by_nll["temperature"] != plain["temperature"]
+    assert "top-label log loss" in dry["fitted_on"] and "NLL" in by_nll["fitted_on"]
+    assert by_nll["temperature"] == pytest.approx(dry["temperature_other"]["temperature"], rel=1e-3)
+    assert dry["temperature"] == pytest.approx(by_nll["temperature_other"]["temperature"], rel=1e-3)
+    assert by_nll["ece_test_after"] == pytest.approx(dry["temperature_other"]["ece_test_after"], abs=1e-4)
 
     first = calibrate(model, val, test, mirror=True)
     spec = load_spec(model)
