@@ -168,14 +168,14 @@ def study(
         idx = rng.permutation(len(yv))
         fit, held = idx[: len(idx) // 2], idx[len(idx) // 2 :]
         t1, tk = fit_temperature(pv[fit], yv[fit]), fit_per_class(pv[fit], yv[fit], len(names))
-        t_top = fit_temperature(pv[fit], yv[fit], "top")
+        t_top_half = fit_temperature(pv[fit], yv[fit], "top")
         splits.append(
             {
                 "one_T_other_half": round(ece(apply_calibration(pv[held], t1), yv[held]), 4),
                 "one_T_test": round(ece(apply_calibration(pt, t1), yt), 4),
                 "per_class_other_half": round(ece(apply_per_class(pv[held], tk), yv[held]), 4),
                 "per_class_test": round(ece(apply_per_class(pt, tk), yt), 4),
-                "top_label_test": round(ece(apply_calibration(pt, t_top), yt), 4),
+                "top_label_test": round(ece(apply_calibration(pt, t_top_half), yt), 4),
             }
         )
     out["per_class_halves"] = splits

@@ -176,9 +176,10 @@ def calibrate(
     else:
         tau, scores = float(prior_tau), {}
     bias = prior_bias(counts, tau) if tau > 0 else None
-    t = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels, objective)
+    biased_v = apply_calibration(pv, 1.0, bias)  # both temperatures are fitted after the bias
+    t = fit_temperature(biased_v, val.labels, objective)
     other: Objective = "nll" if objective == "top" else "top"
-    t_other = fit_temperature(apply_calibration(pv, 1.0, bias), val.labels, other)
+    t_other = fit_temperature(biased_v, val.labels, other)
     cal_v, cal_t = apply_calibration(pv, t, bias), apply_calibration(pt, t, bias)
     m = metrics(test.labels, cal_t.argmax(1), test.classes)
     result: dict[str, Any] = {
